@@ -1,0 +1,1 @@
+"""Model adapters: the only place in tvprompt that knows a model class."""
