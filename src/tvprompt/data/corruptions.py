@@ -252,8 +252,9 @@ def elastic_transform(x: np.ndarray, s: int, rng: np.random.Generator) -> np.nda
     ][s - 1]
     h, w = x.shape[:2]
     side = min(h, w)
-    # random affine: jitter of the image corners by up to affine*side pixels
-    src = np.array([[0, 0], [h - 1, 0], [0, w - 1]], dtype=np.float64)
+    # random affine as in the reference: three points at the centre +- side//3 jittered by up to affine*side
+    cy0, cx0, sq = h // 2, w // 2, side // 3
+    src = np.array([[cy0 + sq, cx0 + sq], [cy0 + sq, cx0 - sq], [cy0 - sq, cx0 - sq]], dtype=np.float64)
     dst = src + rng.uniform(-affine * side, affine * side, size=src.shape)
     a = np.linalg.solve(np.c_[dst, np.ones(3)], np.c_[src, np.ones(3)])[:, :2].T  # dst -> src
     yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
