@@ -247,3 +247,48 @@ def test_forced_format_overrides_detection(tmp_path):
     ds = open_dataset("cifar10", tmp_path, "test", format="imagefolder")
     assert {s.answer for s in ds.samples} <= {"cat", "dog"}
     assert np.all([s.label in (3, 5) for s in ds.samples])
+
+
+class _FakeClassLabel:
+    def __init__(self, names):
+        self.names = names
+
+
+class _FakeHFDataset:
+    """The slice of `datasets.Dataset` the reader uses (datasets itself is an optional dependency)."""
+
+    def __init__(self, rows, features):
+        self.rows, self.features = rows, features
+        self.column_names = list(rows[0])
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def remove_columns(self, cols):
+        return _FakeHFDataset([{k: v for k, v in r.items() if k not in cols} for r in self.rows], self.features)
+
+
+def test_hf_disk_reader_with_a_datasets_stand_in(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from PIL import Image
+
+    rows = [{"image": Image.new("RGB", (6, 4), (i * 40, 0, 0)), "label": i % 2} for i in range(6)]
+    splits = {"train": _FakeHFDataset(rows, {"label": _FakeClassLabel(["cat", "dog"])}),
+              "test": _FakeHFDataset(rows[:2], {"label": _FakeClassLabel(["cat", "dog"])})}  # fmt: skip
+    fake = types.ModuleType("datasets")
+    fake.load_from_disk = lambda p: splits if p == str(tmp_path) else None
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    (tmp_path / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test"]}))
+    ds = open_dataset("cifar10", tmp_path, "test")
+    assert [(s.answer, s.label) for s in ds.samples] == [("cat", 3), ("dog", 5)]
+    img = ds[1].image
+    assert img.shape == (3, 4, 6) and img[0, 0, 0].item() == pytest.approx(40 / 255)
+    assert len(open_dataset("cifar10", tmp_path, "train", val_fraction=0.34)) == 4
