@@ -180,8 +180,8 @@ def open_dataset(
     choices = _dataset_choices(spec, reader, root, options, available, read)
     one_pool = names["train"] is not None and names["train"] == names["test"]
 
-    def pool(name: str) -> list[Sample]:
-        samples = [dataclasses.replace(s, meta=dict(s.meta)) for s in read(name).samples]
+    def pool(name: str) -> list[Sample]:  # readers build fresh Samples on every read: safe to update in place
+        samples = read(name).samples
         _map_labels(spec, samples, choices, f"{source} split {name}")
         return samples
 
