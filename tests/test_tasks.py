@@ -157,3 +157,18 @@ def test_cli_tasks_show_and_errors(tmp_path):
     assert r.returncode == 0 and "yes_no" in r.stdout and "{question}" in r.stdout
     r = _tvp("tasks", "nope")
     assert r.returncode == 1 and "unknown task 'nope'" in r.stderr
+
+
+def test_cli_tasks_data_shows_splits(tmp_path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _data_fixtures import write_pope
+
+    write_pope(tmp_path, "random", n=8)
+    r = _tvp("tasks", "pope_random", "--data", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    lines = dict(ln.split(None, 1) for ln in r.stdout.splitlines())
+    assert lines["data"].endswith("(pope)")
+    assert lines["train"].startswith("3 samples") and lines["val"].startswith("1 samples")
+    assert lines["test"].startswith("4 samples, 2 distinct answers")
+    r = _tvp("tasks", "--data", str(tmp_path))
+    assert r.returncode == 2 and "--data needs a TASK" in r.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,7 @@ def open_dataset(
     corruption: str | None = None,
     severity: int = 0,
     format: str | None = None,
+    format_options: dict[str, Any] | None = None,
     download: bool = False,
 ) -> TaskDataset:
     """One split (train / val / test) of the dataset at ``path`` for ``spec``.
@@ -134,6 +136,7 @@ def open_dataset(
     val split, a stratified ``val_fraction`` of train seeded by ``seed`` becomes val (and leaves
     train). Where train and test name one pool, a fixed-seed stratified ``spec.holdout`` share
     of it is test. ``fraction`` < 1 keeps a stratified seeded share (at least one per class).
+    ``format_options`` override the task's reader options (e.g. ``{"image_dir": "/coco/val2014"}``).
     """
     spec = load_task(spec)
     if split not in SPLITS:
@@ -159,7 +162,7 @@ def open_dataset(
             reader.download(root, name if isinstance(name, str) else name[0])
     fmt = format or detect_format(root, spec.format)
     reader = get_reader(fmt)
-    options = dict(spec.format_options)
+    options = {**spec.format_options, **(format_options or {})}
     available = reader.splits(root, options)
     source = f"{root} ({fmt})"
     names = {s: _resolve(spec.splits.get(s), available) for s in SPLITS}
@@ -212,7 +215,10 @@ def open_dataset(
                        severity=severity, choices=choices)  # fmt: skip
 
 
-def _dataset_choices(spec, reader: Reader, root: Path, options, available: list[str], read) -> list[str] | None:
+def _dataset_choices(
+    spec: TaskSpec, reader: Reader, root: Path, options: dict[str, Any], available: list[str],
+    read: Callable[[str], RawSplit],
+) -> list[str] | None:  # fmt: skip
     """The task's choices, or (when the spec lists none) the dataset's class names, refined."""
     if spec.choices is not None or spec.kind == "open":
         return spec.choices
