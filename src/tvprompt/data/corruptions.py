@@ -1,8 +1,8 @@
 """The 15 CIFAR-10-C corruptions (Hendrycks & Dietterich, 2019) x 5 severities, for Tab. 9.
 
 Implemented with numpy / scipy / PIL after the reference ``make_cifar_c.py`` parameters (the
-CIFAR-10-C constants, for 32x32 images; spatial sizes scale with the image side / 32). Two
-differ from the reference by necessity and are documented as such:
+CIFAR-10-C constants, for 32x32 images; spatial sizes scale with the image side / 32). These
+differ from the reference by necessity:
 
 - ``frost`` blends a procedurally generated ice texture (the reference ships frost photos);
 - ``glass_blur`` swaps every pixel with a random neighbour per iteration, vectorised (the
