@@ -85,6 +85,8 @@ def test_imagefolder_single_pool_and_holdout(tmp_path):
     ids = [{s.id for s in d.samples} for d in (train, val, test)]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
     assert train.choices == ["cat", "dog breed"]  # from the folders, refined
+    assert train.spec.choices == ["cat", "dog breed"] and train.spec.tse_texts() is None
+    assert spec.choices is None  # the caller's spec is not modified
     assert spec.choices_for(train[0]) == ["cat", "dog breed"]
     assert test[0].image.shape == (3, 10, 12)
 

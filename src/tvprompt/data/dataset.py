@@ -27,6 +27,8 @@ HOLDOUT_SEED = 0
 class TaskDataset(torch.utils.data.Dataset):
     """Samples of one split; ``ds[i]`` is a :class:`Sample` whose ``image`` is a loaded (3, h, w) tensor.
 
+    ``ds.spec`` is the task with its choices resolved (from the data when the YAML lists none).
+
     ``ds.sample(i)`` gives the record without reading the image. A corruption, when set, is
     applied on the fly with a generator seeded by ``(seed, i)``, so a run is repeatable.
     """
@@ -206,10 +208,10 @@ def open_dataset(
     samples = subsample(samples, fraction, seed)
     if not samples:
         raise TvpError(f"{source}: split {split} of task {spec.name} is empty")
-    per_sample = choices if choices is not spec.choices else None
-    if per_sample is not None:
+    if choices is not spec.choices:  # choices came from the data: samples carry them, and so does ds.spec
         for s in samples:
-            s.choices = s.choices or per_sample
+            s.choices = s.choices or choices
+        spec = dataclasses.replace(spec, choices=list(choices), classes=None, refine_choices=False)
     log.info("%s: %s split %s, %d samples", spec.name, source, split, len(samples))
     return TaskDataset(spec, samples, split=split, source=source, seed=seed, corruption=corruption,
                        severity=severity, choices=choices)  # fmt: skip
