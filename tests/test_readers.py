@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from _data_fixtures import (
+from tvprompt.data import detect_format, get_reader, open_dataset
+from tvprompt.data.readers.torchvision_fmt import safe_unpickle
+from tvprompt.errors import TvpError, UsageError
+from tvprompt.tasks import TaskSpec, load_task
+
+from ._data_fixtures import (
     CIFAR10_NAMES,
     write_cifar10,
     write_cifar100,
@@ -24,10 +29,6 @@ from _data_fixtures import (
     write_pope,
     write_svhn,
 )
-from tvprompt.data import detect_format, get_reader, open_dataset
-from tvprompt.data.readers.torchvision_fmt import safe_unpickle
-from tvprompt.errors import TvpError, UsageError
-from tvprompt.tasks import TaskSpec, load_task
 
 
 def test_cifar10_pickle_batches(tmp_path):

@@ -14,6 +14,8 @@ from tvprompt.data import Sample
 from tvprompt.errors import TvpError
 from tvprompt.tasks import TaskSpec, list_tasks, load_task, refine_name
 
+from ._data_fixtures import write_pope
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 PAPER_TASKS = ["cifar10", "cifar100", "svhn", "imagenette", "clevr_count", "hateful_memes", "pope_random",
                "pope_popular", "pope_adversarial", "oxford_pets", "fgvc_aircraft", "food101"]  # fmt: skip
@@ -160,9 +162,6 @@ def test_cli_tasks_show_and_errors(tmp_path):
 
 
 def test_cli_tasks_data_shows_splits(tmp_path):
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _data_fixtures import write_pope
-
     write_pope(tmp_path, "random", n=8)
     r = _tvp("tasks", "pope_random", "--data", str(tmp_path))
     assert r.returncode == 0, r.stderr
