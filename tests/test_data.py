@@ -202,3 +202,14 @@ def test_cifar_fixture_batches(tmp_path):
     b = next(iter_batches(ds, 5, image_size=224))
     assert b.images.shape == (5, 3, 224, 224)
     assert [s.label for s in b.samples] == [0, 1, 2, 3, 4]
+
+
+def test_iter_batches_shards_the_global_batch(manifest):
+    ds = open_dataset(SPEC, manifest, "test")
+    whole = [[s.id for s in b.samples] for b in iter_batches(ds, 8, shuffle=True, seed=3, image_size=8)]
+    parts = [[[s.id for s in b.samples] for b in iter_batches(ds, 8, shuffle=True, seed=3, image_size=8, rank=r,
+                                                              world_size=2)] for r in (0, 1)]  # fmt: skip
+    for k, ids in enumerate(whole):
+        assert parts[0][k] == ids[0::2] and parts[1][k] == ids[1::2]
+    with pytest.raises(UsageError, match="rank"):
+        next(iter_batches(ds, 8, rank=2, world_size=2))

@@ -295,3 +295,10 @@ def test_hf_disk_reader_with_a_datasets_stand_in(tmp_path, monkeypatch):
     img = ds[1].image
     assert img.shape == (3, 4, 6) and img[0, 0, 0].item() == pytest.approx(40 / 255)
     assert len(open_dataset("cifar10", tmp_path, "train", val_fraction=0.34)) == 4
+    for r in rows:
+        r["category"] = "random" if r["label"] else "popular"
+    splits["test"] = _FakeHFDataset(rows, splits["test"].features)
+    only = open_dataset("cifar10", tmp_path, "test", format_options={"where": {"category": "random"}})
+    assert [s.answer for s in only.samples] == ["dog"] * 3
+    with pytest.raises(TvpError, match="format_options.where"):
+        open_dataset("cifar10", tmp_path, "test", format_options={"where": {"nope": 1}})

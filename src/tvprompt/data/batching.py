@@ -114,14 +114,20 @@ def iter_batches(
     start: int = 0,
     num_workers: int = 0,
     drop_last: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[Batch]:
     """Batches of ``dataset`` (sized, indexable -> Sample with a loaded image), in a deterministic order.
 
     The order depends only on ``(len(dataset), batch_size, shuffle, seed, epoch, drop_last)``;
-    ``start`` skips the first ``start`` batches without decoding them (resume).
+    ``start`` skips the first ``start`` batches without decoding them (resume). For data
+    parallelism, ``batch_size`` is the global batch and process ``rank`` of ``world_size``
+    decodes and receives only its share ``global_batch[rank::world_size]`` (same ``index``).
     """
     if batch_size < 1:
         raise UsageError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 <= rank < world_size:
+        raise UsageError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
     if start < 0:
         raise UsageError(f"start must be >= 0, got {start}")
     n = len(dataset)
@@ -130,6 +136,8 @@ def iter_batches(
     batches = batch_order(n, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, drop_last=drop_last)
     if not batches:
         raise TvpError(f"{dataset!r}: {n} sample(s) make no full batch of {batch_size} (drop_last=True)")
+    if world_size > 1:
+        batches = [b[rank::world_size] for b in batches]
     start = min(start, len(batches))
     loader_ds = _BatchLoader(dataset, batches, start, image_size)
     if num_workers > 0 and len(loader_ds) > 0:
