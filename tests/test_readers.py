@@ -302,3 +302,34 @@ def test_hf_disk_reader_with_a_datasets_stand_in(tmp_path, monkeypatch):
     assert [s.answer for s in only.samples] == ["dog"] * 3
     with pytest.raises(TvpError, match="format_options.where"):
         open_dataset("cifar10", tmp_path, "test", format_options={"where": {"nope": 1}})
+
+
+def test_registered_reader_is_detected_and_used(tmp_path):
+    from tvprompt.data import RawSplit, Reader, Sample, register_reader
+    from tvprompt.data.readers import _READERS
+
+    class CsvReader(Reader):
+        name = "test_csv_index"
+        priority = 5
+
+        def detect(self, path):
+            return (path / "index.csv").exists()
+
+        def splits(self, path, options):
+            return ["all"]
+
+        def read(self, path, split, options):
+            rows = [line.split(",") for line in (path / "index.csv").read_text().split()]
+            return RawSplit([Sample(id=f, image=torch.full((3, 4, 4), 0.5), answer=a) for f, a in rows])
+
+    register_reader(CsvReader)
+    try:
+        (tmp_path / "index.csv").write_text("a,cat\nb,dog\nc,cat\nd,dog\n")
+        assert detect_format(tmp_path) == "test_csv_index"
+        ds = open_dataset("cifar10", tmp_path, "test")
+        assert len(ds) == 2 and {s.answer for s in ds.samples} == {"cat", "dog"}
+        assert ds[0].image.shape == (3, 4, 4)
+        with pytest.raises(ValueError, match="already registered"):
+            register_reader(CsvReader)
+    finally:
+        _READERS.pop("test_csv_index", None)
