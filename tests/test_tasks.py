@@ -150,24 +150,36 @@ def test_cli_tasks_lists_builtins():
     assert set(rows) == set(list_tasks())
     assert rows["cifar100"][1:4] == ["classification", "100", "top1,top5"]
     assert rows["hateful_memes"][1:4] == ["binary_auc", "2", "auc,accuracy"]
-    js = json.loads(_tvp("tasks", "--json").stdout)
-    assert {t["name"] for t in js} == set(list_tasks())
 
 
-def test_cli_tasks_show_and_errors(tmp_path):
-    r = _tvp("tasks", "pope_adversarial")
-    assert r.returncode == 0 and "yes_no" in r.stdout and "{question}" in r.stdout
-    r = _tvp("tasks", "nope")
-    assert r.returncode == 1 and "unknown task 'nope'" in r.stderr
+def _main(capsys, *args: str) -> tuple[int, str, str]:
+    from tvprompt.cli import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
 
 
-def test_cli_tasks_data_shows_splits(tmp_path):
+def test_cli_tasks_json_show_and_errors(capsys):
+    code, out, _ = _main(capsys, "tasks", "--json")
+    assert code == 0 and {t["name"] for t in json.loads(out)} == set(list_tasks())
+    code, out, _ = _main(capsys, "tasks", "pope_adversarial")
+    assert code == 0 and "yes_no" in out and "{question}" in out
+    code, out, _ = _main(capsys, "tasks", "hateful_memes", "--json")
+    assert code == 0 and json.loads(out)["positive"] == "yes"
+    code, _, err = _main(capsys, "tasks", "nope")
+    assert code == 1 and "unknown task 'nope'" in err
+
+
+def test_cli_tasks_data_shows_splits(tmp_path, capsys):
     write_pope(tmp_path, "random", n=8)
-    r = _tvp("tasks", "pope_random", "--data", str(tmp_path))
-    assert r.returncode == 0, r.stderr
-    lines = dict(ln.split(None, 1) for ln in r.stdout.splitlines())
+    code, out, err = _main(capsys, "tasks", "pope_random", "--data", str(tmp_path))
+    assert code == 0, err
+    lines = dict(ln.split(None, 1) for ln in out.splitlines())
     assert lines["data"].endswith("(pope)")
     assert lines["train"].startswith("3 samples") and lines["val"].startswith("1 samples")
     assert lines["test"].startswith("4 samples, 2 distinct answers")
-    r = _tvp("tasks", "--data", str(tmp_path))
-    assert r.returncode == 2 and "--data needs a TASK" in r.stderr
+    code, _, err = _main(capsys, "tasks", "--data", str(tmp_path))
+    assert code == 2 and "--data needs a TASK" in err
+    code, out, _ = _main(capsys, "tasks", "pope_popular", "--data", str(tmp_path))
+    assert code == 1 and "no coco_pope_popular.json" in out
