@@ -13,10 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from tvprompt.prompt import VisualPrompt
-
 p = argparse.ArgumentParser()
 p.add_argument("--method", required=True)
 p.add_argument("--source", action="append", required=True)
@@ -39,6 +35,10 @@ if args.task == "spawn":
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     (out / "child.pid").write_text(str(child.pid))
 (out / "trainer.pid").write_text(str(os.getpid()))
+import torch  # noqa: E402 - after the cheap failure paths
+
+from tvprompt.prompt import VisualPrompt  # noqa: E402
+
 step_s = float(os.environ.get("TVP_FAKE_STEP_S", "0.02"))
 with open(out / "metrics.jsonl", "a") as fh:
     for step in range(1, args.steps + 1):

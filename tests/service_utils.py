@@ -26,7 +26,7 @@ def env() -> dict[str, str]:
     return e
 
 
-def make_prompt(path: Path, seed: int = 0, **config) -> Path:
+def make_prompt(path: Path, delta_seed: int = 0, **config) -> Path:
     """A prompt directory with a random δ in [0, 1] (a real, valid prompt)."""
     config.setdefault("image_height", 32)
     config.setdefault("image_width", 32)
@@ -35,7 +35,7 @@ def make_prompt(path: Path, seed: int = 0, **config) -> Path:
     config.setdefault("sources", [{"model_id": "zoo:tiny-llava"}])
     prompt = VisualPrompt(**config)
     with torch.no_grad():
-        prompt.delta.copy_(torch.rand(prompt.delta.shape, generator=torch.Generator().manual_seed(seed)))
+        prompt.delta.copy_(torch.rand(prompt.delta.shape, generator=torch.Generator().manual_seed(delta_seed)))
         prompt.project_()
     return prompt.save_pretrained(path)
 

@@ -6,8 +6,8 @@ import struct
 import zipfile
 
 import pytest
-from service_utils import make_prompt
 
+from service_utils import make_prompt
 from tvprompt.serve.archive import ArchiveError, ArchiveLimits, pack_dir, read_archive
 
 LIMITS = ArchiveLimits(max_archive_bytes=4 << 20, max_unpacked_bytes=8 << 20, max_weights_bytes=8 << 20, max_members=8)
@@ -23,12 +23,12 @@ def _zip(members: dict[str, bytes], compression=zipfile.ZIP_DEFLATED) -> bytes:
 
 @pytest.fixture(scope="module")
 def prompt_files(tmp_path_factory):
-    d = make_prompt(tmp_path_factory.mktemp("p") / "prompt", seed=1)
+    d = make_prompt(tmp_path_factory.mktemp("p") / "prompt", delta_seed=1)
     return {p.name: p.read_bytes() for p in d.iterdir()}
 
 
 def test_pack_is_canonical_and_round_trips(tmp_path, prompt_files):
-    a = make_prompt(tmp_path / "a", seed=1)
+    a = make_prompt(tmp_path / "a", delta_seed=1)
     first = pack_dir(a)
     (a / "unrelated.txt").write_text("not packed")
     assert pack_dir(a) == first  # same files -> same bytes (content address); unknown files ignored
