@@ -132,6 +132,8 @@ def test_auth_matrix(server, tmp_path):
     assert httpx.get(f"{server.url}/jobs/{jid}", headers=bob).status_code == 403
     assert httpx.delete(f"{server.url}/jobs/{jid}", headers=bob).status_code == 403
     assert httpx.get(f"{server.url}/jobs/{jid}", headers=alice).status_code == 200
+    assert jid in {j["id"] for j in httpx.get(f"{server.url}/jobs", headers=alice).json()}
+    assert jid not in {j["id"] for j in httpx.get(f"{server.url}/jobs", headers=bob).json()}
     _client(server, "alice").wait_job(jid, timeout=60, poll_s=0.1)
 
 

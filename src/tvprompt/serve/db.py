@@ -67,6 +67,7 @@ class JobRow(Base):
     metrics_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     prompt_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    pid: Mapped[int | None] = mapped_column(Integer, nullable=True)  # trainer's process (group) id while running
 
 
 def open_engine(url: str) -> Engine:

@@ -30,7 +30,7 @@ from sqlalchemy.orm import sessionmaker
 from ..errors import TvpError, UsageError
 from ..prompt import CONFIG_NAME
 from .db import JobRow, utcnow
-from .registry import Forbidden, NotFound, Registry
+from .registry import Forbidden, NotFound, Registry, check_name
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -100,12 +100,12 @@ class JobRunner:
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        with self.sessions.begin() as s:  # jobs cut off by a previous server exit
-            s.execute(
-                update(JobRow)
-                .where(JobRow.state == "running")
-                .values(state="failed", error="the server stopped while the job was running", finished_at=utcnow())
-            )
+        with self.sessions.begin() as s:  # jobs cut off by a previous server exit (e.g. kill -9)
+            for row in s.scalars(select(JobRow).where(JobRow.state == "running")):
+                if row.pid:
+                    _kill_orphan(row.pid, self.settings.jobs_dir / row.id)
+                row.state, row.finished_at = "failed", utcnow()
+                row.error = "the server stopped while the job was running"
         self._thread = threading.Thread(target=self._loop, name="tvp-jobs", daemon=True)
         self._thread.start()
 
@@ -138,11 +138,18 @@ class JobRunner:
         if not isinstance(task, str) or not _TASK_RE.match(task):
             raise UsageError(f"task {task!r}: give a task name (letters, digits, '_', '.', '-')")
         resolve_dataset(s.data_root, request.get("dataset") or "")
+        if request.get("name") is not None:
+            check_name(request["name"])
         row = JobRow(id=secrets.token_hex(8), owner=owner, state="queued", request_json=json.dumps(request, sort_keys=True))
         with self.sessions.begin() as sess:
             sess.add(row)
         self._wake.set()
         return row
+
+    def list(self, owner: str, limit: int = 100) -> list[JobRow]:
+        with self.sessions() as sess:
+            q = select(JobRow).where(JobRow.owner == owner).order_by(JobRow.created_at.desc()).limit(limit)
+            return list(sess.scalars(q))
 
     def get(self, job_id: str, owner: str) -> JobRow:
         with self.sessions() as sess:
@@ -233,6 +240,8 @@ class JobRunner:
             self._finish(row.id, "failed", error=f"could not start the trainer: {e}")
             return
         log.info("job %s started (pid %d): %s", row.id, proc.pid, " ".join(cmd))
+        with self.sessions.begin() as sess:
+            sess.execute(update(JobRow).where(JobRow.id == row.id).values(pid=proc.pid))
         with self._lock:
             self._running[row.id] = _Running(proc=proc, output=output, log_file=log_file, started=time.monotonic())
 
@@ -306,7 +315,7 @@ class JobRunner:
             self._running.pop(job_id, None)
         if state == "succeeded":
             values["progress"] = 1.0
-        self._finish(job_id, state, **values)
+        self._finish(job_id, state, pid=None, **values)
         log.info("job %s %s", job_id, state)
 
     def _finish(self, job_id: str, state: str, **values: Any) -> None:
@@ -347,3 +356,15 @@ def _kill_group(proc: subprocess.Popen, grace_s: float = 2.0) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def _kill_orphan(pid: int, workdir: Path) -> None:
+    """Kill the process group of a trainer left by a crashed server, if ``pid`` is still that trainer."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return  # gone (or no /proc): nothing to do
+    if str(workdir) in cmdline:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        log.warning("killed the trainer of an interrupted job (pid %d)", pid)

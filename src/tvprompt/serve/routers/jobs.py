@@ -41,6 +41,12 @@ def submit_job(request: Request, body: JobCreate, owner: Annotated[str, Depends(
     return job_out(row)
 
 
+@router.get("", response_model=list[JobOut], responses=ERRORS)
+def list_jobs(request: Request, owner: Annotated[str, Depends(require_owner)]) -> list[dict]:
+    """The caller's jobs, newest first (at most 100)."""
+    return [job_out(r) for r in context(request).jobs.list(owner)]
+
+
 @router.get("/{job_id}", response_model=JobOut, responses=ERRORS)
 def get_job(request: Request, job_id: JobId, owner: Annotated[str, Depends(require_owner)]) -> dict:
     return job_out(context(request).jobs.get(job_id, owner))
