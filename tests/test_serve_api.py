@@ -186,6 +186,16 @@ def test_bad_uploads_are_refused_with_json_errors(server, tmp_path):
         assert set(body) == {"detail"}, label
         assert re.search(message, body["detail"]), (label, body)
         assert "Traceback" not in body["detail"] and str(tmp_path) not in body["detail"] and "/tmp" not in body["detail"]
+
+    def chunked():  # no Content-Length: the limit is enforced while the body streams in
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="p.zip"\r\n\r\n'
+        for _ in range(112):
+            yield os.urandom(64 * 1024)
+        yield b"\r\n--b--\r\n"
+
+    r = httpx.post(server.url + "/prompts", content=chunked(), timeout=30,
+                   headers={"Content-Type": "multipart/form-data; boundary=b", "Authorization": f"Bearer {server.tokens['alice']}"})
+    assert r.status_code == 413 and r.json() == {"detail": f"request body over the limit of {6 * MiB} bytes"}
     assert _count(server) == before
     rows, files = _store_state(server)
     assert {f"{sha}.zip" for sha in rows} == files  # nothing half-written, nothing orphaned

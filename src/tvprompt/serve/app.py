@@ -61,7 +61,7 @@ class BodyLimit:
                     await _send_json(send, 413, f"request body over the limit of {self.limit} bytes")
                     return
         seen = 0
-        started = False
+        state = {"exceeded": False, "started": False, "replaced": False}
 
         async def limited_receive() -> Message:
             nonlocal seen
@@ -69,19 +69,26 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
+                    state["exceeded"] = True
                     raise PayloadTooLarge
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
+        async def guarded_send(message: Message) -> None:
+            # the app may turn our exception into its own error (e.g. a 400 from the form parser):
+            # once the body was too large, the answer is 413 whatever the app says
             if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+                state["started"] = True
+                if state["exceeded"]:
+                    state["replaced"] = True
+                    await _send_json(send, 413, f"request body over the limit of {self.limit} bytes")
+                    return
+            if not state["replaced"]:
+                await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, guarded_send)
         except PayloadTooLarge:
-            if not started:
+            if not state["started"]:
                 await _send_json(send, 413, f"request body over the limit of {self.limit} bytes")
 
 
