@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 from ..errors import UsageError
 
@@ -64,15 +65,25 @@ def _settings(args: argparse.Namespace, **extra):
     return Settings(store_dir=args.store, db_url=args.db, **extra)
 
 
+def _need_serve_extra() -> None:
+    import importlib
+
+    for module in ("fastapi", "uvicorn", "sqlalchemy", "multipart", "httpx"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise UsageError(f"needs the 'serve' extra ({module} is missing): pip install 'tvprompt[serve]'") from None
+
+
 def _sessions(args: argparse.Namespace):
-    try:
-        from ..serve.db import open_engine, session_factory
-    except ModuleNotFoundError as e:
-        raise UsageError(f"needs the 'serve' extra ({e.name} is missing): pip install 'tvprompt[serve]'") from None
+    _need_serve_extra()
+    from ..serve.db import open_engine, session_factory
+
     return session_factory(open_engine(_settings(args).db_url))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    _need_serve_extra()
     from ..serve import create_app
 
     if not 0 < args.port < 65536:
@@ -93,29 +104,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
+    sessions = _sessions(args)
     from ..serve.auth import create_token
 
-    token_id, token = create_token(_sessions(args), args.owner)
+    token_id, token = create_token(sessions, args.owner)
     print(token)
-    import sys
-
     print(f"token {token_id} for owner {args.owner!r}: shown once, stored hashed; keep it secret", file=sys.stderr)
     return 0
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
+    sessions = _sessions(args)
     from ..serve.auth import list_tokens
 
-    for row in list_tokens(_sessions(args)):
+    for row in list_tokens(sessions):
         print(f"{row.id}  {row.owner}  {row.created_at}{'  revoked' if row.revoked else ''}")
     return 0
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
+    sessions = _sessions(args)
     from ..errors import TvpError
     from ..serve.auth import revoke_token
 
-    if not revoke_token(_sessions(args), args.token_id):
+    if not revoke_token(sessions, args.token_id):
         raise TvpError(f"token {args.token_id!r}: no such token id (see `tvp serve token list`)")
     print(f"revoked {args.token_id}")
     return 0
