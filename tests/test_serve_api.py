@@ -330,6 +330,9 @@ def test_job_runs_to_completion_and_registers_its_prompt(server, tmp_path):
     from tvprompt.prompt import VisualPrompt
 
     assert VisualPrompt.from_pretrained(pulled).config.seed == 3
+    im = io.BytesIO()
+    Image.new("RGB", (20, 12), (0, 128, 255)).save(im, format="PNG")
+    assert Image.open(io.BytesIO(client.apply(done["prompt_id"], im.getvalue()))).size == (32, 32)
 
     failed = client.wait_job(client.submit_job(method="vp", sources=["zoo:a"], task="fail", dataset="shapes/train.jsonl")["id"],
                              timeout=60, poll_s=0.1)

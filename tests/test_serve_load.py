@@ -144,6 +144,7 @@ def mixed_traffic(world, clients: int, seconds: float) -> dict:
 
 def test_concurrent_mixed_traffic(world):
     result = mixed_traffic(world, clients=16, seconds=5.0)
+    print(f"16 clients x 5 s: {result['ops']} requests, {len(result['errors'])} errors")
     assert result["errors"] == [], result["errors"][:5]
     assert result["ops"] > 50 and result["alive"] > 0 and result["deleted"] > 0, result
     state = _consistency(world["store"])
@@ -154,6 +155,7 @@ def test_concurrent_mixed_traffic(world):
 def test_concurrent_mixed_traffic_long(world):
     """The issue's load test: 32 clients x 30 s."""
     result = mixed_traffic(world, clients=32, seconds=30.0)
+    print(f"32 clients x 30 s: {result['ops']} requests, {len(result['errors'])} errors")
     assert result["errors"] == [], result["errors"][:5]
     assert _consistency(world["store"])["rows_without_file"] == set()
 

@@ -199,7 +199,10 @@ class Registry:
             return list(s.scalars(q))
 
     def archive_bytes(self, row: PromptRow) -> bytes:
-        return self.store.read(row.sha256)
+        try:
+            return self.store.read(row.sha256)
+        except FileNotFoundError:  # deleted between the lookup and the read
+            raise NotFound(f"prompt {row.id!r} not found") from None
 
     def load(self, row: PromptRow) -> VisualPrompt:
         """The prompt of a row (LRU-cached by content), loaded through ``from_pretrained``."""
@@ -208,7 +211,7 @@ class Registry:
             if prompt is not None:
                 self._cache.move_to_end(row.sha256)
                 return prompt
-        members = read_archive(self.store.read(row.sha256), self.limits)
+        members = read_archive(self.archive_bytes(row), self.limits)
         with tempfile.TemporaryDirectory(prefix="tvp-load-") as tmp:
             prompt = VisualPrompt.from_pretrained(write_members(members, tmp))
         prompt.requires_grad_(False)
