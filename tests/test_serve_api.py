@@ -307,9 +307,15 @@ def test_apply_rate_limit_and_service_defaults(tmp_path):
         assert "access-control-allow-origin" not in r.headers
         r = client.get("/boom")
         assert r.status_code == 500 and r.json() == {"detail": "internal server error"}
+        with app.state.ctx.sessions() as session:  # the SQLite registry runs in WAL mode
+            assert session.connection().exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         paths = client.get("/openapi.json").json()["paths"]
         assert {"/prompts", "/prompts/{prompt_id}", "/prompts/{prompt_id}/download", "/prompts/{prompt_id}/apply",
                 "/jobs", "/jobs/{job_id}"} <= set(paths)
+    cors = create_app(Settings(store_dir=tmp_path / "store2", cors_origins=["https://ok.example"]))
+    with TestClient(cors) as client:
+        assert client.get("/prompts", headers={"Origin": "https://ok.example"}).headers["access-control-allow-origin"] == "https://ok.example"
+        assert "access-control-allow-origin" not in client.get("/prompts", headers={"Origin": "https://evil.example"}).headers
 
 
 # --------------------------------------------------------------------------- jobs
