@@ -93,6 +93,7 @@ class JobRunner:
         self.registry = registry
         self.poll_s = poll_s
         self._running: dict[str, _Running] = {}
+        self._cancel_requested: set[str] = set()  # cancelled between being claimed and being registered
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -175,6 +176,8 @@ class JobRunner:
             if run is not None:
                 run.cancel = True
                 _kill_group(run.proc, grace_s=0.0)
+            else:
+                self._cancel_requested.add(job_id)
         deadline = time.monotonic() + wait_s
         self._wake.set()
         while time.monotonic() < deadline:
@@ -243,7 +246,12 @@ class JobRunner:
         with self.sessions.begin() as sess:
             sess.execute(update(JobRow).where(JobRow.id == row.id).values(pid=proc.pid))
         with self._lock:
-            self._running[row.id] = _Running(proc=proc, output=output, log_file=log_file, started=time.monotonic())
+            run = _Running(proc=proc, output=output, log_file=log_file, started=time.monotonic())
+            self._running[row.id] = run
+            if row.id in self._cancel_requested:
+                self._cancel_requested.discard(row.id)
+                run.cancel = True
+                _kill_group(proc, grace_s=0.0)
 
     def _follow(self, job_id: str, run: _Running) -> None:
         code = run.proc.poll()
