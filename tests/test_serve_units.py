@@ -68,3 +68,32 @@ def test_orphaned_trainer_is_killed_only_when_it_is_that_jobs_trainer(tmp_path):
         for p in (mine, other):
             p.kill()
             p.wait()
+
+
+def test_restart_fails_interrupted_jobs_and_kills_their_trainers(tmp_path):
+    from tvprompt.serve.archive import ArchiveLimits
+    from tvprompt.serve.db import JobRow, open_engine, session_factory
+    from tvprompt.serve.jobs import JobRunner
+    from tvprompt.serve.registry import Registry
+    from tvprompt.serve.settings import Settings
+    from tvprompt.serve.store import PromptStore
+
+    settings = Settings(store_dir=tmp_path / "store")
+    sessions = session_factory(open_engine(settings.db_url))
+    trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--output",
+                                str(settings.jobs_dir / "j1" / "output")], start_new_session=True)
+    with sessions.begin() as s:
+        s.add(JobRow(id="j1", owner="a", state="running", request_json="{}", pid=trainer.pid))
+        s.add(JobRow(id="j2", owner="a", state="succeeded", request_json="{}"))
+    runner = JobRunner(settings, sessions, Registry(sessions, PromptStore(settings.store_dir), ArchiveLimits(), 1 << 24))
+    try:
+        runner.start()
+        assert trainer.wait(timeout=10) == -9
+        with sessions() as s:
+            j1, j2 = s.get(JobRow, "j1"), s.get(JobRow, "j2")
+        assert (j1.state, j1.error) == ("failed", "the server stopped while the job was running")
+        assert j2.state == "succeeded"
+    finally:
+        runner.stop()
+        trainer.kill()
+        trainer.wait()
