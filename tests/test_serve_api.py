@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from service_utils import HERE, Server, env, make_prompt
+from .service_utils import HERE, Server, env, make_prompt
 from tvprompt.client import PromptClient, ServiceError
 from tvprompt.errors import TvpError
 from tvprompt.serve.archive import pack_dir

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from service_utils import Server, make_prompt
+from .service_utils import Server, make_prompt
 from tvprompt.imageio import load_image, tensor_to_pil
 from tvprompt.prompt import VisualPrompt
 from tvprompt.serve.archive import ArchiveLimits, pack_dir, read_archive

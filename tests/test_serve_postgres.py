@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service_utils import Server, env, free_port, make_prompt
+from .service_utils import Server, env, free_port, make_prompt
 from tvprompt.client import PromptClient
 
 pytestmark = pytest.mark.postgres

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service_utils import Server, env
+from .service_utils import Server, env
 from tvprompt.client import PromptClient
 from tvprompt.prompt import VisualPrompt
 from tvprompt.serve.auth import create_token
