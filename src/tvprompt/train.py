@@ -220,9 +220,13 @@ def train(
         if metrics:
             metrics.write(row)
 
+    saved_step = state.step if resume else None
+
     def checkpoint() -> None:
+        nonlocal saved_step
         if out is None:
             return
+        saved_step = state.step
         state.tensors = {"delta": prompt.delta.detach(), "momentum": momentum}
         if best_delta is not None:
             state.tensors["best_delta"] = best_delta
@@ -268,7 +272,7 @@ def train(
                 world.all_reduce_sum(grad)
                 world.all_reduce_sum(terms)
                 if not (torch.isfinite(terms).all() and torch.isfinite(grad).all()):
-                    where = f"{out / 'checkpoint'} (step {state.step})" if out and has_checkpoint(out) else "none written"
+                    where = f"{out / 'checkpoint'} (step {saved_step})" if saved_step is not None else "none written"
                     raise NonFiniteLoss(
                         f"step {step + 1}: the loss or its gradient is not finite (loss={terms[0].item():.4g}, "
                         f"llm={terms[1].item():.4g}, fca={terms[2].item():.4g}, tse={terms[3].item():.4g}); "
