@@ -166,7 +166,7 @@ def test_ensemble_loss_is_mean_of_per_model_losses_each_with_its_own_reference()
         obj = Objective(sources=adapters, spec=ToySpec(), fca_weight=0.3, tse_weight=0.0)
         obj.references = [FcaReferences(a, prompt, "encoder", "shrunk", 64) for a in adapters]
         prompt.delta.grad = None
-        loss, parts = obj(prompt, images, batch.samples, batch.index, aug)
+        loss, parts = obj(prompt, images, batch.samples, aug)
         loss.backward()
         return loss.item(), parts, prompt.delta.grad.clone()
 
@@ -189,7 +189,7 @@ def test_fca_is_zero_at_zero_delta_with_shrunk_reference(kind):
     for reference, zero in (("shrunk", True), ("original", False)):
         obj = Objective(sources=[adapter], spec=ToySpec(), fca_weight=1.0, tse_weight=0.0, fca_features=kind)
         obj.references = [FcaReferences(adapter, prompt, kind, reference, 64)]
-        _, parts = obj(prompt, images, batch.samples, batch.index, aug)
+        _, parts = obj(prompt, images, batch.samples, aug)
         assert (parts["fca"].item() == 0.0) is zero
 
 

@@ -28,7 +28,7 @@ class Sample:
 class Batch:
     samples: list[Sample]
     images: torch.Tensor
-    index: list[int]
+    index: int  # the batch's position in the epoch
 
 
 class ToySpec:
@@ -43,6 +43,15 @@ class ToySpec:
 
     def choices_for(self, sample: Sample) -> list[str]:
         return CHOICES
+
+    def choice_texts_for(self, sample: Sample) -> list[str]:
+        return CHOICES
+
+    def tse_texts(self) -> list[str]:
+        return [f"a photo of something {c}" for c in CHOICES]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "instruction": "What colour is the centre?", "answer": "{answer}"}
 
     def label_index(self, sample: Sample) -> int:
         return sample.label
@@ -70,7 +79,7 @@ class ToyDataset:
 
 
 def toy_batches(dataset, batch_size: int, *, shuffle: bool, seed: int, image_size: int, start: int = 0,
-                epoch: int = 0) -> Iterator[Batch]:
+                epoch: int = 0, num_workers: int = 0) -> Iterator[Batch]:
     """Mimics ``tvprompt.data.iter_batches``: a seeded per-epoch order, starting at batch ``start``."""
     n = len(dataset)
     if shuffle:
@@ -82,7 +91,7 @@ def toy_batches(dataset, batch_size: int, *, shuffle: bool, seed: int, image_siz
         samples = [dataset[i] for i in rows]
         images = torch.stack([s.image for s in samples])
         images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
-        yield Batch(samples, images, rows)
+        yield Batch(samples, images, b)
 
 
 class ToyAdapter:

@@ -36,7 +36,7 @@ class FcaReferences:
         self.blank = VisualPrompt(prompt.config).to(prompt.delta.device)  # same layout, δ = 0
         self.budget = int(cache_mb * 2**20)
         self.used = 0
-        self.cache: dict[tuple[int, bool], torch.Tensor] = {}
+        self.cache: dict[tuple[str, bool], torch.Tensor] = {}
         self.computed = 0  # samples whose features were computed (for tests and logs)
 
     @torch.no_grad()
@@ -49,11 +49,11 @@ class FcaReferences:
         return self.adapter.vision_features(pixels.to(self.adapter.device), kind=self.kind).detach()
 
     @torch.no_grad()
-    def get(self, images: torch.Tensor, index: Sequence[int], aug: Augmentation) -> torch.Tensor:
-        """(B, N, D) reference features of the augmented ``images`` (dataset rows ``index``)."""
+    def get(self, images: torch.Tensor, ids: Sequence[str], aug: Augmentation) -> torch.Tensor:
+        """(B, N, D) reference features of the augmented ``images`` of the samples ``ids``."""
         if not aug.deterministic or self.budget <= 0:
             return self._compute(images)
-        keys = list(zip((int(i) for i in index), aug.flipped.tolist(), strict=True))
+        keys = list(zip(ids, aug.flipped.tolist(), strict=True))
         missing = [j for j, key in enumerate(keys) if key not in self.cache]
         if missing:
             feats = self._compute(images[missing])
@@ -100,7 +100,7 @@ class Objective:
     texts: TaskTexts | None = None
 
     def __call__(
-        self, prompt: VisualPrompt, images: torch.Tensor, samples: Sequence[Any], index: Sequence[int], aug: Augmentation
+        self, prompt: VisualPrompt, images: torch.Tensor, samples: Sequence[Any], aug: Augmentation
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(total loss, {llm, fca, tse}) for augmented ``images`` of ``samples``; total is differentiable in δ."""
         spec = self.spec
@@ -112,7 +112,7 @@ class Objective:
             prompts = [spec.prompt_for(s, adapter.family) for s in samples]
             if self.fca_weight > 0:
                 llm, feats = adapter.lm_loss_with_features(pixels, prompts, answers, kind=self.fca_features)
-                ref = self.references[k].get(images, index, aug)
+                ref = self.references[k].get(images, [s.id for s in samples], aug)
                 fcas.append(fca_loss(feats, ref).to(prompted.device))
             else:
                 llm = adapter.lm_loss(pixels, prompts, answers)

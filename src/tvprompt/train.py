@@ -263,8 +263,7 @@ def train(
                         continue
                     if world.size > 1:
                         aug = replace(aug, flipped=aug.flipped[part])
-                    index = list(batch.index)[part]
-                    loss, parts = objective(prompt, images[part], list(batch.samples)[part], index, aug)
+                    loss, parts = objective(prompt, images[part], list(batch.samples)[part], aug)
                     weight = n_local / (n_global * cfg.grad_accum)
                     (loss * weight if weight != 1.0 else loss).backward()
                     terms += torch.stack([loss.detach(), parts["llm"], parts["fca"], parts["tse"]]).double() * weight
@@ -365,8 +364,8 @@ def validate(
         pixels = prompt.apply(batch.images.to(device))
         labels = torch.tensor([spec.label_index(s) for s in samples])
         groups: dict[tuple[str, ...], list[int]] = {}
-        for j, s in enumerate(samples):
-            groups.setdefault(tuple(spec.choices_for(s)), []).append(j)
+        for j, s in enumerate(samples):  # samples may carry their own answer sets (POPE, manifests)
+            groups.setdefault(tuple(spec.choice_texts_for(s)), []).append(j)
         for k, adapter in enumerate(sources):
             pred = torch.empty(len(samples), dtype=torch.long)
             for choices, rows in groups.items():
@@ -390,7 +389,7 @@ def _micro_batches(dataset: Any, cfg: TrainConfig, state: TrainState, batch_fn: 
     while True:
         for batch in batch_fn(
             dataset, cfg.batch_size, shuffle=True, seed=cfg.seed, image_size=cfg.image_size,
-            start=state.batch_in_epoch, epoch=state.epoch,
+            start=state.batch_in_epoch, epoch=state.epoch, num_workers=cfg.num_workers,
         ):
             state.batch_in_epoch += 1
             yield batch
@@ -418,10 +417,12 @@ class _Subset:
 
 
 def _task_texts(spec: Any, dataset: Any) -> list[str]:
-    """Every TSE text of the training split (collected once, before training)."""
+    """Every TSE text of the task: one per choice when the spec defines them, plus every text of the
+    training split (collected once, before training, from the samples without loading images)."""
     samples = getattr(dataset, "samples", None)
     rows = samples if samples is not None else (dataset[i] for i in range(len(dataset)))
-    return [t for t in (spec.tse_text_for(s) for s in rows) if t is not None]
+    texts = list(spec.tse_texts() or [])
+    return texts + [t for t in (spec.tse_text_for(s) for s in rows) if t is not None]
 
 
 def _prompt_config(cfg: TrainConfig) -> PromptConfig:
@@ -445,8 +446,8 @@ def _stamp(pc: PromptConfig, cfg: TrainConfig, spec: Any, sources: Sequence[Any]
     pc.task = getattr(spec, "name", None) or cfg.task
     choices = getattr(spec, "choices", None)
     pc.choices = list(choices) if choices else None
-    templates = getattr(spec, "templates", None)
-    pc.templates = dict(templates) if isinstance(templates, dict) else {}
+    spec_dict = spec.to_dict() if hasattr(spec, "to_dict") else {}
+    pc.templates = {k: spec_dict[k] for k in ("instruction", "instruction_by_family", "answer", "tse_text") if k in spec_dict}
     pc.data = {"path": cfg.data, "train_split": cfg.train_split, "train_samples": len(train_set),
                "val_split": cfg.val_split if val_set is not None else None,
                "val_samples": len(val_set) if val_set is not None else 0}
