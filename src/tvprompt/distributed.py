@@ -54,11 +54,13 @@ class World:
 
 
 def init_world() -> World:
-    """Join the process group when a launcher started several processes; otherwise one process."""
+    """Join the process group when a launcher (``accelerate launch``, ``torchrun``) started several
+    processes (``WORLD_SIZE`` > 1); otherwise a single process."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return World()
     from accelerate import PartialState
 
-    state = PartialState()
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
+    state = PartialState(cpu=cpu)  # on CPUs: gloo
     log.info("data-parallel: process %d of %d on %s", state.process_index, state.num_processes, state.device)
     return World(rank=state.process_index, size=state.num_processes, device=state.device)
