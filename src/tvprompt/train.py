@@ -181,7 +181,7 @@ def train(
     if cfg.tse > 0 and guide is None:
         from .models.registry import load_guide
 
-        guide = load_guide(cfg.guide)
+        guide = load_guide(cfg.guide, device=cfg.device or world.device or sources[0].device, dtype=cfg.dtype)
     device = torch.device(cfg.device) if cfg.device else (world.device or sources[0].device)
 
     # ---- init (scratch | resume)
@@ -480,16 +480,10 @@ def _load_sources(cfg: TrainConfig, world: World) -> list[Any]:
         devices = [f"cuda:{k % n}" for k in range(len(cfg.sources))]
     else:
         devices = ["cpu"] * len(cfg.sources)
-    adapters = []
-    for model_id, device in zip(cfg.sources, devices, strict=True):
-        dtype = cfg.dtype
-        if dtype == "auto":
-            dtype = "bfloat16" if torch.device(device).type == "cuda" else "float32"
-        adapter = load_adapter(model_id, device=device, dtype=getattr(torch, dtype))
-        if cfg.gradient_checkpointing and hasattr(adapter, "enable_gradient_checkpointing"):
-            adapter.enable_gradient_checkpointing()
-        adapters.append(adapter)
-    return adapters
+    return [
+        load_adapter(m, device=d, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing)
+        for m, d in zip(cfg.sources, devices, strict=True)
+    ]
 
 
 class _MetricsLog:
