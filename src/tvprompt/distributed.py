@@ -32,10 +32,12 @@ class World:
         if self.size > 1:
             import torch.distributed as dist
 
-            if dist.get_backend() == "gloo" and tensor.device.type != "cpu":
-                cpu = tensor.detach().cpu()
-                dist.all_reduce(cpu)
-                tensor.copy_(cpu)
+            # gloo reduces CPU tensors, nccl CUDA tensors: stage through the right device if needed
+            comm = torch.device("cpu") if dist.get_backend() == "gloo" else (self.device or tensor.device)
+            if tensor.device != comm:
+                staged = tensor.detach().to(comm)
+                dist.all_reduce(staged)
+                tensor.copy_(staged)
             else:
                 dist.all_reduce(tensor)
         return tensor

@@ -308,7 +308,7 @@ def train(
                 if stop_reason:
                     log.info("%s (step %d, best %.4f at step %s)", stop_reason, state.step, state.best_metric, state.best_step)
                     break
-                if interrupted.is_set():
+                if _any_process(interrupted.is_set(), world):
                     checkpoint()
                     raise TrainingInterrupted(
                         f"interrupted at step {state.step}/{total}; checkpoint saved in {out}; rerun with --resume to continue"
@@ -357,7 +357,8 @@ def validate(
     device = prompt.delta.device
     counts = torch.zeros(len(sources) + 1, dtype=torch.float64)  # correct per source, then total
     bs = cfg.val_batch_size or cfg.batch_size
-    for i, batch in enumerate(batch_fn(dataset, bs, shuffle=False, seed=cfg.seed, image_size=cfg.image_size)):
+    batches = batch_fn(dataset, bs, shuffle=False, seed=cfg.seed, image_size=cfg.image_size, num_workers=cfg.num_workers)
+    for i, batch in enumerate(batches):
         if i % world.size != world.rank:
             continue
         samples = list(batch.samples)
@@ -395,6 +396,13 @@ def _micro_batches(dataset: Any, cfg: TrainConfig, state: TrainState, batch_fn: 
             yield batch
         state.epoch += 1
         state.batch_in_epoch = 0
+
+
+def _any_process(flag: bool, world: World) -> bool:
+    """True on every process when ``flag`` is set on any (so all stop at the same step)."""
+    if world.size == 1:
+        return flag
+    return bool(world.all_reduce_sum(torch.tensor([float(flag)])).item() > 0)
 
 
 def _subset(dataset: Any, n: int, seed: int) -> Any:
