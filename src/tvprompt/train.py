@@ -254,7 +254,7 @@ def train(
                     batch = next(data)
                     gen = torch.Generator().manual_seed(_seed_for(cfg.seed, "augment", step, micro))
                     images, aug = augment(
-                        batch.images, gen, flip=cfg.flip, scale=cfg.jitter_scale, translate=cfg.jitter_translate
+                        batch.images.to(device, non_blocking=True), gen, flip=cfg.flip, scale=cfg.jitter_scale, translate=cfg.jitter_translate
                     )
                     n_global = images.shape[0]
                     part = world.shard(n_global)
