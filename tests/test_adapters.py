@@ -127,7 +127,8 @@ def test_feature_shapes_and_same_forward_features(adapter, kind):
     assert feats.ndim == 3 and feats.shape[0] == 2
     loss, same = adapter.lm_loss_with_features(images, PROMPTS, ["circle", "3"], kind=kind)
     assert same.shape == feats.shape
-    torch.testing.assert_close(same, feats, atol=1e-5, rtol=1e-5)
+    if kind not in adapter.prompt_dependent_features:
+        torch.testing.assert_close(same, feats, atol=1e-5, rtol=1e-5)
     assert loss.ndim == 0
 
 

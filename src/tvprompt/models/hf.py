@@ -131,6 +131,8 @@ class HFAdapter:
     answer_prefix: ClassVar[str] = " "  # text put before an answer when it is tokenized
     explicit_positions: ClassVar[bool] = True  # pass cumsum(mask)-1 position_ids (decoder-only)
     feature_kinds: ClassVar[tuple[str, ...]] = FEATURE_KINDS
+    # kinds whose features depend on the prompt (``vision_features`` then uses an empty prompt)
+    prompt_dependent_features: ClassVar[tuple[str, ...]] = ()
     roles: ClassVar[tuple[str, ...]] = ("source", "target")
     extra: ClassVar[str | None] = None  # pip extra needed beyond the core install
     notes: ClassVar[str] = ""
