@@ -73,6 +73,19 @@ def test_tvp_fca_with_real_features_is_zero_at_zero_delta_then_grows(world, tmp_
     assert fca[1] > 1e-6 and fca[2] > 1e-6
 
 
+def test_ensemble_of_two_real_families(world, tmp_path):
+    model, task, data = world
+    nxt = build_tiny_model("llava_next", tmp_path / "llava_next", seed=1)
+    cfg = _cfg(world, tmp_path / "out", method="tvp", steps=2, tse=0.0, fca=0.5, val_every=2)
+    cfg.sources = [f"hf:{model}", f"hf:{nxt}"]
+    result = train(cfg)
+    val = [r for r in result.history if "accuracy" in r][-1]
+    assert {"accuracy/llava", "accuracy/llava_next"} <= set(val)
+    assert val["accuracy"] == pytest.approx((val["accuracy/llava"] + val["accuracy/llava_next"]) / 2)
+    saved = VisualPrompt.from_pretrained(tmp_path / "out" / "prompt")
+    assert [s["family"] for s in saved.config.sources] == ["llava", "llava_next"]
+
+
 def test_tvp_with_a_real_clip_guide_encodes_task_texts_once(world, clip, tmp_path):
     guide = load_guide(f"hf:{clip}", device="cpu")
     calls = []
