@@ -13,14 +13,10 @@ when there is no validation), ``last/`` (δ after the final update), ``checkpoin
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
-import signal
-import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +31,7 @@ from .errors import TvpError, UsageError
 from .files import write_text_atomic
 from .objective import FcaReferences, Objective, TaskTexts
 from .prompt import PromptConfig, VisualPrompt
+from .runlog import MetricsLog, interrupt_flag, progress_bar
 from .train_config import PRESETS, RUNTIME_FIELDS, TrainConfig, load_config_file, resolve_config
 
 __all__ = [
@@ -212,7 +209,7 @@ def train(
     if cfg.tse > 0:
         objective.texts = TaskTexts(guide, _task_texts(spec, train_set))
 
-    metrics = _MetricsLog(out, state.step if resume else 0, cfg.tensorboard) if (out and world.is_main) else None
+    metrics = MetricsLog(out, state.step if resume else 0, cfg.tensorboard) if (out and world.is_main) else None
     history: list[dict[str, Any]] = []
 
     def log_row(row: dict[str, Any]) -> None:
@@ -243,11 +240,11 @@ def train(
         run_validation(0)  # baseline: δ = 0 (recorded, never selected)
 
     data = _micro_batches(train_set, cfg, state, batch_fn)
-    bar = _progress(total, state.step, enabled=cfg.progress and world.is_main)
+    bar = progress_bar(total, state.step, enabled=cfg.progress and world.is_main)
     stop_reason = None
     if cfg.early_stop and state.bad_validations >= cfg.early_stop:  # resuming a run that had stopped early
         total = state.step
-    with _interrupt_flag() as interrupted:
+    with interrupt_flag() as interrupted:
         try:
             for step in range(state.step, total):
                 lr = lr_at(step, cfg, total)
@@ -494,68 +491,3 @@ def _load_sources(cfg: TrainConfig, world: World) -> list[Any]:
         load_adapter(m, device=d, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing)
         for m, d in zip(cfg.sources, devices, strict=True)
     ]
-
-
-class _MetricsLog:
-    """``metrics.jsonl`` (one JSON object per line, flushed) + optional TensorBoard."""
-
-    def __init__(self, out: Path, keep_until: int, tensorboard: bool) -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        self.path = out / "metrics.jsonl"
-        kept = []
-        if keep_until and self.path.exists():  # resume: drop rows logged after the checkpoint
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                with contextlib.suppress(json.JSONDecodeError):
-                    row = json.loads(line)
-                    if row.get("step", 0) <= keep_until:
-                        kept.append(line)
-        write_text_atomic(self.path, "".join(line + "\n" for line in kept))
-        self.file = self.path.open("a", encoding="utf-8")
-        self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(out / "tensorboard"))
-            except ImportError:
-                log.warning("--tensorboard: the tensorboard package is not installed; logging to metrics.jsonl only")
-
-    def write(self, row: dict[str, Any]) -> None:
-        self.file.write(json.dumps({**row, "time": round(time.time(), 3)}) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            prefix = row.get("split", "train")
-            for k, v in row.items():
-                if isinstance(v, int | float) and k not in ("step", "total_steps"):
-                    self.tb.add_scalar(f"{prefix}/{k}", v, row["step"])
-
-    def close(self) -> None:
-        self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _progress(total: int, initial: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not enabled or None, dynamic_ncols=True)
-
-
-@contextlib.contextmanager
-def _interrupt_flag() -> Iterator[threading.Event]:
-    """First Ctrl-C sets a flag the loop checks after each update; a second one interrupts at once."""
-    flag = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-
-    def handler(signum, frame):  # noqa: ARG001
-        flag.set()
-        signal.signal(signal.SIGINT, previous)
-        log.warning("Ctrl-C: finishing this step and saving a checkpoint (press again to abort at once)")
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
