@@ -292,3 +292,29 @@ def test_resume_after_crash_in_process_is_bit_exact(tmp_path):
     assert torch.equal(resumed.delta, full.delta)
     rows = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 8))
+
+
+@pytest.mark.parametrize("shape", ["random_patch", "full"])
+def test_other_prompt_shapes_train_and_resume_exactly(tmp_path, shape):
+    kw = {"shape": shape, "patch_size": 6, "epsilon": 0.2, "steps": 4, "ckpt_every": 1, "fca": 0.5, "tse": 0.0}
+    full = _run(_cfg("tvp", output=str(tmp_path / "a"), **kw), [ToyAdapter(0)])
+    assert full.delta.abs().sum() > 0
+    assert full.history[0]["fca"] == 0.0  # the shrunk reference has the same (random) layout with δ = 0
+    if shape == "full":
+        assert full.delta.abs().max() <= 0.2 + 1e-7
+
+    def stop_after(n):
+        def fn(*a, **k):
+            for b in toy_batches(*a, **k):
+                if k.get("shuffle") and fn.count >= n:
+                    raise RuntimeError("stop")
+                fn.count += bool(k.get("shuffle"))
+                yield b
+        fn.count = 0
+        return fn
+
+    cfg = _cfg("tvp", output=str(tmp_path / "b"), **kw)
+    with pytest.raises(RuntimeError):
+        train(cfg, sources=[ToyAdapter(0)], spec=ToySpec(), train_set=ToyDataset(8), batch_fn=stop_after(2))
+    resumed = _run(cfg, [ToyAdapter(0)], resume=True)
+    assert torch.equal(resumed.delta, full.delta)

@@ -40,19 +40,24 @@ class FcaReferences:
         self.computed = 0  # samples whose features were computed (for tests and logs)
 
     @torch.no_grad()
-    def _compute(self, images: torch.Tensor) -> torch.Tensor:
+    def _compute(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.reference == "shrunk":
-            pixels = self.blank.apply(images)
+            pixels = self.blank.apply(images, generator=generator)
         else:
             pixels = resize(images.to(self.blank.delta.device), (self.blank.config.image_height, self.blank.config.image_width))
         self.computed += pixels.shape[0]
         return self.adapter.vision_features(pixels.to(self.adapter.device), kind=self.kind).detach()
 
     @torch.no_grad()
-    def get(self, images: torch.Tensor, ids: Sequence[str], aug: Augmentation) -> torch.Tensor:
-        """(B, N, D) reference features of the augmented ``images`` of the samples ``ids``."""
-        if not aug.deterministic or self.budget <= 0:
-            return self._compute(images)
+    def get(self, images: torch.Tensor, ids: Sequence[str], aug: Augmentation,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, N, D) reference features of the augmented ``images`` of the samples ``ids``.
+
+        ``generator`` must draw the same patch positions as the prompted batch (``random_patch``).
+        """
+        random_layout = self.blank.config.shape == "random_patch" and self.reference == "shrunk"
+        if not aug.deterministic or self.budget <= 0 or random_layout:
+            return self._compute(images, generator)
         keys = list(zip(ids, aug.flipped.tolist(), strict=True))
         missing = [j for j, key in enumerate(keys) if key not in self.cache]
         if missing:
@@ -100,11 +105,16 @@ class Objective:
     texts: TaskTexts | None = None
 
     def __call__(
-        self, prompt: VisualPrompt, images: torch.Tensor, samples: Sequence[Any], aug: Augmentation
+        self, prompt: VisualPrompt, images: torch.Tensor, samples: Sequence[Any], aug: Augmentation,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(total loss, {llm, fca, tse}) for augmented ``images`` of ``samples``; total is differentiable in δ."""
+        """(total loss, {llm, fca, tse}) for augmented ``images`` of ``samples``; total is differentiable in δ.
+
+        ``generator`` places a ``random_patch`` prompt (other shapes draw nothing).
+        """
         spec = self.spec
-        prompted = prompt.apply(images)
+        placement = generator.get_state() if generator is not None else None
+        prompted = prompt.apply(images, generator=generator)
         answers = [spec.answer_for(s) for s in samples]
         llms, fcas = [], []
         for k, adapter in enumerate(self.sources):
@@ -112,7 +122,8 @@ class Objective:
             prompts = [spec.prompt_for(s, adapter.family) for s in samples]
             if self.fca_weight > 0:
                 llm, feats = adapter.lm_loss_with_features(pixels, prompts, answers, kind=self.fca_features)
-                ref = self.references[k].get(images, [s.id for s in samples], aug)
+                same = torch.Generator().set_state(placement) if placement is not None else None
+                ref = self.references[k].get(images, [s.id for s in samples], aug, same)
                 fcas.append(fca_loss(feats, ref).to(prompted.device))
             else:
                 llm = adapter.lm_loss(pixels, prompts, answers)

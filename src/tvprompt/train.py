@@ -262,7 +262,8 @@ def train(
                         continue
                     if world.size > 1:
                         aug = replace(aug, flipped=aug.flipped[part])
-                    loss, parts = objective(prompt, images[part], list(batch.samples)[part], aug)
+                    place = torch.Generator().manual_seed(_seed_for(cfg.seed, "place", step, micro, world.rank))
+                    loss, parts = objective(prompt, images[part], list(batch.samples)[part], aug, place)
                     weight = n_local / (n_global * cfg.grad_accum)
                     (loss * weight if weight != 1.0 else loss).backward()
                     terms += torch.stack([loss.detach(), parts["llm"], parts["fca"], parts["tse"]]).double() * weight
@@ -435,7 +436,8 @@ def _task_texts(spec: Any, dataset: Any) -> list[str]:
 def _prompt_config(cfg: TrainConfig) -> PromptConfig:
     return PromptConfig(
         shape=cfg.shape, image_height=cfg.image_size, image_width=cfg.image_size,
-        prompt_width=cfg.width, clamp=cfg.clamp, seed=cfg.seed, method=cfg.method,
+        prompt_width=cfg.width, patch_size=cfg.patch_size, epsilon=cfg.epsilon, clamp=cfg.clamp, seed=cfg.seed,
+        method=cfg.method,
     )
 
 

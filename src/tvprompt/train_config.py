@@ -66,6 +66,8 @@ class TrainConfig:
     # prompt
     shape: str = _f("padding", "prompt shape (padding | fixed_patch | random_patch | full)")
     width: int = _f(30, "prompt width p of the padding prompt")
+    patch_size: int = _f(30, "side of the fixed_patch / random_patch prompt")
+    epsilon: float = _f(0.1, "L-inf bound of the full-frame prompt")
     image_size: int = _f(224, "side H = W of the prompted image")
     clamp: bool = _f(True, "project δ to [0, 1] after every update (false = released code)")
     # loss
@@ -116,7 +118,7 @@ class TrainConfig:
                 raise bad(name, f"{getattr(self, name)!r} is not one of {', '.join(allowed)}")
         if self.steps is not None and self.epochs is not None:
             raise UsageError("give either --steps or --epochs, not both")
-        for name in ("batch_size", "grad_accum", "image_size", "width"):
+        for name in ("batch_size", "grad_accum", "image_size", "width", "patch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise bad(name, f"must be a positive integer, got {getattr(self, name)!r}")
         if self.steps is not None and (not isinstance(self.steps, int) or self.steps < 1):

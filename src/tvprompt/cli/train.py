@@ -45,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("prompt")
     g.add_argument("--shape", choices=["padding", "fixed_patch", "random_patch", "full"], help="prompt shape (padding)")
     g.add_argument("--width", type=int, help="prompt width p (30)")
+    g.add_argument("--patch-size", type=int, help="side of a fixed_patch / random_patch prompt (30)")
+    g.add_argument("--epsilon", type=float, help="L-inf bound of the full prompt (0.1)")
     g.add_argument("--image-size", type=int, help="side H of the prompted image (224)")
     g.add_argument("--no-clamp", dest="clamp", action="store_const", const=False, help="leave δ unbounded (released code)")
     g = p.add_argument_group("loss")
