@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+# tests/ is a package (helpers imported as ``from .toy import ...``), but some test modules import
+# sibling helpers top-level (``from hf_processors import ...``): keep both styles working.
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parent))
 
 
 def run_tvp(*args: str, cwd: str | os.PathLike | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
