@@ -25,7 +25,7 @@ from ..errors import TvpError, UsageError
 log = logging.getLogger(__name__)
 
 # Family modules (tvprompt.models.<name>), imported lazily by the registry functions.
-FAMILY_MODULES = ["llava"]
+FAMILY_MODULES = ["llava", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "paligemma", "gemma3"]
 GUIDE_MODULES: list[str] = []
 
 _FAMILIES: dict[str, type] = {}
