@@ -201,7 +201,8 @@ def tiny_qwen_text(tokenizer: Any, hidden: int = 32) -> dict[str, Any]:
     return dict(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+        # theta 100: with head_dim 8, a 10000 base barely rotates the h/w sections over a 2x2 grid
+        rope_parameters={"rope_type": "default", "rope_theta": 100.0, "mrope_section": [1, 1, 2]},
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
 
