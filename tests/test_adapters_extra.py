@@ -66,13 +66,14 @@ def _to01(uint8: np.ndarray) -> torch.Tensor:
 def native_inputs(adapter, pixels: torch.Tensor, prompt: str, answer: str, drop: str | None = None):
     """(model kwargs, prefix length): what the family's HF processor hands the model, positions left
     to the model itself. ``drop`` removes or corrupts one family-specific field."""
-    prefix, ans = adapter.prompt_ids(prompt), adapter.answer_ids(answer)
+    hw = (pixels.shape[-2], pixels.shape[-1])
+    prefix, ans = adapter.prompt_ids(prompt, hw), adapter.answer_ids(answer)
     ids = torch.tensor([prefix + ans])
     pixel_values = adapter.preprocess(pixels)
     kw = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     family = adapter.family
     if family in ("qwen2_vl", "qwen2_5_vl"):
-        kw.update(pixel_values=pixel_values, image_grid_thw=adapter.grid_thw(1),
+        kw.update(pixel_values=pixel_values, image_grid_thw=adapter.grid_thw(1, hw),
                   mm_token_type_ids=(ids == adapter.image_token_id).int())
         if drop:
             kw.pop("mm_token_type_ids")
@@ -99,7 +100,7 @@ def _native_loss(adapter, kw, n_prefix: int) -> torch.Tensor:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lm_loss_equals_the_models_own_forward(load, family):
     adapter = load(family)
-    pixels = _image()
+    pixels = torch.rand(1, 3, 40, 64, generator=torch.Generator().manual_seed(2))  # non-square canvas
     with torch.no_grad():
         ours = adapter.lm_loss(pixels, [PROMPT], [ANSWER])
         native = _native_loss(adapter, *native_inputs(adapter, pixels, PROMPT, ANSWER))
@@ -159,12 +160,22 @@ def test_gemma3_projection_is_initialised(load, family):
 
 # ---- Qwen: fixed grid and M-RoPE ----------------------------------------------------------------
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
-def test_qwen_fixed_grid_for_any_input_shape(load, family):
+def test_qwen_grid_follows_the_canvas(load, family):
+    """One grid per canvas, the processor's: 64x64 -> 56x56 (2x2 LLM tokens), 40x64 -> 56x84 (2x3)."""
     adapter = load(family)
-    a = adapter.preprocess(torch.rand(2, 3, 64, 64))
-    b = adapter.preprocess(torch.rand(2, 3, 40, 100))
-    assert a.shape == b.shape == (2 * 16, 3 * 2 * 14 * 14)
-    assert adapter.num_image_tokens() == 4
+    assert adapter.preprocess(torch.rand(2, 3, 64, 64)).shape == (2 * 4 * 4, 3 * 2 * 14 * 14)
+    assert adapter.preprocess(torch.rand(2, 3, 40, 64)).shape == (2 * 4 * 6, 3 * 2 * 14 * 14)
+    assert adapter.llm_grid((40, 64)) == (2, 3)
+    ids = adapter.prompt_ids(PROMPT, (40, 64))
+    assert ids.count(adapter.image_token_id) == 6
+    # a non-square grid through the whole model: cached scoring equals per-choice forwards
+    pixels = torch.rand(2, 3, 40, 64, generator=torch.Generator().manual_seed(3))
+    prompts = [PROMPT, "How many shapes are there in the picture?"]
+    scores = adapter.score_choices(pixels, prompts, ["circle", "two red squares"])
+    with torch.no_grad():
+        brute = torch.tensor([[-adapter.lm_loss(pixels[b : b + 1], [prompts[b]], [c]).item()
+                               for c in ["circle", "two red squares"]] for b in range(2)])
+    torch.testing.assert_close(scores, brute, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
@@ -186,14 +197,15 @@ def test_qwen_patchify_matches_processor_at_224():
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from tvprompt.models.preprocessing import CLIP_MEAN, CLIP_STD, ImagePreprocessing
-    from tvprompt.models.qwen2_vl import patchify, qwen_preprocessing
+    from tvprompt.models.qwen2_vl import patchify, qwen_preprocessing, smart_resize
 
     default = ImagePreprocessing(size=(224, 224), mean=CLIP_MEAN, std=CLIP_STD)
     pre = qwen_preprocessing({"min_pixels": 56 * 56, "max_pixels": 28 * 28 * 1280}, 28, default)
     assert pre.size == (224, 224)  # released checkpoints: a 224 canvas is its own grid, 64 LLM tokens
+    assert smart_resize(200, 300, 28, 56 * 56, 28 * 28 * 1280) == (196, 308)
     uint8 = _smooth_uint8(224, 224)
     expected = Qwen2VLImageProcessorPil()(images=Image.fromarray(uint8), return_tensors="pt")
-    ours = patchify(pre(_to01(uint8)), 14, 2, 2)
+    ours = patchify(pre(_to01(uint8)), 14, 2, 2)  # what the adapter does: no resize at 224
     assert expected["image_grid_thw"].tolist() == [[1, 16, 16]]
     torch.testing.assert_close(ours, expected["pixel_values"].float(), atol=1e-5, rtol=0)
 

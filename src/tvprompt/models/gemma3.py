@@ -40,6 +40,7 @@ class Gemma3Adapter(HFAdapter):
     model_types = ("gemma3",)
     model_class = "Gemma3ForConditionalGeneration"
     display_name = "Gemma 3"
+    llm = "Gemma 3"
     answer_prefix = ""  # the answer follows "model\n" directly
     notes = "single view, no pan-and-scan; Gemma 3 chat format; token_type_ids 1 = image tokens"
 
@@ -52,7 +53,7 @@ class Gemma3Adapter(HFAdapter):
     def image_token_id(self) -> int:
         return int(self.model.config.image_token_id)
 
-    def prompt_ids(self, prompt: str) -> list[int]:
+    def prompt_ids(self, prompt: str, image_size: tuple[int, int]) -> list[int]:
         cfg = self.model.config
         image = [int(cfg.boi_token_id)] + [self.image_token_id] * int(cfg.mm_tokens_per_image) + [int(cfg.eoi_token_id)]
         return (self.bos() + self.text_ids("<start_of_turn>user\n\n\n") + image
@@ -63,7 +64,7 @@ class Gemma3Adapter(HFAdapter):
             return {}
         return {"pixel_values": pixel_values, "token_type_ids": (batch.input_ids == self.image_token_id).long()}
 
-    def run_vision(self, pixel_values: torch.Tensor) -> Any:
+    def run_vision(self, pixel_values: torch.Tensor, image_size: tuple[int, int]) -> Any:
         return self.model.model.get_image_features(pixel_values, return_dict=True)
 
     def select_features(self, image_outputs: Any, kind: str) -> torch.Tensor:

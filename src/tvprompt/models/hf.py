@@ -9,12 +9,16 @@ FCA features taken from the same forward that feeds the LLM, KV-cached ``score_c
 A family module subclasses it, sets a few class attributes and overrides small hooks:
 
 decoder-only families
-    ``prompt_ids(prompt)``           token ids before the answer: BOS, chat format, image tokens
+    ``prompt_ids(prompt, image_size)``  token ids before the answer: BOS, chat format, image tokens
+                                     (``image_size`` = (H, W) of the prompted image, for families
+                                     whose image-token count depends on it)
     ``forward_kwargs(pixel_values, batch)``  extra model inputs (``pixel_values``, ``image_sizes``, ...)
     ``image_outputs(outputs)``       where the forward output keeps the vision-tower outputs
-    ``run_vision(pixel_values)``     a vision-only pass returning the same kind of object
+    ``run_vision(pixel_values, image_size)``  a vision-only pass returning the same kind of object
     ``select_features(image_outputs, kind)``  (B, N, D) ``encoder`` or ``projected`` features
     ``continuation_kwargs(prefix, ids, mask)``  inputs for tokens that follow a cached prefix
+    ``continuation_module()``        the module those tokens go through (default: the whole model)
+    ``cache_of(outputs)``            the KV cache inside a forward output
 
 encoder-decoder families additionally
     ``encode(pixel_values, batch)`` -> :class:`EncoderState`, ``decode(state, ids, mask)`` -> logits
@@ -40,6 +44,7 @@ from .preprocessing import ImagePreprocessing, read_processor_config
 
 log = logging.getLogger(__name__)
 
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float16": torch.float16, "fp16": torch.float16,
@@ -54,6 +59,8 @@ class TextBatch:
     attention_mask: torch.Tensor  # (B, L)
     target_mask: torch.Tensor | None = None  # (B, L)
     position_ids: torch.Tensor | None = None  # (B, L) or None: the model computes them
+    image_size: tuple[int, int] | None = None  # (H, W) of the prompted pixels the batch goes with
+    prompts: list[str] | None = None  # the instructions (for families that feed them elsewhere too)
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -121,10 +128,13 @@ class HFAdapter:
     model_types: ClassVar[tuple[str, ...]] = ()  # config.json model_type values it handles
     model_class: ClassVar[str] = ""  # transformers class name, resolved lazily
     display_name: ClassVar[str] = ""
+    llm: ClassVar[str] = ""  # language models the family comes with, for `tvp models`
     add_bos: ClassVar[bool] = True  # prepend tokenizer.bos_token_id to prompts
     answer_prefix: ClassVar[str] = " "  # text put before an answer when it is tokenized
     explicit_positions: ClassVar[bool] = True  # pass cumsum(mask)-1 position_ids (decoder-only)
     feature_kinds: ClassVar[tuple[str, ...]] = FEATURE_KINDS
+    # kinds whose features depend on the prompt (``vision_features`` then uses an empty prompt)
+    prompt_dependent_features: ClassVar[tuple[str, ...]] = ()
     roles: ClassVar[tuple[str, ...]] = ("source", "target")
     extra: ClassVar[str | None] = None  # pip extra needed beyond the core install
     notes: ClassVar[str] = ""
@@ -142,13 +152,10 @@ class HFAdapter:
         self.device = device or next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.is_encoder_decoder = self._is_encoder_decoder()
-        params = inspect.signature(model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        self._has_logits_to_keep = "logits_to_keep" in params
-        if tokenizer.pad_token_id is None:
-            raise TvpError(f"{model_id}: the tokenizer has no pad token; set pad_token in tokenizer_config.json")
         if tokenizer.eos_token_id is None:
             raise TvpError(f"{model_id}: the tokenizer has no eos token; set eos_token in tokenizer_config.json")
+        # padded positions are masked out, so any id will do when a checkpoint defines no pad token
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -193,9 +200,11 @@ class HFAdapter:
         kwargs: dict[str, Any] = {"dtype": torch_dtype}
         if device_map is not None:
             kwargs["device_map"] = device_map
+        if attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise UsageError(f"attn_implementation {attn_implementation!r} is not one of {', '.join(ATTN_IMPLEMENTATIONS)}")
         try:
             model = model_cls.from_pretrained(source, attn_implementation=attn_implementation, **kwargs)
-        except ValueError as e:
+        except (ValueError, ImportError) as e:
             if attn_implementation == "eager":
                 raise TvpError(f"{source}: could not load the model ({e})") from None
             log.warning("%s: attention %r unavailable (%s); falling back to eager", source, attn_implementation, e)
@@ -206,14 +215,14 @@ class HFAdapter:
             model.to(dev)
         else:
             dev = model.get_input_embeddings().weight.device
-        if gradient_checkpointing:
-            enable_checkpointing(model)
         tokenizer = cls.load_tokenizer(source)
         processor_config = read_local_or_hub_processor_config(source)
         default = cls.default_preprocessing(model.config)
         pre = default if processor_config is None else ImagePreprocessing.from_processor_config(processor_config, default)
         adapter = cls(model, tokenizer, pre, model_id or f"hf:{source}", device=dev)
         adapter.setup(source)
+        if gradient_checkpointing:  # after __init__'s eval(): it sets flags on the checkpointed layers
+            enable_checkpointing(model)
         return adapter
 
     def setup(self, source: str) -> None:
@@ -224,8 +233,11 @@ class HFAdapter:
         return bool(getattr(text, "is_encoder_decoder", False))
 
     # ---- hooks ------------------------------------------------------------------------------------
-    def prompt_ids(self, prompt: str) -> list[int]:
-        """Token ids of the prefix for ``prompt`` (BOS, prompt format, image placeholder tokens)."""
+    def prompt_ids(self, prompt: str, image_size: tuple[int, int]) -> list[int]:
+        """Token ids of the prefix for ``prompt`` (BOS, prompt format, image placeholder tokens).
+
+        ``image_size`` is the (H, W) of the [0, 1] pixels the adapter was given.
+        """
         raise NotImplementedError
 
     def answer_ids(self, answer: str) -> list[int]:
@@ -248,8 +260,8 @@ class HFAdapter:
         """The vision outputs inside a forward output (``select_features`` reads them)."""
         return outputs.image_outputs
 
-    def run_vision(self, pixel_values: torch.Tensor) -> Any:
-        """A vision-only pass returning what ``image_outputs`` returns."""
+    def run_vision(self, pixel_values: torch.Tensor, image_size: tuple[int, int]) -> Any:
+        """A vision-only pass returning what ``image_outputs`` returns (``image_size``: prompted H, W)."""
         raise NotImplementedError
 
     def select_features(self, image_outputs: Any, kind: str) -> torch.Tensor:
@@ -263,6 +275,15 @@ class HFAdapter:
             start = prefix.lengths.unsqueeze(1)
             out["position_ids"] = start + positions_from_mask(mask)
         return out
+
+    def continuation_module(self) -> Any:
+        """The module that runs tokens after a cached prefix (text only, no pixels)."""
+        return self.model
+
+    def cache_of(self, outputs: Any) -> Any:
+        """The KV cache a forward with ``use_cache=True`` returned."""
+        cache = getattr(outputs, "cache", None)
+        return cache if cache is not None else outputs.past_key_values
 
     def encode(self, pixel_values: torch.Tensor, batch: TextBatch) -> EncoderState:
         """Encoder-decoder families: run vision + encoder on the prefix."""
@@ -290,7 +311,7 @@ class HFAdapter:
 
     def vision_features(self, pixels01: torch.Tensor, kind: str = "encoder") -> torch.Tensor:
         check_kind(kind)
-        return self.select_features(self.run_vision(self.preprocess(pixels01)), kind)
+        return self.select_features(self.run_vision(self.preprocess(pixels01), _hw(pixels01)), kind)
 
     def score_choices(self, pixels01: torch.Tensor, prompts: list[str], choices: list[str]) -> torch.Tensor:
         self._check_batch(pixels01, prompts)
@@ -318,50 +339,53 @@ class HFAdapter:
             n_ans = "" if answers is None else f", {len(answers)} answers"
             raise UsageError(f"batch mismatch: {pixels01.shape[0]} images, {len(prompts)} prompts{n_ans}")
 
-    def _prefix_batch(self, prompts: list[str]) -> TextBatch:
-        ids, mask = pad_sequences([self.prompt_ids(p) for p in prompts], self.tokenizer.pad_token_id, "left")
-        return self._finish_batch(ids, mask)
+    def _prefix_batch(self, prompts: list[str], image_size: tuple[int, int]) -> TextBatch:
+        seqs = [self.prompt_ids(p, image_size) for p in prompts]
+        ids, mask = pad_sequences(seqs, self.pad_id, "left")
+        batch = self._finish_batch(ids, mask, image_size)
+        batch.prompts = list(prompts)
+        return batch
 
-    def _finish_batch(self, ids: torch.Tensor, mask: torch.Tensor, target: torch.Tensor | None = None) -> TextBatch:
+    def _finish_batch(self, ids: torch.Tensor, mask: torch.Tensor, image_size: tuple[int, int],
+                      target: torch.Tensor | None = None) -> TextBatch:
         ids, mask = ids.to(self.device), mask.to(self.device)
         pos = positions_from_mask(mask) if self.explicit_positions else None
-        return TextBatch(ids, mask, None if target is None else target.to(self.device), pos)
+        return TextBatch(ids, mask, None if target is None else target.to(self.device), pos, image_size)
 
-    def _call(self, batch: TextBatch, extra: dict[str, Any], **kwargs: Any) -> Any:
+    def _call(self, batch: TextBatch, extra: dict[str, Any], module: Any = None, **kwargs: Any) -> Any:
+        module = self.model if module is None else module
         inputs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         if batch.position_ids is not None:
             inputs["position_ids"] = batch.position_ids
         inputs.update(extra)
-        if "logits_to_keep" in kwargs and not self._has_logits_to_keep:
+        params = _forward_params(module)
+        if "logits_to_keep" in kwargs and "logits_to_keep" not in params:
             kwargs.pop("logits_to_keep")
-        if "cache" in kwargs:
-            kwargs[self._cache_kw] = kwargs.pop("cache")
-        return self.model(**inputs, **kwargs)
-
-    @staticmethod
-    def _cache_of(outputs: Any) -> Any:
-        cache = getattr(outputs, "cache", None)
-        return cache if cache is not None else outputs.past_key_values
+        if "cache" in kwargs:  # renamed from past_key_values in transformers 5.x
+            kwargs["cache" if "cache" in params else "past_key_values"] = kwargs.pop("cache")
+        return module(**inputs, **kwargs)
 
     def _lm_loss(self, pixels01: torch.Tensor, prompts: list[str], answers: list[str],
                  kind: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         self._check_batch(pixels01, prompts, answers)
         pixel_values = self.preprocess(pixels01)
         answer_ids = [self.answer_ids(a) for a in answers]
+        hw = _hw(pixels01)
         if self.is_encoder_decoder:
-            state = self.encode(pixel_values, self._prefix_batch(prompts))
-            ids, mask = pad_sequences(answer_ids, self.tokenizer.pad_token_id, "right")
+            state = self.encode(pixel_values, self._prefix_batch(prompts, hw))
+            ids, mask = pad_sequences(answer_ids, self.pad_id, "right")
             ids, mask = ids.to(self.device), mask.to(self.device)
             logits = self.decode(state, self._shift_right(ids), self._shift_right_mask(mask))
             loss = _masked_ce(logits, ids, mask.bool())
             feats = None if kind is None else self.select_features(state.image_outputs, kind)
             return loss, feats
-        seqs = [self.prompt_ids(p) + a for p, a in zip(prompts, answer_ids, strict=True)]
-        ids, mask = pad_sequences(seqs, self.tokenizer.pad_token_id, "left")
+        seqs = [self.prompt_ids(p, hw) + a for p, a in zip(prompts, answer_ids, strict=True)]
+        ids, mask = pad_sequences(seqs, self.pad_id, "left")
         target = torch.zeros_like(mask)
         for i, a in enumerate(answer_ids):
             target[i, ids.shape[1] - len(a) :] = 1
-        batch = self._finish_batch(ids, mask, target)
+        batch = self._finish_batch(ids, mask, hw, target)
+        batch.prompts = list(prompts)
         keep = max(len(a) for a in answer_ids) + 1  # answers sit at the right end (left padding)
         keep = min(keep, ids.shape[1])
         out = self._call(batch, self.forward_kwargs(pixel_values, batch), logits_to_keep=keep, use_cache=False)
@@ -372,27 +396,29 @@ class HFAdapter:
 
     def _score_decoder(self, pixels01: torch.Tensor, prompts: list[str], choices: list[str]) -> torch.Tensor:
         n_choices = len(choices)
-        prefix = self._prefix_batch(prompts)
+        prefix = self._prefix_batch(prompts, _hw(pixels01))
         out = self._call(prefix, self.forward_kwargs(self.preprocess(pixels01), prefix), logits_to_keep=1, use_cache=True)
         first = out.logits[:, -1].float().log_softmax(-1)  # (B, V): predicts each choice's first token
-        cache = self._cache_of(out)
+        cache = self.cache_of(out)
         cache.batch_repeat_interleave(n_choices)
-        ids, mask = pad_sequences([self.answer_ids(c) for c in choices], self.tokenizer.pad_token_id, "right")
+        ids, mask = pad_sequences([self.answer_ids(c) for c in choices], self.pad_id, "right")
         batch_size = len(prompts)
         ids, mask = ids.to(self.device).repeat(batch_size, 1), mask.to(self.device).repeat(batch_size, 1)
         expanded = _expand_batch(prefix, n_choices)
         out2 = self._call(
-            TextBatch(ids, mask), self.continuation_kwargs(expanded, ids, mask), cache=cache, use_cache=True
+            TextBatch(ids, mask, image_size=prefix.image_size), self.continuation_kwargs(expanded, ids, mask),
+            module=self.continuation_module(), cache=cache, use_cache=True,
         )
+        ids, mask = ids.to(out2.logits.device), mask.to(out2.logits.device)  # differ under device_map="auto"
         logp = out2.logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        lp0 = first.repeat_interleave(n_choices, 0).gather(-1, ids[:, :1]).squeeze(-1)
+        lp0 = first.to(ids.device).repeat_interleave(n_choices, 0).gather(-1, ids[:, :1]).squeeze(-1)
         total = lp0 + (logp * mask[:, 1:]).sum(-1)
         return (total / mask.sum(-1)).view(batch_size, n_choices)
 
     def _generate_decoder(self, pixels01: torch.Tensor, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
-        prefix = self._prefix_batch(prompts)
+        prefix = self._prefix_batch(prompts, _hw(pixels01))
         out = self._call(prefix, self.forward_kwargs(self.preprocess(pixels01), prefix), logits_to_keep=1, use_cache=True)
-        cache = self._cache_of(out)
+        cache = self.cache_of(out)
         eos = self.tokenizer.eos_token_id
         batch_size = len(prompts)
         done = torch.zeros(batch_size, dtype=torch.bool, device=self.device)
@@ -400,17 +426,19 @@ class HFAdapter:
         running = prefix
         step_mask = torch.ones(batch_size, 1, dtype=torch.long, device=self.device)
         for step in range(max_new_tokens):
-            nxt = out.logits[:, -1].argmax(-1)
+            nxt = out.logits[:, -1].argmax(-1).to(self.device)
             nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
             tokens.append(nxt)
             done |= nxt == eos
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             ids = nxt.unsqueeze(1)
-            out = self._call(TextBatch(ids, step_mask), self.continuation_kwargs(running, ids, step_mask),
-                             cache=cache, use_cache=True)
-            cache = self._cache_of(out)
-            running = TextBatch(torch.cat([running.input_ids, ids], 1), torch.cat([running.attention_mask, step_mask], 1))
+            out = self._call(TextBatch(ids, step_mask, image_size=prefix.image_size),
+                             self.continuation_kwargs(running, ids, step_mask),
+                             module=self.continuation_module(), cache=cache, use_cache=True)
+            # the cache object is updated in place
+            running = TextBatch(torch.cat([running.input_ids, ids], 1), torch.cat([running.attention_mask, step_mask], 1),
+                                image_size=prefix.image_size)
         return _strip_eos(torch.stack(tokens, 1) if tokens else torch.zeros(batch_size, 0, dtype=torch.long), eos)
 
     def _shift_right(self, ids: torch.Tensor) -> torch.Tensor:
@@ -424,26 +452,27 @@ class HFAdapter:
     def _decoder_start_id(self) -> int:
         text = self.model.config.get_text_config(decoder=True)
         start = getattr(text, "decoder_start_token_id", None)
-        return int(start if start is not None else self.tokenizer.pad_token_id)
+        return int(start if start is not None else self.pad_id)
 
     def _score_seq2seq(self, pixels01: torch.Tensor, prompts: list[str], choices: list[str]) -> torch.Tensor:
         n_choices, batch_size = len(choices), len(prompts)
-        state = self.encode(self.preprocess(pixels01), self._prefix_batch(prompts))
+        state = self.encode(self.preprocess(pixels01), self._prefix_batch(prompts, _hw(pixels01)))
         state = EncoderState(state.hidden.repeat_interleave(n_choices, 0), state.mask.repeat_interleave(n_choices, 0))
-        ids, mask = pad_sequences([self.answer_ids(c) for c in choices], self.tokenizer.pad_token_id, "right")
+        ids, mask = pad_sequences([self.answer_ids(c) for c in choices], self.pad_id, "right")
         ids, mask = ids.to(self.device).repeat(batch_size, 1), mask.to(self.device).repeat(batch_size, 1)
         logits = self.decode(state, self._shift_right(ids), self._shift_right_mask(mask))
+        ids, mask = ids.to(logits.device), mask.to(logits.device)
         logp = logits.float().log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
         return ((logp * mask).sum(-1) / mask.sum(-1)).view(batch_size, n_choices)
 
     def _generate_seq2seq(self, pixels01: torch.Tensor, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
-        state = self.encode(self.preprocess(pixels01), self._prefix_batch(prompts))
+        state = self.encode(self.preprocess(pixels01), self._prefix_batch(prompts, _hw(pixels01)))
         eos = self.tokenizer.eos_token_id
         batch_size = len(prompts)
         dec = torch.full((batch_size, 1), self._decoder_start_id(), dtype=torch.long, device=self.device)
         done = torch.zeros(batch_size, dtype=torch.bool, device=self.device)
         for _ in range(max_new_tokens):  # answers are short: recompute the decoder, no decoder cache
-            nxt = self.decode(state, dec, torch.ones_like(dec))[:, -1].argmax(-1)
+            nxt = self.decode(state, dec, torch.ones_like(dec))[:, -1].argmax(-1).to(self.device)
             nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
             dec = torch.cat([dec, nxt[:, None]], 1)
             done |= nxt == eos
@@ -465,7 +494,10 @@ def enable_checkpointing(model: Any) -> None:
     """
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.eval()
     for module in model.modules():
         if isinstance(module, GradientCheckpointingLayer):
@@ -487,13 +519,29 @@ def read_local_or_hub_processor_config(source: str) -> dict[str, Any] | None:
     return None
 
 
+_PARAMS: dict[type, frozenset[str]] = {}
+
+
+def _forward_params(module: Any) -> frozenset[str]:
+    cls = type(module)
+    if cls not in _PARAMS:
+        _PARAMS[cls] = frozenset(inspect.signature(module.forward).parameters)
+    return _PARAMS[cls]
+
+
+def _hw(pixels01: torch.Tensor) -> tuple[int, int]:
+    return int(pixels01.shape[-2]), int(pixels01.shape[-1])
+
+
 def _masked_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the masked positions of the batch (token mean, like HF ``labels``)."""
-    return F.cross_entropy(logits[mask].float(), targets[mask])
+    mask = mask.to(logits.device)  # with device_map="auto" the logits live on the last device
+    return F.cross_entropy(logits[mask].float(), targets.to(logits.device)[mask])
 
 
 def _expand_batch(batch: TextBatch, n: int) -> TextBatch:
-    return TextBatch(batch.input_ids.repeat_interleave(n, 0), batch.attention_mask.repeat_interleave(n, 0))
+    return TextBatch(batch.input_ids.repeat_interleave(n, 0), batch.attention_mask.repeat_interleave(n, 0),
+                     image_size=batch.image_size)
 
 
 def _strip_eos(tokens: torch.Tensor, eos: int) -> list[list[int]]:

@@ -45,6 +45,7 @@ class Idefics3Adapter(HFAdapter):
     model_types = ("idefics3",)
     model_class = "Idefics3ForConditionalGeneration"
     display_name = "Idefics3"
+    llm = "Llama 3"
     notes = "no image splitting (one square view), 'User:<image>{prompt}<end_of_utterance>\\nAssistant:'"
 
     @classmethod
@@ -89,7 +90,7 @@ class Idefics3Adapter(HFAdapter):
         side = int(cfg.vision_config.image_size) // int(cfg.vision_config.patch_size)
         return side * side // int(cfg.scale_factor) ** 2
 
-    def prompt_ids(self, prompt: str) -> list[int]:
+    def prompt_ids(self, prompt: str, image_size: tuple[int, int]) -> list[int]:
         return (self.bos() + self.text_ids("User:<fake_token_around_image><global-img>")
                 + [self.image_token_id] * self.num_image_tokens()
                 + self.text_ids(f"<fake_token_around_image>{prompt}<end_of_utterance>\nAssistant:"))
@@ -104,7 +105,7 @@ class Idefics3Adapter(HFAdapter):
         b, _, h, w = pixel_values.shape
         return torch.ones(b, 1, h, w, dtype=torch.bool, device=pixel_values.device)
 
-    def run_vision(self, pixel_values: torch.Tensor) -> Any:
+    def run_vision(self, pixel_values: torch.Tensor, image_size: tuple[int, int]) -> Any:
         return self.model.model.get_image_features(
             pixel_values.unsqueeze(1), self._pixel_mask(pixel_values), return_dict=True)
 

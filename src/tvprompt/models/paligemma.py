@@ -32,6 +32,7 @@ class PaliGemmaAdapter(HFAdapter):
     model_types = ("paligemma",)
     model_class = "PaliGemmaForConditionalGeneration"
     display_name = "PaliGemma"
+    llm = "Gemma, Gemma 2"
     answer_prefix = ""  # the answer follows the prompt's "\n" directly
     notes = "prompt format '<image>xN<bos>{prompt}\\n'; token_type_ids 0 = prefix, 1 = answer"
 
@@ -48,7 +49,7 @@ class PaliGemmaAdapter(HFAdapter):
         vc = self.model.config.vision_config
         return (int(vc.image_size) // int(vc.patch_size)) ** 2
 
-    def prompt_ids(self, prompt: str) -> list[int]:
+    def prompt_ids(self, prompt: str, image_size: tuple[int, int]) -> list[int]:
         return [self.image_token_id] * self.num_image_tokens() + self.bos() + self.text_ids(f"{prompt}\n")
 
     def forward_kwargs(self, pixel_values: torch.Tensor | None, batch: TextBatch) -> dict[str, Any]:
@@ -67,7 +68,7 @@ class PaliGemmaAdapter(HFAdapter):
         out["position_ids"] = out["position_ids"] + 1
         return out
 
-    def run_vision(self, pixel_values: torch.Tensor) -> Any:
+    def run_vision(self, pixel_values: torch.Tensor, image_size: tuple[int, int]) -> Any:
         return self.model.model.get_image_features(pixel_values, return_dict=True)
 
     def select_features(self, image_outputs: Any, kind: str) -> torch.Tensor:

@@ -25,6 +25,7 @@ class Qwen2_5VLAdapter(Qwen2VLAdapter):
     model_types = ("qwen2_5_vl",)
     model_class = "Qwen2_5_VLForConditionalGeneration"
     display_name = "Qwen2.5-VL"
+    llm = "Qwen2.5"
 
 
 @register_tiny("qwen2_5_vl", special_tokens=QWEN_SPECIAL_TOKENS)

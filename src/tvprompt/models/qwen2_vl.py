@@ -1,17 +1,19 @@
-"""Qwen2-VL (``Qwen2VLForConditionalGeneration``), with a fixed grid and differentiable patchification.
+"""Qwen2-VL (``Qwen2VLForConditionalGeneration``): one grid per prompt canvas, differentiable patchification.
 
 Qwen2-VL's processor picks a resolution per image (``smart_resize``: both sides multiples of
 ``patch_size * merge_size``, area within ``[min_pixels, max_pixels]``) and hands the vision tower a
-flat ``(num_patches, 3 * temporal_patch_size * patch_size**2)`` tensor. A visual prompt lives on one
-canvas, so the adapter uses one **fixed grid**: the size the checkpoint's processor picks for a
-224×224 image (``NOMINAL_CANVAS``; 224×224 = 16×16 patches = 64 LLM tokens for the released
-checkpoints). Every prompted image is resized to it (aspect ratio not kept) and patchified with the
-processor's own reshape/permute, in torch, so gradients flow to the pixels.
+flat ``(num_patches, 3 * temporal_patch_size * patch_size**2)`` tensor. Every prompted image has
+the prompt's canvas size, so the adapter uses **one fixed grid per canvas**: the size the
+checkpoint's processor picks for an H×W image (224×224 stays 224×224 = 16×16 patches = 64 LLM
+tokens with the released min/max pixels), the same grid the processor would give the prompted PNG.
+No per-image dynamic resolution, no video. The image is resized to that grid (bicubic, not at all
+when H and W are already multiples of 28) and patchified with the processor's own reshape/permute,
+in torch, so gradients flow to the pixels.
 
 Prompt format (the Qwen2-VL chat template with its default system prompt)::
 
-    <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n<|im_start|>user\\n
-    <|vision_start|><|image_pad|>×N<|vision_end|>{prompt}<|im_end|>\\n<|im_start|>assistant\\n{answer}
+    <|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n
+    <|vision_start|><|image_pad|>×N<|vision_end|>{prompt}<|im_end|>\n<|im_start|>assistant\n{answer}
 
 transformers 5 needs ``mm_token_type_ids`` to build the 3-D (M-RoPE) positions and raises without
 them (Qwen2.5-VL silently falls back to 1-D positions). The adapter computes the 3-D positions
@@ -25,6 +27,7 @@ LLM sees, ``(B, N, D_text)``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, ClassVar
 
@@ -37,7 +40,7 @@ from .registry import register_family
 from .tiny import TinySpec, register_tiny
 from .tiny_parts import sharpen_lm_head
 
-NOMINAL_CANVAS = 224  # the fixed grid is what the processor picks for an image of this size
+NOMINAL_CANVAS = 224  # input_size reports the grid of this (the default) canvas size
 SYSTEM_PROMPT = "You are a helpful assistant."
 QWEN_SPECIAL_TOKENS = {
     "image_token": "<|image_pad|>", "video_token": "<|video_pad|>", "vision_start_token": "<|vision_start|>",
@@ -102,76 +105,89 @@ class Qwen2VLAdapter(HFAdapter):
     model_types = ("qwen2_vl",)
     model_class = "Qwen2VLForConditionalGeneration"
     display_name = "Qwen2-VL"
+    llm = "Qwen2"
     add_bos = False  # Qwen's chat format has no BOS
     answer_prefix = ""  # the answer follows "assistant\n" directly
     explicit_positions = False  # 3-D positions come from forward_kwargs / continuation_kwargs
-    notes = "fixed grid (the processor's size for a 224x224 image), Qwen chat format"
+    notes = "one grid per canvas (the processor's size for HxW), Qwen chat format, no video"
     system_prompt: ClassVar[str | None] = SYSTEM_PROMPT
-    fixed_grid: ClassVar[bool] = True  # one size for every image, unlike the processor's per-image grid
 
-    # ---- preprocessing: fixed grid + patchify -------------------------------------------------
+    # ---- preprocessing: the canvas' grid + patchify -------------------------------------------
     @classmethod
     def default_preprocessing(cls, config: Any) -> ImagePreprocessing:
         vc = config.vision_config
         factor = int(vc.patch_size) * int(vc.spatial_merge_size)
-        size = smart_resize(NOMINAL_CANVAS, NOMINAL_CANVAS, factor, 56 * 56, 28 * 28 * 1280)
-        return ImagePreprocessing(size=size, mean=CLIP_MEAN, std=CLIP_STD, resample="bicubic")
+        return qwen_preprocessing(None, factor, ImagePreprocessing(size=(factor, factor), mean=CLIP_MEAN, std=CLIP_STD))
 
     def setup(self, source: str) -> None:
         vc = self.model.config.vision_config
         self.patch, self.merge = int(vc.patch_size), int(vc.spatial_merge_size)
         self.temporal = int(vc.temporal_patch_size)
-        self.preprocessing = qwen_preprocessing(read_local_or_hub_processor_config(source), self.patch * self.merge,
+        processor = read_local_or_hub_processor_config(source)
+        self.min_pixels, self.max_pixels = pixel_bounds(processor)
+        self.preprocessing = qwen_preprocessing(processor, self.patch * self.merge,
                                                 self.default_preprocessing(self.model.config))
-        h, w = self.preprocessing.size
-        if h % (self.patch * self.merge) or w % (self.patch * self.merge):
-            raise TvpError(f"{source}: grid {h}x{w} is not a multiple of patch_size*merge_size={self.patch * self.merge}")
-        self.grid = (h // self.patch, w // self.patch)  # vision patches
-        self.llm_grid = (self.grid[0] // self.merge, self.grid[1] // self.merge)  # LLM tokens
+
+    def grid_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) in pixels the vision tower sees for a prompted image of ``image_size``."""
+        return smart_resize(*image_size, self.patch * self.merge, self.min_pixels, self.max_pixels)
+
+    def patch_grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        h, w = self.grid_size(image_size)
+        return h // self.patch, w // self.patch
+
+    def llm_grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        gh, gw = self.patch_grid(image_size)
+        return gh // self.merge, gw // self.merge
 
     def preprocess(self, pixels01: torch.Tensor) -> torch.Tensor:
         """[0,1] (B,3,H,W) -> (B * grid_h * grid_w, 3 * temporal * patch²) flat patches; differentiable."""
-        return patchify(super().preprocess(pixels01), self.patch, self.merge, self.temporal)
+        if pixels01.ndim != 4 or pixels01.shape[1] != 3:
+            raise TvpError(f"pixels: expected a (B, 3, H, W) tensor, got shape {tuple(pixels01.shape)}")
+        pre = dataclasses.replace(self.preprocessing, size=self.grid_size((pixels01.shape[-2], pixels01.shape[-1])))
+        x = pre(pixels01.to(self.device)).to(self.dtype)
+        return patchify(x, self.patch, self.merge, self.temporal)
 
-    def grid_thw(self, batch_size: int) -> torch.Tensor:
-        return torch.tensor([[1, *self.grid]] * batch_size, dtype=torch.long, device=self.device)
+    def grid_thw(self, batch_size: int, image_size: tuple[int, int]) -> torch.Tensor:
+        return torch.tensor([[1, *self.patch_grid(image_size)]] * batch_size, dtype=torch.long, device=self.device)
 
     # ---- text side ------------------------------------------------------------------------------
     @property
     def image_token_id(self) -> int:
         return int(self.model.config.image_token_id)
 
-    def num_image_tokens(self) -> int:
-        return self.llm_grid[0] * self.llm_grid[1]
-
-    def prompt_ids(self, prompt: str) -> list[int]:
+    def prompt_ids(self, prompt: str, image_size: tuple[int, int]) -> list[int]:
         cfg = self.model.config
+        h, w = self.llm_grid(image_size)
         system = "" if self.system_prompt is None else f"<|im_start|>system\n{self.system_prompt}<|im_end|>\n"
-        image = [int(cfg.vision_start_token_id)] + [self.image_token_id] * self.num_image_tokens() + [
-            int(cfg.vision_end_token_id)]
+        image = [int(cfg.vision_start_token_id)] + [self.image_token_id] * (h * w) + [int(cfg.vision_end_token_id)]
         return (self.text_ids(f"{system}<|im_start|>user\n") + image
                 + self.text_ids(f"{prompt}<|im_end|>\n<|im_start|>assistant\n"))
 
-    def positions(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return mrope_positions(ids, mask, self.image_token_id, self.llm_grid)
+    def positions(self, batch: TextBatch) -> torch.Tensor:
+        if batch.image_size is None:
+            raise TvpError("Qwen2-VL: a text batch without the prompted image size; cannot place M-RoPE positions")
+        return mrope_positions(batch.input_ids, batch.attention_mask, self.image_token_id, self.llm_grid(batch.image_size))
 
     def forward_kwargs(self, pixel_values: torch.Tensor | None, batch: TextBatch) -> dict[str, Any]:
-        out: dict[str, Any] = {"position_ids": self.positions(batch.input_ids, batch.attention_mask)}
+        out: dict[str, Any] = {"position_ids": self.positions(batch)}
         if pixel_values is not None:
-            out.update(pixel_values=pixel_values, image_grid_thw=self.grid_thw(batch.input_ids.shape[0]),
+            assert batch.image_size is not None  # positions() checked it
+            out.update(pixel_values=pixel_values, image_grid_thw=self.grid_thw(batch.input_ids.shape[0], batch.image_size),
                        mm_token_type_ids=(batch.input_ids == self.image_token_id).int())
         return out
 
     def continuation_kwargs(self, prefix: TextBatch, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
-        start = self.positions(prefix.input_ids, prefix.attention_mask).amax(dim=(0, 2)) + 1  # (N,)
+        start = self.positions(prefix).amax(dim=(0, 2)) + 1  # (N,) next position after each cached row
         pos = start[:, None] + positions_from_mask(mask)
         return {"attention_mask": torch.cat([prefix.attention_mask, mask], dim=1),
                 "position_ids": pos.unsqueeze(0).expand(3, -1, -1)}
 
     # ---- features -------------------------------------------------------------------------------
-    def run_vision(self, pixel_values: torch.Tensor) -> Any:
-        n = pixel_values.shape[0] // (self.grid[0] * self.grid[1])
-        return self.model.model.get_image_features(pixel_values, self.grid_thw(n), return_dict=True)
+    def run_vision(self, pixel_values: torch.Tensor, image_size: tuple[int, int]) -> Any:
+        gh, gw = self.patch_grid(image_size)
+        n = pixel_values.shape[0] // (gh * gw)
+        return self.model.model.get_image_features(pixel_values, self.grid_thw(n, image_size), return_dict=True)
 
     def select_features(self, image_outputs: Any, kind: str) -> torch.Tensor:
         projected = torch.stack(list(image_outputs.pooler_output))  # (B, N, D_text)
@@ -181,20 +197,26 @@ class Qwen2VLAdapter(HFAdapter):
         return hidden.reshape(projected.shape[0], -1, hidden.shape[-1])
 
 
-def qwen_preprocessing(processor: dict[str, Any] | None, factor: int, default: ImagePreprocessing) -> ImagePreprocessing:
-    """The fixed-grid preprocessing from a Qwen2-VL processor config (``min/max_pixels`` or ``size``)."""
+def pixel_bounds(processor: dict[str, Any] | None) -> tuple[int, int]:
+    """(min_pixels, max_pixels) of a Qwen2-VL processor config (old or new spelling)."""
     processor = processor or {}
     size = processor.get("size") if isinstance(processor.get("size"), dict) else {}
     min_pixels = int(processor.get("min_pixels") or size.get("shortest_edge") or 56 * 56)
     max_pixels = int(processor.get("max_pixels") or size.get("longest_edge") or 28 * 28 * 1280)
+    return min_pixels, max_pixels
+
+
+def qwen_preprocessing(processor: dict[str, Any] | None, factor: int, default: ImagePreprocessing) -> ImagePreprocessing:
+    """Mean/std from a Qwen2-VL processor config; ``size`` = the grid of a 224×224 canvas (``input_size``)."""
+    processor = processor or {}
     mean = tuple(processor.get("image_mean") or default.mean)
     std = tuple(processor.get("image_std") or default.std)
-    grid = smart_resize(NOMINAL_CANVAS, NOMINAL_CANVAS, factor, min_pixels, max_pixels)
+    grid = smart_resize(NOMINAL_CANVAS, NOMINAL_CANVAS, factor, *pixel_bounds(processor))
     return ImagePreprocessing(size=grid, mean=mean, std=std, resample="bicubic")  # type: ignore[arg-type]
 
 
 # ---- tiny checkpoints --------------------------------------------------------------------------
-TINY_QWEN_PIXELS = 56 * 56  # min = max pixels: a 224 canvas maps to 56x56 = 4x4 patches = 2x2 LLM tokens
+TINY_QWEN_PIXELS = 56 * 56  # min = max pixels: a 64x64 canvas -> 56x56 = 4x4 patches = 2x2 LLM tokens
 
 
 def tiny_qwen_text(tokenizer: Any, hidden: int = 32) -> dict[str, Any]:

@@ -29,6 +29,7 @@ class SmolVLMAdapter(Idefics3Adapter):
     model_types = ("smolvlm",)
     model_class = "SmolVLMForConditionalGeneration"
     display_name = "SmolVLM"
+    llm = "SmolLM2"
 
 
 @register_tiny("smolvlm", special_tokens=IDEFICS3_SPECIAL_TOKENS)
