@@ -248,3 +248,21 @@ def test_pil_resample_rejects_unknown_filter():
 
     with pytest.raises(ValueError, match="unknown PIL filter"):
         resize_matrix((4, 2), "box")
+
+
+# ---- chat families end an answer with their end-of-turn token ------------------------------------
+@pytest.mark.parametrize("family,token", [("qwen2_vl", "<|im_end|>"), ("smolvlm", "<end_of_utterance>"),
+                                          ("gemma3", "<end_of_turn>"), ("paligemma", "</s>")])
+def test_answers_end_with_the_turn_end_token(load, family, token):
+    adapter = load(family)
+    end = adapter.tokenizer.convert_tokens_to_ids(token)
+    assert adapter.end_id == end != adapter.tokenizer.unk_token_id
+    assert adapter.answer_ids("red circle")[-1] == end
+
+
+def test_turn_end_falls_back_to_eos_for_tokenizers_without_it():
+    from tvprompt.models.chat import turn_end_id
+    from tvprompt.models.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    assert turn_end_id(tokenizer, "<end_of_turn>") == tokenizer.eos_token_id

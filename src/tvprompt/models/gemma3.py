@@ -2,7 +2,7 @@
 
 Prompt format (the Gemma 3 chat template, with the image expanded as ``Gemma3Processor`` does)::
 
-    <bos><start_of_turn>user\\n\\n\\n<start_of_image><image_soft_token>×N<end_of_image>\\n\\n{prompt}<end_of_turn>\\n<start_of_turn>model\\n{answer}
+    <bos><start_of_turn>user\\n\\n\\n<start_of_image><image_soft_token>×N<end_of_image>\\n\\n{prompt}<end_of_turn>\\n<start_of_turn>model\\n{answer}<end_of_turn>
 
 ``token_type_ids`` mark the **image tokens** (1: bidirectional inside the image block, 0: text) —
 the opposite role of PaliGemma's field, where 1 marks the causal answer suffix. Tokens after a cached
@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .chat import turn_end_id
 from .hf import HFAdapter, TextBatch
 from .preprocessing import HALF, ImagePreprocessing
 from .registry import register_family
@@ -48,6 +49,10 @@ class Gemma3Adapter(HFAdapter):
     def default_preprocessing(cls, config: Any) -> ImagePreprocessing:
         size = int(config.vision_config.image_size)
         return ImagePreprocessing(size=(size, size), mean=HALF, std=HALF, resample="bilinear")
+
+    @property
+    def end_id(self) -> int:
+        return turn_end_id(self.tokenizer, "<end_of_turn>")
 
     @property
     def image_token_id(self) -> int:

@@ -169,6 +169,12 @@ class HFAdapter:
     def std(self) -> tuple[float, float, float]:
         return self.preprocessing.std
 
+    @property
+    def end_id(self) -> int:
+        """The token that ends an answer (scored after it, stops generation): EOS unless a chat
+        family ends its turns with another token (Qwen ``<|im_end|>``, Gemma 3 ``<end_of_turn>`` ...)."""
+        return int(self.tokenizer.eos_token_id)
+
     @classmethod
     def default_preprocessing(cls, config: Any) -> ImagePreprocessing:
         """Preprocessing used when the checkpoint has no image-processor config."""
@@ -243,7 +249,7 @@ class HFAdapter:
     def answer_ids(self, answer: str) -> list[int]:
         """Token ids of an answer continuation, EOS included."""
         ids = self.tokenizer(self.answer_prefix + answer, add_special_tokens=False).input_ids
-        return list(ids) + [self.tokenizer.eos_token_id]
+        return list(ids) + [self.end_id]
 
     def bos(self) -> list[int]:
         bos = self.tokenizer.bos_token_id
@@ -419,7 +425,7 @@ class HFAdapter:
         prefix = self._prefix_batch(prompts, _hw(pixels01))
         out = self._call(prefix, self.forward_kwargs(self.preprocess(pixels01), prefix), logits_to_keep=1, use_cache=True)
         cache = self.cache_of(out)
-        eos = self.tokenizer.eos_token_id
+        eos = self.end_id
         batch_size = len(prompts)
         done = torch.zeros(batch_size, dtype=torch.bool, device=self.device)
         tokens: list[torch.Tensor] = []
@@ -467,7 +473,7 @@ class HFAdapter:
 
     def _generate_seq2seq(self, pixels01: torch.Tensor, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
         state = self.encode(self.preprocess(pixels01), self._prefix_batch(prompts, _hw(pixels01)))
-        eos = self.tokenizer.eos_token_id
+        eos = self.end_id
         batch_size = len(prompts)
         dec = torch.full((batch_size, 1), self._decoder_start_id(), dtype=torch.long, device=self.device)
         done = torch.zeros(batch_size, dtype=torch.bool, device=self.device)

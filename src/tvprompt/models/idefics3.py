@@ -14,7 +14,7 @@ is PIL's uint8 rounding (and clipping) between passes.
 
 Prompt format (the Idefics3 chat template; the image expands as the processor expands it)::
 
-    <bos>User:<fake_token_around_image><global-img><image>×N<fake_token_around_image>{prompt}<end_of_utterance>\\nAssistant: {answer}
+    <bos>User:<fake_token_around_image><global-img><image>×N<fake_token_around_image>{prompt}<end_of_utterance>\\nAssistant: {answer}<end_of_utterance>
 
 Features: ``encoder`` = the SigLIP-style vision tower output ``(B, (S/patch)², D)``; ``projected`` =
 the pixel-shuffle connector output the LLM sees ``(B, N, D_text)``.
@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from ..errors import TvpError
+from .chat import turn_end_id
 from .hf import HFAdapter, TextBatch, read_local_or_hub_processor_config
 from .pil_resample import pil_resize
 from .preprocessing import HALF, ImagePreprocessing
@@ -80,6 +81,10 @@ class Idefics3Adapter(HFAdapter):
             heights, widths = (h, mh, side), (w, mw, side)
         x = pil_resize(pixels01.to(self.device).float(), heights, widths, "lanczos")
         return self.preprocessing.normalize(x).to(self.dtype)
+
+    @property
+    def end_id(self) -> int:
+        return turn_end_id(self.tokenizer, "<end_of_utterance>")
 
     @property
     def image_token_id(self) -> int:

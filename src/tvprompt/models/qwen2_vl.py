@@ -12,8 +12,8 @@ in torch, so gradients flow to the pixels.
 
 Prompt format (the Qwen2-VL chat template with its default system prompt)::
 
-    <|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n
-    <|vision_start|><|image_pad|>×N<|vision_end|>{prompt}<|im_end|>\n<|im_start|>assistant\n{answer}
+    <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n<|im_start|>user\\n
+    <|vision_start|><|image_pad|>×N<|vision_end|>{prompt}<|im_end|>\\n<|im_start|>assistant\\n{answer}<|im_end|>
 
 transformers 5 needs ``mm_token_type_ids`` to build the 3-D (M-RoPE) positions and raises without
 them (Qwen2.5-VL silently falls back to 1-D positions). The adapter computes the 3-D positions
@@ -34,6 +34,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import TvpError
+from .chat import turn_end_id
 from .hf import HFAdapter, TextBatch, positions_from_mask, read_local_or_hub_processor_config
 from .preprocessing import CLIP_MEAN, CLIP_STD, ImagePreprocessing
 from .registry import register_family
@@ -152,6 +153,10 @@ class Qwen2VLAdapter(HFAdapter):
         return torch.tensor([[1, *self.patch_grid(image_size)]] * batch_size, dtype=torch.long, device=self.device)
 
     # ---- text side ------------------------------------------------------------------------------
+    @property
+    def end_id(self) -> int:
+        return turn_end_id(self.tokenizer, "<|im_end|>")
+
     @property
     def image_token_id(self) -> int:
         return int(self.model.config.image_token_id)
