@@ -62,6 +62,7 @@ def _weights(in_size: int, out_size: int, kind: str) -> np.ndarray:
     return w
 
 
+@lru_cache(maxsize=64)
 def resize_matrix(sizes: tuple[int, ...], kind: str) -> np.ndarray:
     """One axis' matrix for resizing through ``sizes`` (``(in, mid, ..., out)``), stages composed."""
     if kind not in FILTERS:
@@ -74,6 +75,14 @@ def resize_matrix(sizes: tuple[int, ...], kind: str) -> np.ndarray:
 
 def pil_resize(x: torch.Tensor, heights: tuple[int, ...], widths: tuple[int, ...], kind: str) -> torch.Tensor:
     """Resize (..., H, W) through the chained ``heights`` / ``widths`` like PIL ``kind``; differentiable."""
-    wh = torch.as_tensor(resize_matrix(heights, kind), dtype=x.dtype, device=x.device)
-    ww = torch.as_tensor(resize_matrix(widths, kind), dtype=x.dtype, device=x.device)
+    wh, ww = _matrices(tuple(heights), tuple(widths), kind, x.device, x.dtype)
     return wh @ x @ ww.T
+
+
+@lru_cache(maxsize=32)
+def _matrices(heights: tuple[int, ...], widths: tuple[int, ...], kind: str, device: torch.device,
+              dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two axis matrices on the input's device, built once per canvas size (no copy per step)."""
+    wh = torch.as_tensor(resize_matrix(heights, kind), dtype=dtype, device=device)
+    ww = torch.as_tensor(resize_matrix(widths, kind), dtype=dtype, device=device)
+    return wh, ww
