@@ -35,14 +35,26 @@ FEATURE_SHAPES = {
 
 
 @pytest.fixture(scope="module")
-def load(tmp_path_factory):
-    """family -> its tiny checkpoint, built once per module and loaded through ``hf:<dir>``."""
+def tiny_dir(tmp_path_factory):
+    """family -> its tiny checkpoint directory, built once per module."""
     cache = {}
 
     def get(family: str):
         if family not in cache:
-            directory = build_tiny_model(family, tmp_path_factory.mktemp(family) / "model", seed=0)
-            cache[family] = load_adapter(f"hf:{directory}", device="cpu")
+            cache[family] = build_tiny_model(family, tmp_path_factory.mktemp(family) / "model", seed=0)
+        return cache[family]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def load(tiny_dir):
+    """family -> its tiny checkpoint loaded through ``hf:<dir>`` (default options), once per module."""
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            cache[family] = load_adapter(f"hf:{tiny_dir(family)}", device="cpu")
         return cache[family]
 
     return get
@@ -266,3 +278,27 @@ def test_turn_end_falls_back_to_eos_for_tokenizers_without_it():
 
     tokenizer = build_tokenizer()
     assert turn_end_id(tokenizer, "<end_of_turn>") == tokenizer.eos_token_id
+
+
+# ---- loading options on these families --------------------------------------------------------
+def _pixel_grad(adapter, pixels: torch.Tensor) -> torch.Tensor:
+    pixels = pixels.clone().requires_grad_(True)
+    adapter.lm_loss(pixels, [PROMPT, "How many?"], [ANSWER, "3"]).backward()
+    return pixels.grad
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_checkpointing_eager_and_bf16(load, tiny_dir, family):
+    """Gradient checkpointing keeps the pixel gradient; eager attention (its own masks for the
+    bidirectional image / prefix blocks) scores like SDPA; bf16 runs with fp32 losses."""
+    plain, source = load(family), f"hf:{tiny_dir(family)}"
+    pixels = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    ckpt = load_adapter(source, device="cpu", gradient_checkpointing=True)
+    torch.testing.assert_close(_pixel_grad(ckpt, pixels), _pixel_grad(plain, pixels))
+    eager = load_adapter(source, device="cpu", attn_implementation="eager")
+    prompts, choices = [PROMPT, "How many shapes are there?"], ["circle", "a red square"]
+    torch.testing.assert_close(eager.score_choices(pixels, prompts, choices),
+                               plain.score_choices(pixels, prompts, choices), atol=1e-5, rtol=1e-5)
+    bf16 = load_adapter(source, device="cpu", dtype="bf16")
+    grad = _pixel_grad(bf16, pixels)
+    assert grad.dtype == torch.float32 and torch.isfinite(grad).all() and grad.abs().sum() > 0
