@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .chat import turn_end_id
-from .hf import HFAdapter, TextBatch
+from .hf import HFAdapter, TextBatch, capture_io
 from .preprocessing import HALF, ImagePreprocessing
 from .registry import register_family
 from .tiny import TinySpec, register_tiny
@@ -69,11 +69,18 @@ class Gemma3Adapter(HFAdapter):
             return {}
         return {"pixel_values": pixel_values, "token_type_ids": (batch.input_ids == self.image_token_id).long()}
 
+    # The projector's input is the ``encoder`` feature, its output the ``projected`` one (hooks).
+    def capture_vision(self, batch: TextBatch) -> Any:
+        return capture_io(self.model.model.multi_modal_projector, batch.input_ids.shape[0])
+
     def run_vision(self, pixel_values: torch.Tensor, image_size: tuple[int, int]) -> Any:
-        return self.model.model.get_image_features(pixel_values, return_dict=True)
+        with capture_io(self.model.model.multi_modal_projector, pixel_values.shape[0]) as box:
+            self.model.model.get_image_features(pixel_values)
+        return box
 
     def select_features(self, image_outputs: Any, kind: str) -> torch.Tensor:
-        return image_outputs.pooler_output if kind == "projected" else image_outputs.last_hidden_state
+        feats = image_outputs.input if kind == "encoder" else image_outputs.output
+        return feats.reshape(image_outputs.batch_size, -1, feats.shape[-1])
 
 
 def _init_gemma3(model: Any) -> None:

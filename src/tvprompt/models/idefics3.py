@@ -28,7 +28,7 @@ import torch
 
 from ..errors import TvpError
 from .chat import turn_end_id
-from .hf import HFAdapter, TextBatch, read_local_or_hub_processor_config
+from .hf import HFAdapter, TextBatch, capture_io, read_local_or_hub_processor_config
 from .pil_resample import pil_resize
 from .preprocessing import HALF, ImagePreprocessing
 from .registry import register_family
@@ -110,14 +110,18 @@ class Idefics3Adapter(HFAdapter):
         b, _, h, w = pixel_values.shape
         return torch.ones(b, 1, h, w, dtype=torch.bool, device=pixel_values.device)
 
+    # The connector's input is the ``encoder`` feature, its output the ``projected`` one (hooks).
+    def capture_vision(self, batch: TextBatch) -> Any:
+        return capture_io(self.model.model.connector, batch.input_ids.shape[0])
+
     def run_vision(self, pixel_values: torch.Tensor, image_size: tuple[int, int]) -> Any:
-        return self.model.model.get_image_features(
-            pixel_values.unsqueeze(1), self._pixel_mask(pixel_values), return_dict=True)
+        with capture_io(self.model.model.connector, pixel_values.shape[0]) as box:
+            self.model.model.get_image_features(pixel_values.unsqueeze(1), self._pixel_mask(pixel_values))
+        return box
 
     def select_features(self, image_outputs: Any, kind: str) -> torch.Tensor:
-        if kind == "projected":
-            return torch.stack(list(image_outputs.pooler_output))
-        return image_outputs.last_hidden_state
+        feats = image_outputs.input if kind == "encoder" else image_outputs.output
+        return feats.reshape(image_outputs.batch_size, -1, feats.shape[-1])
 
 
 def first_resize_size(height: int, width: int, longest_edge: int) -> tuple[int, int]:

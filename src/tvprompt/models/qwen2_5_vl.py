@@ -4,9 +4,10 @@ Same fixed grid, patchification, chat format and M-RoPE positions as :mod:`tvpro
 (the image processor is Qwen2-VL's). Passing ``mm_token_type_ids`` and explicit 3-D positions matters
 more here: without them transformers 5 silently falls back to 1-D positions.
 
-The 2.5 vision tower attends within windows and returns its pre-merger states in window order;
-``encoder`` features keep that order (fixed for a fixed grid, so FCA compares like with like),
-``projected`` features are in the processor's order (the model restores it after the merger).
+The 2.5 vision tower attends within windows and runs its blocks and merger in window order (the
+model restores the processor's order after the merger). Both feature kinds are taken at the merger,
+so they come in window order: a fixed permutation for a given canvas, which FCA's squared
+distance between prompted and reference features does not see.
 """
 
 from __future__ import annotations

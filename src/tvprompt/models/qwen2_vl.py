@@ -20,9 +20,9 @@ them (Qwen2.5-VL silently falls back to 1-D positions). The adapter computes the
 itself, vectorised, for left-padded rows and for tokens that continue a cached prefix, and passes
 them as ``position_ids`` together with ``image_grid_thw`` and ``mm_token_type_ids``.
 
-Features: ``encoder`` = the vision blocks' output before the patch merger, ``(B, grid_h*grid_w, D)``
-in the processor's patch order (merge windows together); ``projected`` = the merger output the
-LLM sees, ``(B, N, D_text)``.
+Features (both from the forward that feeds the LLM, by hooks on the patch merger): ``encoder`` =
+the vision blocks' output, the merger's input, ``(B, grid_h*grid_w, D)`` in the processor's patch
+order (merge windows together); ``projected`` = the merger output, ``(B, N, D_text)``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import torch
 
 from ..errors import TvpError
 from .chat import turn_end_id
-from .hf import HFAdapter, TextBatch, positions_from_mask, read_local_or_hub_processor_config
+from .hf import HFAdapter, TextBatch, capture_io, positions_from_mask, read_local_or_hub_processor_config
 from .preprocessing import CLIP_MEAN, CLIP_STD, ImagePreprocessing
 from .registry import register_family
 from .tiny import TinySpec, register_tiny
@@ -188,18 +188,23 @@ class Qwen2VLAdapter(HFAdapter):
         return {"attention_mask": torch.cat([prefix.attention_mask, mask], dim=1),
                 "position_ids": pos.unsqueeze(0).expand(3, -1, -1)}
 
-    # ---- features -------------------------------------------------------------------------------
+    # ---- features ---------------------------------------------------------------------------------
+    # The patch merger's input is the ``encoder`` feature, its output the ``projected`` one; forward
+    # hooks take both from the very forward that feeds the LLM (any transformers 5.x output class).
+    def capture_vision(self, batch: TextBatch) -> Any:
+        return capture_io(self.model.model.visual.merger, batch.input_ids.shape[0])
+
     def run_vision(self, pixel_values: torch.Tensor, image_size: tuple[int, int]) -> Any:
         gh, gw = self.patch_grid(image_size)
         n = pixel_values.shape[0] // (gh * gw)
-        return self.model.model.get_image_features(pixel_values, self.grid_thw(n, image_size), return_dict=True)
+        with capture_io(self.model.model.visual.merger, n) as box:
+            self.model.model.get_image_features(pixel_values, self.grid_thw(n, image_size))
+        return box
 
     def select_features(self, image_outputs: Any, kind: str) -> torch.Tensor:
-        projected = torch.stack(list(image_outputs.pooler_output))  # (B, N, D_text)
-        if kind == "projected":
-            return projected
-        hidden = image_outputs.last_hidden_state  # (B * grid_h * grid_w, D)
-        return hidden.reshape(projected.shape[0], -1, hidden.shape[-1])
+        """(B, grid_h*grid_w, D_vision) merger input or (B, N, D_text) merger output."""
+        feats = image_outputs.input if kind == "encoder" else image_outputs.output
+        return feats.reshape(image_outputs.batch_size, -1, feats.shape[-1])
 
 
 def pixel_bounds(processor: dict[str, Any] | None) -> tuple[int, int]:
