@@ -34,6 +34,15 @@ FEATURE_SHAPES = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Tiny models: one thread is fastest on a shared machine (no spin contention)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     """family -> its tiny checkpoint directory, built once per module."""
