@@ -231,6 +231,17 @@ def test_qwen_patchify_matches_processor_at_224():
     torch.testing.assert_close(ours, expected["pixel_values"].float(), atol=1e-5, rtol=0)
 
 
+def test_qwen_processor_config_spellings():
+    """Old checkpoints write min/max_pixels, new ones size.shortest/longest_edge (both in pixels)."""
+    from tvprompt.models.qwen2_vl import pixel_bounds, smart_resize
+
+    assert pixel_bounds({"min_pixels": 3136, "max_pixels": 12845056}) == (3136, 12845056)
+    assert pixel_bounds({"size": {"shortest_edge": 3136, "longest_edge": 1003520}}) == (3136, 1003520)
+    assert pixel_bounds(None) == (56 * 56, 28 * 28 * 1280)
+    assert smart_resize(224, 224, 28, 3136, 12845056) == (224, 224)
+    assert smart_resize(1000, 1000, 28, 3136, 200704) == (448, 448)  # capped by max_pixels
+
+
 @pytest.mark.parametrize("shape", [(224, 224), (200, 300)])
 def test_idefics3_lanczos_chain_matches_processor_at_364(shape):
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil

@@ -22,6 +22,7 @@ the pixel-shuffle connector output the LLM sees ``(B, N, D_text)``.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -34,6 +35,8 @@ from .preprocessing import HALF, ImagePreprocessing
 from .registry import register_family
 from .tiny import TinySpec, register_tiny
 from .tiny_parts import sharpen_lm_head
+
+log = logging.getLogger(__name__)
 
 IDEFICS3_SPECIAL_TOKENS = {
     "image_token": "<image>", "fake_image_token": "<fake_token_around_image>", "global_image_token": "<global-img>",
@@ -63,6 +66,10 @@ class Idefics3Adapter(HFAdapter):
             size=default.size, mean=tuple(processor.get("image_mean") or default.mean),  # type: ignore[arg-type]
             std=tuple(processor.get("image_std") or default.std), resample="bicubic",  # type: ignore[arg-type]
         )
+        view = processor.get("max_image_size") if isinstance(processor.get("max_image_size"), dict) else {}
+        if view.get("longest_edge") not in (None, default.size[0]):
+            log.warning("%s: max_image_size %s differs from the vision tower's image_size %d; using %d",
+                        source, view["longest_edge"], default.size[0], default.size[0])
         size = processor.get("size") if isinstance(processor.get("size"), dict) else {}
         resize = processor.get("do_resize", True) and "longest_edge" in size
         self.first_longest_edge: int | None = int(size["longest_edge"]) if resize else None
