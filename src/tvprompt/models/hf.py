@@ -499,7 +499,9 @@ def enable_checkpointing(model: Any) -> None:
     """Gradient checkpointing that works in eval mode.
 
     HF layers checkpoint only when ``training`` is set; we set that flag on the checkpointed layers
-    alone (not their children), so dropout and everything else stay in eval mode.
+    alone (not their children, which stay in eval mode), and zero the dropout rates those layers
+    read from their own ``training`` flag (e.g. OPT's ``nn.functional.dropout(..., self.training)``),
+    so the forward is the eval forward.
     """
     from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -511,6 +513,9 @@ def enable_checkpointing(model: Any) -> None:
     for module in model.modules():
         if isinstance(module, GradientCheckpointingLayer):
             module.training = True
+            for name, value in list(vars(module).items()):
+                if "dropout" in name and isinstance(value, float):
+                    setattr(module, name, 0.0)
 
 
 @dataclass
