@@ -25,8 +25,14 @@ CHOICES = ["circle", "square", "triangle", "star", "cross", "heart", "diamond", 
 
 
 def build(kind: str, tiny: bool, device: str, dtype: torch.dtype):
-    from transformers import (CLIPVisionConfig, InstructBlipConfig, InstructBlipForConditionalGeneration,
-                              LlamaConfig, LlavaConfig, LlavaForConditionalGeneration)
+    from transformers import (
+        CLIPVisionConfig,
+        InstructBlipConfig,
+        InstructBlipForConditionalGeneration,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
 
     from tvprompt.models.blip2 import QFormerAdapter
     from tvprompt.models.instructblip import InstructBlipAdapter
@@ -76,7 +82,7 @@ def build(kind: str, tiny: bool, device: str, dtype: torch.dtype):
     pre = adapter_cls.default_preprocessing(cfg)
     adapter = adapter_cls(model, tokenizer, pre, f"random:{kind}", device=torch.device(device))
     if isinstance(adapter, QFormerAdapter):
-        adapter.setup("")
+        QFormerAdapter.setup(adapter, "")  # no checkpoint directory: skip loading a Q-Former tokenizer
     if isinstance(adapter, InstructBlipAdapter):
         adapter.qformer_tokenizer = tokenizer
     return adapter
@@ -95,59 +101,55 @@ def timed(fn, iters: int, device: str) -> float:
     return (time.perf_counter() - t0) / iters
 
 
-def run(kind: str, tiny: bool, batches: list[int], iters: int, device: str) -> list[dict]:
+def measure(adapter, kind: str, tiny: bool, b: int, iters: int, device: str, dtype: torch.dtype) -> dict:
+    from tvprompt.models.hf import pad_sequences
+
+    prompts, answers = [PROMPT] * b, ["circle"] * b
+    pixels = torch.rand(b, 3, 224, 224, device=device, requires_grad=True)
+    # the raw HF recipe on the same token sequence (pixels already at the tower's size)
+    answer = adapter.answer_ids("circle")
+    ids, mask = pad_sequences([adapter.prompt_ids(PROMPT, (224, 224)) + answer] * b, adapter.pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    labels = ids.clone()
+    labels[:, : -len(answer)] = -100
+    raw_pixels = torch.rand(b, 3, *adapter.input_size, device=device, dtype=dtype, requires_grad=True)
+    extra = adapter.qformer_inputs(prompts) if kind == "iblip" else {}
+
+    def hf_step():
+        raw_pixels.grad = None
+        adapter.model(input_ids=ids, attention_mask=mask, pixel_values=raw_pixels, labels=labels, **extra).loss.backward()
+
+    def lm_step():
+        pixels.grad = None
+        adapter.lm_loss(pixels, prompts, answers).backward()
+
+    def fca_step():
+        pixels.grad = None
+        loss, feats = adapter.lm_loss_with_features(pixels, prompts, answers, kind="encoder")
+        (loss + 0.005 * 0.5 * (feats.float() - 0.1).pow(2).sum(-1).mean()).backward()
+
+    def score_step():
+        adapter.score_choices(pixels.detach(), prompts, CHOICES)
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    row = {"shape": kind + ("-tiny" if tiny else "-7b"), "batch": b, "dtype": str(dtype).replace("torch.", "")}
+    for name, fn in [("hf", hf_step), ("lm_loss", lm_step), ("lm_loss+fca", fca_step), ("score", score_step)]:
+        row[f"{name}_img_s"] = round(b / timed(fn, iters, device), 2)
+    if device == "cuda":
+        row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
+    row["fca_overhead_pct"] = round(100 * (row["lm_loss_img_s"] / row["lm_loss+fca_img_s"] - 1), 1)
+    return row
+
+
+def run(kind: str, tiny: bool, batches: list[int], iters: int, device: str) -> None:
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     adapter = build(kind, tiny, device, dtype)
-    rows = []
     for b in batches:
-        prompts, answers = [PROMPT] * b, ["circle"] * b
-        pixels = torch.rand(b, 3, 224, 224, device=device, requires_grad=True)
-
-        # the raw HF recipe on the same token sequence (pixels already at the tower's size)
-        from tvprompt.models.hf import pad_sequences
-
-        seqs = [adapter.prompt_ids(PROMPT, (224, 224)) + adapter.answer_ids("circle")] * b
-        ids, mask = pad_sequences(seqs, adapter.pad_id)
-        ids, mask = ids.to(device), mask.to(device)
-        labels = ids.clone()
-        labels[:, : -len(adapter.answer_ids("circle"))] = -100
-        size = adapter.input_size
-        raw_pixels = torch.rand(b, 3, *size, device=device, dtype=dtype, requires_grad=True)
-        extra = {}
-        if kind == "iblip":
-            extra = adapter.qformer_inputs(prompts)
-
-        def hf_step():
-            raw_pixels.grad = None
-            adapter.model(input_ids=ids, attention_mask=mask, pixel_values=raw_pixels, labels=labels, **extra).loss.backward()
-
-        def lm_step():
-            pixels.grad = None
-            adapter.lm_loss(pixels, prompts, answers).backward()
-
-        def fca_step():
-            pixels.grad = None
-            loss, feats = adapter.lm_loss_with_features(pixels, prompts, answers, kind="encoder")
-            (loss + 0.005 * 0.5 * (feats.float() - 0.1).pow(2).sum(-1).mean()).backward()
-
-        def score_step():
-            adapter.score_choices(pixels.detach(), prompts, CHOICES)
-
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        row = {"shape": kind + ("-tiny" if tiny else "-7b"), "batch": b, "dtype": str(dtype).replace("torch.", "")}
-        for name, fn in [("hf", hf_step), ("lm_loss", lm_step), ("lm_loss+fca", fca_step), ("score", score_step)]:
-            dt = timed(fn, iters, device)
-            row[f"{name}_img_s"] = round(b / dt, 2)
-        if device == "cuda":
-            row["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 1)
-        row["fca_overhead_pct"] = round(100 * (row["lm_loss_img_s"] / row["lm_loss+fca_img_s"] - 1), 1)
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+        print(json.dumps(measure(adapter, kind, tiny, b, iters, device, dtype)), flush=True)
     del adapter
     if device == "cuda":
         torch.cuda.empty_cache()
-    return rows
 
 
 def main() -> None:
