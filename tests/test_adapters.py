@@ -169,3 +169,12 @@ def test_gradient_checkpointing_keeps_the_eval_forward(adapter):
         a.lm_loss(pixels, PROMPTS, ["circle", "3"]).backward()
         grads.append(pixels.grad)
     torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-4)
+
+
+def test_answers_tokenize_as_in_running_text(adapter):
+    """The answer's tokens are those it gets after the prompt in one string (+ EOS)."""
+    ids = adapter.answer_ids("red circle")
+    assert ids[-1] == adapter.tokenizer.eos_token_id
+    running = adapter.text_ids("A:" + adapter.answer_prefix + "red circle")
+    assert running[len(running) - (len(ids) - 1) :] == ids[:-1]
+    assert adapter.tokenizer.decode(ids[:-1]).strip() == "red circle"

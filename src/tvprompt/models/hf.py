@@ -47,6 +47,7 @@ from .preprocessing import ImagePreprocessing, read_processor_config
 
 log = logging.getLogger(__name__)
 
+_ANSWER_ANCHOR = "A:"  # text an answer is tokenized after (see HFAdapter.answer_ids)
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -244,8 +245,18 @@ class HFAdapter:
         raise NotImplementedError
 
     def answer_ids(self, answer: str) -> list[int]:
-        """Token ids of an answer continuation, EOS included."""
-        ids = self.tokenizer(self.answer_prefix + answer, add_special_tokens=False).input_ids
+        """Token ids of an answer continuation, EOS included.
+
+        With an ``answer_prefix`` (a space) the answer is tokenized after an anchor and the anchor's
+        tokens are dropped, so the space is tokenized as in running text whatever the tokenizer does
+        at the start of a string (SentencePiece ``▁`` prepending, byte-level ``Ġ``).
+        """
+        ids = self.text_ids(self.answer_prefix + answer)
+        if self.answer_prefix:
+            anchor = self.text_ids(_ANSWER_ANCHOR)
+            full = self.text_ids(_ANSWER_ANCHOR + self.answer_prefix + answer)
+            if full[: len(anchor)] == anchor:
+                ids = full[len(anchor) :]
         return list(ids) + [self.tokenizer.eos_token_id]
 
     def bos(self) -> list[int]:
