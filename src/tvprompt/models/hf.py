@@ -47,6 +47,7 @@ from .preprocessing import ImagePreprocessing, read_processor_config
 
 log = logging.getLogger(__name__)
 
+_ANSWER_ANCHOR = "A:"  # text an answer is tokenized after (see HFAdapter.answer_ids)
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -250,8 +251,18 @@ class HFAdapter:
         raise NotImplementedError
 
     def answer_ids(self, answer: str) -> list[int]:
-        """Token ids of an answer continuation, EOS included."""
-        ids = self.tokenizer(self.answer_prefix + answer, add_special_tokens=False).input_ids
+        """Token ids of an answer continuation, its end token (``end_id``: EOS by default) included.
+
+        With an ``answer_prefix`` (a space) the answer is tokenized after an anchor and the anchor's
+        tokens are dropped, so the space is tokenized as in running text whatever the tokenizer does
+        at the start of a string (SentencePiece ``▁`` prepending, byte-level ``Ġ``).
+        """
+        ids = self.text_ids(self.answer_prefix + answer)
+        if self.answer_prefix:
+            anchor = self.text_ids(_ANSWER_ANCHOR)
+            full = self.text_ids(_ANSWER_ANCHOR + self.answer_prefix + answer)
+            if full[: len(anchor)] == anchor:
+                ids = full[len(anchor) :]
         return list(ids) + [self.end_id]
 
     def bos(self) -> list[int]:
@@ -505,7 +516,9 @@ def enable_checkpointing(model: Any) -> None:
     """Gradient checkpointing that works in eval mode.
 
     HF layers checkpoint only when ``training`` is set; we set that flag on the checkpointed layers
-    alone (not their children), so dropout and everything else stay in eval mode.
+    alone (not their children, which stay in eval mode), and zero the dropout rates those layers
+    read from their own ``training`` flag (e.g. OPT's ``nn.functional.dropout(..., self.training)``),
+    so the forward is the eval forward.
     """
     from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -517,6 +530,9 @@ def enable_checkpointing(model: Any) -> None:
     for module in model.modules():
         if isinstance(module, GradientCheckpointingLayer):
             module.training = True
+            for name, value in list(vars(module).items()):
+                if "dropout" in name and isinstance(value, float):
+                    setattr(module, name, 0.0)
 
 
 @dataclass
