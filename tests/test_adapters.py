@@ -156,3 +156,25 @@ def test_preprocessing_matches_hf_image_processor(adapter, shape):
     atol = PARITY_ATOL.get(adapter.family, PARITY_ATOL["default"])
     assert (ours - expected).abs().max().item() < atol
     assert (ours - expected).abs().mean().item() < atol / 4
+
+
+def test_gradient_checkpointing_keeps_the_eval_forward(adapter):
+    """Checkpointed layers run with dropout off: pixel gradients equal the plain ones."""
+    source = adapter.model_id.split(":", 1)[1]
+    ckpt = load_adapter(f"hf:{source}", device="cpu", gradient_checkpointing=True)
+    images = _images(seed=3)
+    grads = []
+    for a in (adapter, ckpt):
+        pixels = images.clone().requires_grad_(True)
+        a.lm_loss(pixels, PROMPTS, ["circle", "3"]).backward()
+        grads.append(pixels.grad)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-4)
+
+
+def test_answers_tokenize_as_in_running_text(adapter):
+    """The answer's tokens are those it gets after the prompt in one string (+ the end token)."""
+    ids = adapter.answer_ids("red circle")
+    assert ids[-1] == adapter.end_id  # EOS, or the chat format's end-of-turn token
+    running = adapter.text_ids("A:" + adapter.answer_prefix + "red circle")
+    assert running[len(running) - (len(ids) - 1) :] == ids[:-1]
+    assert adapter.tokenizer.decode(ids[:-1]).strip() == "red circle"

@@ -47,6 +47,7 @@ from .preprocessing import ImagePreprocessing, read_processor_config
 
 log = logging.getLogger(__name__)
 
+_ANSWER_ANCHOR = "A:"  # text an answer is tokenized after (see HFAdapter.answer_ids)
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -172,6 +173,12 @@ class HFAdapter:
     def std(self) -> tuple[float, float, float]:
         return self.preprocessing.std
 
+    @property
+    def end_id(self) -> int:
+        """The token that ends an answer (scored after it, stops generation): EOS unless a chat
+        family ends its turns with another token (Qwen ``<|im_end|>``, Gemma 3 ``<end_of_turn>`` ...)."""
+        return int(self.tokenizer.eos_token_id)
+
     @classmethod
     def default_preprocessing(cls, config: Any) -> ImagePreprocessing:
         """Preprocessing used when the checkpoint has no image-processor config."""
@@ -244,9 +251,19 @@ class HFAdapter:
         raise NotImplementedError
 
     def answer_ids(self, answer: str) -> list[int]:
-        """Token ids of an answer continuation, EOS included."""
-        ids = self.tokenizer(self.answer_prefix + answer, add_special_tokens=False).input_ids
-        return list(ids) + [self.tokenizer.eos_token_id]
+        """Token ids of an answer continuation, its end token (``end_id``: EOS by default) included.
+
+        With an ``answer_prefix`` (a space) the answer is tokenized after an anchor and the anchor's
+        tokens are dropped, so the space is tokenized as in running text whatever the tokenizer does
+        at the start of a string (SentencePiece ``▁`` prepending, byte-level ``Ġ``).
+        """
+        ids = self.text_ids(self.answer_prefix + answer)
+        if self.answer_prefix:
+            anchor = self.text_ids(_ANSWER_ANCHOR)
+            full = self.text_ids(_ANSWER_ANCHOR + self.answer_prefix + answer)
+            if full[: len(anchor)] == anchor:
+                ids = full[len(anchor) :]
+        return list(ids) + [self.end_id]
 
     def bos(self) -> list[int]:
         bos = self.tokenizer.bos_token_id
@@ -428,7 +445,7 @@ class HFAdapter:
         prefix = self._prefix_batch(prompts, _hw(pixels01))
         out = self._call(prefix, self.forward_kwargs(self.preprocess(pixels01), prefix), logits_to_keep=1, use_cache=True)
         cache = self.cache_of(out)
-        eos = self.tokenizer.eos_token_id
+        eos = self.end_id
         batch_size = len(prompts)
         done = torch.zeros(batch_size, dtype=torch.bool, device=self.device)
         tokens: list[torch.Tensor] = []
@@ -476,7 +493,7 @@ class HFAdapter:
 
     def _generate_seq2seq(self, pixels01: torch.Tensor, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
         state = self.encode(self.preprocess(pixels01), self._prefix_batch(prompts, _hw(pixels01)))
-        eos = self.tokenizer.eos_token_id
+        eos = self.end_id
         batch_size = len(prompts)
         dec = torch.full((batch_size, 1), self._decoder_start_id(), dtype=torch.long, device=self.device)
         done = torch.zeros(batch_size, dtype=torch.bool, device=self.device)
@@ -499,7 +516,9 @@ def enable_checkpointing(model: Any) -> None:
     """Gradient checkpointing that works in eval mode.
 
     HF layers checkpoint only when ``training`` is set; we set that flag on the checkpointed layers
-    alone (not their children), so dropout and everything else stay in eval mode.
+    alone (not their children, which stay in eval mode), and zero the dropout rates those layers
+    read from their own ``training`` flag (e.g. OPT's ``nn.functional.dropout(..., self.training)``),
+    so the forward is the eval forward.
     """
     from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -511,6 +530,9 @@ def enable_checkpointing(model: Any) -> None:
     for module in model.modules():
         if isinstance(module, GradientCheckpointingLayer):
             module.training = True
+            for name, value in list(vars(module).items()):
+                if "dropout" in name and isinstance(value, float):
+                    setattr(module, name, 0.0)
 
 
 @dataclass
