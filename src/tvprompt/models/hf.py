@@ -9,10 +9,12 @@ FCA features taken from the same forward that feeds the LLM, KV-cached ``score_c
 A family module subclasses it, sets a few class attributes and overrides small hooks:
 
 decoder-only families
-    ``prompt_ids(prompt)``           token ids before the answer: BOS, chat format, image tokens
+    ``prompt_ids(prompt, image_size)``  token ids before the answer: BOS, chat format, image tokens
+                                     (``image_size`` = (H, W) of the prompted image, for families
+                                     whose image-token count depends on it)
     ``forward_kwargs(pixel_values, batch)``  extra model inputs (``pixel_values``, ``image_sizes``, ...)
     ``image_outputs(outputs)``       where the forward output keeps the vision-tower outputs
-    ``run_vision(pixel_values)``     a vision-only pass returning the same kind of object
+    ``run_vision(pixel_values, image_size)``  a vision-only pass returning the same kind of object
     ``select_features(image_outputs, kind)``  (B, N, D) ``encoder`` or ``projected`` features
     ``continuation_kwargs(prefix, ids, mask)``  inputs for tokens that follow a cached prefix
 
@@ -54,6 +56,7 @@ class TextBatch:
     attention_mask: torch.Tensor  # (B, L)
     target_mask: torch.Tensor | None = None  # (B, L)
     position_ids: torch.Tensor | None = None  # (B, L) or None: the model computes them
+    image_size: tuple[int, int] | None = None  # (H, W) of the prompted pixels the batch goes with
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -224,8 +227,11 @@ class HFAdapter:
         return bool(getattr(text, "is_encoder_decoder", False))
 
     # ---- hooks ------------------------------------------------------------------------------------
-    def prompt_ids(self, prompt: str) -> list[int]:
-        """Token ids of the prefix for ``prompt`` (BOS, prompt format, image placeholder tokens)."""
+    def prompt_ids(self, prompt: str, image_size: tuple[int, int]) -> list[int]:
+        """Token ids of the prefix for ``prompt`` (BOS, prompt format, image placeholder tokens).
+
+        ``image_size`` is the (H, W) of the [0, 1] pixels the adapter was given.
+        """
         raise NotImplementedError
 
     def answer_ids(self, answer: str) -> list[int]:
@@ -248,8 +254,8 @@ class HFAdapter:
         """The vision outputs inside a forward output (``select_features`` reads them)."""
         return outputs.image_outputs
 
-    def run_vision(self, pixel_values: torch.Tensor) -> Any:
-        """A vision-only pass returning what ``image_outputs`` returns."""
+    def run_vision(self, pixel_values: torch.Tensor, image_size: tuple[int, int]) -> Any:
+        """A vision-only pass returning what ``image_outputs`` returns (``image_size``: prompted H, W)."""
         raise NotImplementedError
 
     def select_features(self, image_outputs: Any, kind: str) -> torch.Tensor:
@@ -290,7 +296,7 @@ class HFAdapter:
 
     def vision_features(self, pixels01: torch.Tensor, kind: str = "encoder") -> torch.Tensor:
         check_kind(kind)
-        return self.select_features(self.run_vision(self.preprocess(pixels01)), kind)
+        return self.select_features(self.run_vision(self.preprocess(pixels01), _hw(pixels01)), kind)
 
     def score_choices(self, pixels01: torch.Tensor, prompts: list[str], choices: list[str]) -> torch.Tensor:
         self._check_batch(pixels01, prompts)
@@ -318,14 +324,16 @@ class HFAdapter:
             n_ans = "" if answers is None else f", {len(answers)} answers"
             raise UsageError(f"batch mismatch: {pixels01.shape[0]} images, {len(prompts)} prompts{n_ans}")
 
-    def _prefix_batch(self, prompts: list[str]) -> TextBatch:
-        ids, mask = pad_sequences([self.prompt_ids(p) for p in prompts], self.tokenizer.pad_token_id, "left")
-        return self._finish_batch(ids, mask)
+    def _prefix_batch(self, prompts: list[str], image_size: tuple[int, int]) -> TextBatch:
+        seqs = [self.prompt_ids(p, image_size) for p in prompts]
+        ids, mask = pad_sequences(seqs, self.tokenizer.pad_token_id, "left")
+        return self._finish_batch(ids, mask, image_size)
 
-    def _finish_batch(self, ids: torch.Tensor, mask: torch.Tensor, target: torch.Tensor | None = None) -> TextBatch:
+    def _finish_batch(self, ids: torch.Tensor, mask: torch.Tensor, image_size: tuple[int, int],
+                      target: torch.Tensor | None = None) -> TextBatch:
         ids, mask = ids.to(self.device), mask.to(self.device)
         pos = positions_from_mask(mask) if self.explicit_positions else None
-        return TextBatch(ids, mask, None if target is None else target.to(self.device), pos)
+        return TextBatch(ids, mask, None if target is None else target.to(self.device), pos, image_size)
 
     def _call(self, batch: TextBatch, extra: dict[str, Any], **kwargs: Any) -> Any:
         inputs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
@@ -348,20 +356,21 @@ class HFAdapter:
         self._check_batch(pixels01, prompts, answers)
         pixel_values = self.preprocess(pixels01)
         answer_ids = [self.answer_ids(a) for a in answers]
+        hw = _hw(pixels01)
         if self.is_encoder_decoder:
-            state = self.encode(pixel_values, self._prefix_batch(prompts))
+            state = self.encode(pixel_values, self._prefix_batch(prompts, hw))
             ids, mask = pad_sequences(answer_ids, self.tokenizer.pad_token_id, "right")
             ids, mask = ids.to(self.device), mask.to(self.device)
             logits = self.decode(state, self._shift_right(ids), self._shift_right_mask(mask))
             loss = _masked_ce(logits, ids, mask.bool())
             feats = None if kind is None else self.select_features(state.image_outputs, kind)
             return loss, feats
-        seqs = [self.prompt_ids(p) + a for p, a in zip(prompts, answer_ids, strict=True)]
+        seqs = [self.prompt_ids(p, hw) + a for p, a in zip(prompts, answer_ids, strict=True)]
         ids, mask = pad_sequences(seqs, self.tokenizer.pad_token_id, "left")
         target = torch.zeros_like(mask)
         for i, a in enumerate(answer_ids):
             target[i, ids.shape[1] - len(a) :] = 1
-        batch = self._finish_batch(ids, mask, target)
+        batch = self._finish_batch(ids, mask, hw, target)
         keep = max(len(a) for a in answer_ids) + 1  # answers sit at the right end (left padding)
         keep = min(keep, ids.shape[1])
         out = self._call(batch, self.forward_kwargs(pixel_values, batch), logits_to_keep=keep, use_cache=False)
@@ -372,7 +381,7 @@ class HFAdapter:
 
     def _score_decoder(self, pixels01: torch.Tensor, prompts: list[str], choices: list[str]) -> torch.Tensor:
         n_choices = len(choices)
-        prefix = self._prefix_batch(prompts)
+        prefix = self._prefix_batch(prompts, _hw(pixels01))
         out = self._call(prefix, self.forward_kwargs(self.preprocess(pixels01), prefix), logits_to_keep=1, use_cache=True)
         first = out.logits[:, -1].float().log_softmax(-1)  # (B, V): predicts each choice's first token
         cache = self._cache_of(out)
@@ -382,7 +391,8 @@ class HFAdapter:
         ids, mask = ids.to(self.device).repeat(batch_size, 1), mask.to(self.device).repeat(batch_size, 1)
         expanded = _expand_batch(prefix, n_choices)
         out2 = self._call(
-            TextBatch(ids, mask), self.continuation_kwargs(expanded, ids, mask), cache=cache, use_cache=True
+            TextBatch(ids, mask, image_size=prefix.image_size), self.continuation_kwargs(expanded, ids, mask),
+            cache=cache, use_cache=True,
         )
         logp = out2.logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         lp0 = first.repeat_interleave(n_choices, 0).gather(-1, ids[:, :1]).squeeze(-1)
@@ -390,7 +400,7 @@ class HFAdapter:
         return (total / mask.sum(-1)).view(batch_size, n_choices)
 
     def _generate_decoder(self, pixels01: torch.Tensor, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
-        prefix = self._prefix_batch(prompts)
+        prefix = self._prefix_batch(prompts, _hw(pixels01))
         out = self._call(prefix, self.forward_kwargs(self.preprocess(pixels01), prefix), logits_to_keep=1, use_cache=True)
         cache = self._cache_of(out)
         eos = self.tokenizer.eos_token_id
@@ -407,10 +417,12 @@ class HFAdapter:
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             ids = nxt.unsqueeze(1)
-            out = self._call(TextBatch(ids, step_mask), self.continuation_kwargs(running, ids, step_mask),
+            out = self._call(TextBatch(ids, step_mask, image_size=prefix.image_size),
+                             self.continuation_kwargs(running, ids, step_mask),
                              cache=cache, use_cache=True)
             cache = self._cache_of(out)
-            running = TextBatch(torch.cat([running.input_ids, ids], 1), torch.cat([running.attention_mask, step_mask], 1))
+            running = TextBatch(torch.cat([running.input_ids, ids], 1), torch.cat([running.attention_mask, step_mask], 1),
+                                image_size=prefix.image_size)
         return _strip_eos(torch.stack(tokens, 1) if tokens else torch.zeros(batch_size, 0, dtype=torch.long), eos)
 
     def _shift_right(self, ids: torch.Tensor) -> torch.Tensor:
@@ -428,7 +440,7 @@ class HFAdapter:
 
     def _score_seq2seq(self, pixels01: torch.Tensor, prompts: list[str], choices: list[str]) -> torch.Tensor:
         n_choices, batch_size = len(choices), len(prompts)
-        state = self.encode(self.preprocess(pixels01), self._prefix_batch(prompts))
+        state = self.encode(self.preprocess(pixels01), self._prefix_batch(prompts, _hw(pixels01)))
         state = EncoderState(state.hidden.repeat_interleave(n_choices, 0), state.mask.repeat_interleave(n_choices, 0))
         ids, mask = pad_sequences([self.answer_ids(c) for c in choices], self.tokenizer.pad_token_id, "right")
         ids, mask = ids.to(self.device).repeat(batch_size, 1), mask.to(self.device).repeat(batch_size, 1)
@@ -437,7 +449,7 @@ class HFAdapter:
         return ((logp * mask).sum(-1) / mask.sum(-1)).view(batch_size, n_choices)
 
     def _generate_seq2seq(self, pixels01: torch.Tensor, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
-        state = self.encode(self.preprocess(pixels01), self._prefix_batch(prompts))
+        state = self.encode(self.preprocess(pixels01), self._prefix_batch(prompts, _hw(pixels01)))
         eos = self.tokenizer.eos_token_id
         batch_size = len(prompts)
         dec = torch.full((batch_size, 1), self._decoder_start_id(), dtype=torch.long, device=self.device)
@@ -487,13 +499,18 @@ def read_local_or_hub_processor_config(source: str) -> dict[str, Any] | None:
     return None
 
 
+def _hw(pixels01: torch.Tensor) -> tuple[int, int]:
+    return int(pixels01.shape[-2]), int(pixels01.shape[-1])
+
+
 def _masked_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the masked positions of the batch (token mean, like HF ``labels``)."""
     return F.cross_entropy(logits[mask].float(), targets[mask])
 
 
 def _expand_batch(batch: TextBatch, n: int) -> TextBatch:
-    return TextBatch(batch.input_ids.repeat_interleave(n, 0), batch.attention_mask.repeat_interleave(n, 0))
+    return TextBatch(batch.input_ids.repeat_interleave(n, 0), batch.attention_mask.repeat_interleave(n, 0),
+                     image_size=batch.image_size)
 
 
 def _strip_eos(tokens: torch.Tensor, eos: int) -> list[list[int]]:

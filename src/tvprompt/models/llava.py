@@ -38,16 +38,16 @@ class LlavaStyleAdapter(HFAdapter):
     def image_token_id(self) -> int:
         return int(self.model.config.image_token_id)
 
-    def num_image_tokens(self) -> int:
+    def num_image_tokens(self, image_size: tuple[int, int]) -> int:
         vc = self.model.config.vision_config
         n = (int(vc.image_size) // int(vc.patch_size)) ** 2
         return n + (1 if self.model.config.vision_feature_select_strategy == "full" else 0)
 
-    def prompt_ids(self, prompt: str) -> list[int]:
+    def prompt_ids(self, prompt: str, image_size: tuple[int, int]) -> list[int]:
         before, after = self.prompt_format.format(prompt=prompt).split("<image>", 1)
-        return self.bos() + self.text_ids(before) + [self.image_token_id] * self.num_image_tokens() + self.text_ids(after)
+        return self.bos() + self.text_ids(before) + [self.image_token_id] * self.num_image_tokens(image_size) + self.text_ids(after)
 
-    def run_vision(self, pixel_values: torch.Tensor) -> Any:
+    def run_vision(self, pixel_values: torch.Tensor, image_size: tuple[int, int]) -> Any:
         return self.model.model.get_image_features(pixel_values=pixel_values, return_dict=True)
 
     def select_features(self, image_outputs: Any, kind: str) -> torch.Tensor:
