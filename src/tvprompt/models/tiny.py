@@ -45,11 +45,12 @@ class TinySpec:
     """What a tiny builder returns: the config to instantiate and how to finish the model."""
 
     config: Any
-    model_class: str  # transformers class name
+    model_class: str  # transformers class name, or "package.module:Class"
     preprocessing: ImagePreprocessing
     image_processor_type: str  # written into preprocessor_config.json
     init: Callable[[Any], None] | None = None  # fix-ups after random init
     processor_extra: dict[str, Any] | None = None  # more preprocessor_config.json fields
+    save_extra: Callable[[Path], None] | None = None  # writes more files into the checkpoint directory
 
 
 @dataclass
@@ -136,7 +137,7 @@ def tiny_config(family: str, tokenizer: Any | None = None, **overrides: Any) -> 
 def build_tiny_model(family: str, directory: str | os.PathLike, seed: int = 0,
                      corpus: Iterable[str] | None = None, **overrides: Any) -> Path:
     """Write a tiny random checkpoint of ``family`` to ``directory`` and return the path."""
-    import transformers
+    from .hf import resolve_model_class
 
     entry = _entry(family)
     tokenizer = tiny_tokenizer(family, corpus=corpus)
@@ -144,7 +145,7 @@ def build_tiny_model(family: str, directory: str | os.PathLike, seed: int = 0,
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = getattr(transformers, spec.model_class)(spec.config)
+        model = resolve_model_class(spec.model_class)(spec.config)
         if spec.init is not None:
             with torch.no_grad():
                 spec.init(model)
@@ -157,6 +158,8 @@ def build_tiny_model(family: str, directory: str | os.PathLike, seed: int = 0,
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n", encoding="utf-8")
+        if spec.save_extra is not None:
+            spec.save_extra(tmp)
     return Path(directory)
 
 
