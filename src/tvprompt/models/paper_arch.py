@@ -19,6 +19,7 @@ log-likelihood) stays that of the released model.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import torch
 from torch import nn
@@ -108,6 +109,21 @@ class BlivaForConditionalGeneration(InstructBlipForConditionalGeneration):
         )
         image_embeds = vision.last_hidden_state  # ln_vision(ViT(x))
         patches = vision.hidden_states[self.config.vision_feature_layer][:, 1:]
+        queries, qformer_out = self.project_queries(image_embeds, qformer_input_ids, qformer_attention_mask)
+        tokens = torch.cat([queries, self.vision_project(patches)], dim=1)
+        return BaseModelOutputWithVisionQformerOutputs(
+            last_hidden_state=image_embeds,
+            pooler_output=tokens,
+            hidden_states=vision.hidden_states,
+            vision_outputs=vision,
+            qformer_outputs=qformer_out,
+        )
+
+    def project_queries(
+        self, image_embeds: torch.Tensor, qformer_input_ids: torch.LongTensor,
+        qformer_attention_mask: torch.LongTensor | None = None,
+    ) -> tuple[torch.Tensor, Any]:
+        """``llm_proj(Q-Former(queries + instruction | image_embeds))`` for the query positions."""
         image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
         query_tokens = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
         query_mask = torch.ones(query_tokens.shape[:-1], dtype=torch.long, device=image_embeds.device)
@@ -122,14 +138,7 @@ class BlivaForConditionalGeneration(InstructBlipForConditionalGeneration):
             return_dict=True,
         )
         queries = qformer_out.last_hidden_state[:, : query_tokens.shape[1]].to(image_embeds.dtype)
-        tokens = torch.cat([self.language_projection(queries), self.vision_project(patches)], dim=1)
-        return BaseModelOutputWithVisionQformerOutputs(
-            last_hidden_state=image_embeds,
-            pooler_output=tokens,
-            hidden_states=vision.hidden_states,
-            vision_outputs=vision,
-            qformer_outputs=qformer_out,
-        )
+        return self.language_projection(queries), qformer_out
 
     @torch.no_grad()
     def generate(self, *args, **kwargs):  # transformers' default would insert 32 placeholders, not 32 + patches

@@ -25,7 +25,7 @@ from ..errors import TvpError, UsageError
 log = logging.getLogger(__name__)
 
 # Family modules (tvprompt.models.<name>), imported lazily by the registry functions.
-FAMILY_MODULES = ["llava", "minigpt4"]
+FAMILY_MODULES = ["llava", "minigpt4", "bliva"]
 GUIDE_MODULES: list[str] = []
 
 _FAMILIES: dict[str, type] = {}
