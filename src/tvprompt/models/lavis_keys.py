@@ -106,7 +106,7 @@ def map_lavis_key(
         target = key.replace("Qformer.bert.", "qformer.").replace(".attention.self.", ".attention.attention.")
         return "map", target.replace(".crossattention.self.", ".crossattention.attention.")
     head = key.split(".", 1)[0]
-    if head in projections and "." in key:
+    if head in projections and key.split(".", 1)[-1] in ("weight", "bias"):
         return "map", f"{projections[head]}.{key.split('.', 1)[1]}"
     return "unknown", ""
 

@@ -184,7 +184,8 @@ def _build_and_fill(config: Any, family: str, mapped: dict[str, torch.Tensor], l
     if missing:
         raise TvpError(f"no source for {len(missing)} weights of the {family} model: {format_keys(missing)}")
     if extra:
-        raise TvpError(f"{len(extra)} mapped keys have no place in the {family} model: {format_keys(extra)}")
+        named = [f"{k} (from {origin.get(k, 'the LLM')})" for k in extra]
+        raise TvpError(f"{len(extra)} mapped keys have no place in the {family} model: {format_keys(named)}")
     bad = [
         f"{k} {tuple(full[k].shape)} (from {origin.get(k, 'the LLM')}) vs {tuple(v.shape)}"
         for k, v in expected.items() if tuple(full[k].shape) != tuple(v.shape)
