@@ -17,6 +17,8 @@ decoder-only families
     ``run_vision(pixel_values, image_size)``  a vision-only pass returning the same kind of object
     ``select_features(image_outputs, kind)``  (B, N, D) ``encoder`` or ``projected`` features
     ``continuation_kwargs(prefix, ids, mask)``  inputs for tokens that follow a cached prefix
+    ``continuation_module()``        the module those tokens go through (default: the whole model)
+    ``cache_of(outputs)``            the KV cache inside a forward output
 
 encoder-decoder families additionally
     ``encode(pixel_values, batch)`` -> :class:`EncoderState`, ``decode(state, ids, mask)`` -> logits
@@ -57,6 +59,7 @@ class TextBatch:
     target_mask: torch.Tensor | None = None  # (B, L)
     position_ids: torch.Tensor | None = None  # (B, L) or None: the model computes them
     image_size: tuple[int, int] | None = None  # (H, W) of the prompted pixels the batch goes with
+    prompts: list[str] | None = None  # the instructions (for families that feed them elsewhere too)
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -128,6 +131,8 @@ class HFAdapter:
     answer_prefix: ClassVar[str] = " "  # text put before an answer when it is tokenized
     explicit_positions: ClassVar[bool] = True  # pass cumsum(mask)-1 position_ids (decoder-only)
     feature_kinds: ClassVar[tuple[str, ...]] = FEATURE_KINDS
+    # kinds whose features depend on the prompt (``vision_features`` then uses an empty prompt)
+    prompt_dependent_features: ClassVar[tuple[str, ...]] = ()
     roles: ClassVar[tuple[str, ...]] = ("source", "target")
     extra: ClassVar[str | None] = None  # pip extra needed beyond the core install
     notes: ClassVar[str] = ""
@@ -145,9 +150,6 @@ class HFAdapter:
         self.device = device or next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.is_encoder_decoder = self._is_encoder_decoder()
-        params = inspect.signature(model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        self._has_logits_to_keep = "logits_to_keep" in params
         if tokenizer.pad_token_id is None:
             raise TvpError(f"{model_id}: the tokenizer has no pad token; set pad_token in tokenizer_config.json")
         if tokenizer.eos_token_id is None:
@@ -268,6 +270,15 @@ class HFAdapter:
             out["position_ids"] = start + positions_from_mask(mask)
         return out
 
+    def continuation_module(self) -> Any:
+        """The module that runs tokens after a cached prefix (text only, no pixels)."""
+        return self.model
+
+    def cache_of(self, outputs: Any) -> Any:
+        """The KV cache a forward with ``use_cache=True`` returned."""
+        cache = getattr(outputs, "cache", None)
+        return cache if cache is not None else outputs.past_key_values
+
     def encode(self, pixel_values: torch.Tensor, batch: TextBatch) -> EncoderState:
         """Encoder-decoder families: run vision + encoder on the prefix."""
         raise NotImplementedError
@@ -325,7 +336,9 @@ class HFAdapter:
     def _prefix_batch(self, prompts: list[str], image_size: tuple[int, int]) -> TextBatch:
         seqs = [self.prompt_ids(p, image_size) for p in prompts]
         ids, mask = pad_sequences(seqs, self.tokenizer.pad_token_id, "left")
-        return self._finish_batch(ids, mask, image_size)
+        batch = self._finish_batch(ids, mask, image_size)
+        batch.prompts = list(prompts)
+        return batch
 
     def _finish_batch(self, ids: torch.Tensor, mask: torch.Tensor, image_size: tuple[int, int],
                       target: torch.Tensor | None = None) -> TextBatch:
@@ -333,21 +346,18 @@ class HFAdapter:
         pos = positions_from_mask(mask) if self.explicit_positions else None
         return TextBatch(ids, mask, None if target is None else target.to(self.device), pos, image_size)
 
-    def _call(self, batch: TextBatch, extra: dict[str, Any], **kwargs: Any) -> Any:
+    def _call(self, batch: TextBatch, extra: dict[str, Any], module: Any = None, **kwargs: Any) -> Any:
+        module = self.model if module is None else module
         inputs: dict[str, Any] = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         if batch.position_ids is not None:
             inputs["position_ids"] = batch.position_ids
         inputs.update(extra)
-        if "logits_to_keep" in kwargs and not self._has_logits_to_keep:
+        params = _forward_params(module)
+        if "logits_to_keep" in kwargs and "logits_to_keep" not in params:
             kwargs.pop("logits_to_keep")
-        if "cache" in kwargs:
-            kwargs[self._cache_kw] = kwargs.pop("cache")
-        return self.model(**inputs, **kwargs)
-
-    @staticmethod
-    def _cache_of(outputs: Any) -> Any:
-        cache = getattr(outputs, "cache", None)
-        return cache if cache is not None else outputs.past_key_values
+        if "cache" in kwargs:  # renamed from past_key_values in transformers 5.x
+            kwargs["cache" if "cache" in params else "past_key_values"] = kwargs.pop("cache")
+        return module(**inputs, **kwargs)
 
     def _lm_loss(self, pixels01: torch.Tensor, prompts: list[str], answers: list[str],
                  kind: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -369,6 +379,7 @@ class HFAdapter:
         for i, a in enumerate(answer_ids):
             target[i, ids.shape[1] - len(a) :] = 1
         batch = self._finish_batch(ids, mask, hw, target)
+        batch.prompts = list(prompts)
         keep = max(len(a) for a in answer_ids) + 1  # answers sit at the right end (left padding)
         keep = min(keep, ids.shape[1])
         out = self._call(batch, self.forward_kwargs(pixel_values, batch), logits_to_keep=keep, use_cache=False)
@@ -382,7 +393,7 @@ class HFAdapter:
         prefix = self._prefix_batch(prompts, _hw(pixels01))
         out = self._call(prefix, self.forward_kwargs(self.preprocess(pixels01), prefix), logits_to_keep=1, use_cache=True)
         first = out.logits[:, -1].float().log_softmax(-1)  # (B, V): predicts each choice's first token
-        cache = self._cache_of(out)
+        cache = self.cache_of(out)
         cache.batch_repeat_interleave(n_choices)
         ids, mask = pad_sequences([self.answer_ids(c) for c in choices], self.tokenizer.pad_token_id, "right")
         batch_size = len(prompts)
@@ -390,7 +401,7 @@ class HFAdapter:
         expanded = _expand_batch(prefix, n_choices)
         out2 = self._call(
             TextBatch(ids, mask, image_size=prefix.image_size), self.continuation_kwargs(expanded, ids, mask),
-            cache=cache, use_cache=True,
+            module=self.continuation_module(), cache=cache, use_cache=True,
         )
         logp = out2.logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         lp0 = first.repeat_interleave(n_choices, 0).gather(-1, ids[:, :1]).squeeze(-1)
@@ -400,7 +411,7 @@ class HFAdapter:
     def _generate_decoder(self, pixels01: torch.Tensor, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
         prefix = self._prefix_batch(prompts, _hw(pixels01))
         out = self._call(prefix, self.forward_kwargs(self.preprocess(pixels01), prefix), logits_to_keep=1, use_cache=True)
-        cache = self._cache_of(out)
+        cache = self.cache_of(out)
         eos = self.tokenizer.eos_token_id
         batch_size = len(prompts)
         done = torch.zeros(batch_size, dtype=torch.bool, device=self.device)
@@ -417,8 +428,8 @@ class HFAdapter:
             ids = nxt.unsqueeze(1)
             out = self._call(TextBatch(ids, step_mask, image_size=prefix.image_size),
                              self.continuation_kwargs(running, ids, step_mask),
-                             cache=cache, use_cache=True)
-            cache = self._cache_of(out)
+                             module=self.continuation_module(), cache=cache, use_cache=True)
+            # the cache object is updated in place
             running = TextBatch(torch.cat([running.input_ids, ids], 1), torch.cat([running.attention_mask, step_mask], 1),
                                 image_size=prefix.image_size)
         return _strip_eos(torch.stack(tokens, 1) if tokens else torch.zeros(batch_size, 0, dtype=torch.long), eos)
@@ -507,6 +518,16 @@ def read_local_or_hub_processor_config(source: str) -> dict[str, Any] | None:
         if path:
             return read_processor_config(Path(path).parent)
     return None
+
+
+_PARAMS: dict[type, frozenset[str]] = {}
+
+
+def _forward_params(module: Any) -> frozenset[str]:
+    cls = type(module)
+    if cls not in _PARAMS:
+        _PARAMS[cls] = frozenset(inspect.signature(module.forward).parameters)
+    return _PARAMS[cls]
 
 
 def _hw(pixels01: torch.Tensor) -> tuple[int, int]:

@@ -66,15 +66,15 @@ class ImagePreprocessing:
             short, long = (h, w) if h <= w else (w, h)
             new_long = int(self.shortest_edge * long / short)
             target = (self.shortest_edge, new_long) if h <= w else (new_long, self.shortest_edge)
-            x = _interpolate(x, target, self.resample)
+            x = interpolate(x, target, self.resample)
             th, tw = self.size
             top = max(0, (x.shape[-2] - th) // 2)
             left = max(0, (x.shape[-1] - tw) // 2)
             x = x[..., top : top + th, left : left + tw]
             if tuple(x.shape[-2:]) != tuple(self.size):  # image smaller than the crop: stretch the rest
-                x = _interpolate(x, self.size, self.resample)
+                x = interpolate(x, self.size, self.resample)
             return x
-        return _interpolate(x, self.size, self.resample)
+        return interpolate(x, self.size, self.resample)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
@@ -151,7 +151,7 @@ def read_processor_config(directory: str | Path) -> dict[str, Any] | None:
     return None
 
 
-def _interpolate(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+def interpolate(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     if mode == "nearest":
