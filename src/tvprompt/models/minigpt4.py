@@ -13,14 +13,11 @@ targets (``text + end_sym``), so ``lm_loss`` and ``score_choices`` use ``answer 
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..errors import TvpError
-from .hf import HFAdapter, TextBatch
+from .blip2 import Blip2Adapter
 from .preprocessing import CLIP_MEAN, CLIP_STD, ImagePreprocessing
 from .registry import register_family
 from .tiny import TinySpec, init_normal_, register_tiny
@@ -28,35 +25,10 @@ from .tiny import TinySpec, init_normal_, register_tiny
 IMAGE_SLOT = "<ImageHere>"
 
 
-@dataclass
-class ComposedOutput:
-    """What ``_call`` returns: LLM logits and cache, plus the vision outputs when an image went in."""
-
-    logits: torch.Tensor
-    past_key_values: Any
-    image_outputs: Any = None
-
-
-class SplicedImageAdapter(HFAdapter):
-    """Families whose image tokens are written into the LLM input at ``image_token_index`` slots.
-
-    The vision side runs once per prefix; cached continuations (``score_choices``, ``generate``)
-    go straight to ``model.language_model``, so no family needs pixel values after the prefix.
-    """
+class MiniGPT4StyleAdapter(Blip2Adapter):
+    """``<s>###Human: <Img><ImageHere></Img> {prompt} ###Assistant: `` + answer + ``###``."""
 
     answer_prefix = ""  # LLaMA's SentencePiece adds its own word-start marker
-    feature_kinds = ("encoder", "projected")
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        params = inspect.signature(self.model.language_model.forward).parameters  # the LLM takes the calls
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        self._has_logits_to_keep = "logits_to_keep" in params
-
-    @classmethod
-    def default_preprocessing(cls, config: Any) -> ImagePreprocessing:
-        size = int(config.vision_config.image_size)  # LAVIS blip_image_eval: bicubic resize, CLIP mean/std
-        return ImagePreprocessing(size=(size, size), mean=CLIP_MEAN, std=CLIP_STD, resample="bicubic")
 
     @property
     def image_token_id(self) -> int:
@@ -71,42 +43,6 @@ class SplicedImageAdapter(HFAdapter):
         image = [self.image_token_id] * self.num_image_tokens()
         return (self.bos() + self.text_ids(before.replace("{}", prompt)) + image
                 + self.text_ids(after.replace("{}", prompt)))
-
-    def run_vision(self, pixel_values: torch.Tensor, image_size: tuple[int, int] | None = None) -> Any:
-        return self.model.get_image_features(pixel_values, return_dict=True)
-
-    def select_features(self, image_outputs: Any, kind: str) -> torch.Tensor:
-        return image_outputs.pooler_output if kind == "projected" else image_outputs.last_hidden_state
-
-    def _call(self, batch: TextBatch, extra: dict[str, Any], **kwargs: Any) -> ComposedOutput:
-        if "cache" in kwargs:
-            kwargs[self._cache_kw] = kwargs.pop("cache")
-        if not self._has_logits_to_keep:
-            kwargs.pop("logits_to_keep", None)
-        lm = self.model.language_model
-        embeds = lm.get_input_embeddings()(batch.input_ids)
-        image = None
-        pixel_values = extra.get("pixel_values")
-        if pixel_values is not None:
-            image = self.run_vision(pixel_values, batch.image_size)
-            tokens = image.pooler_output.to(embeds.dtype)
-            slots = batch.input_ids == self.image_token_id
-            if int(slots.sum()) != tokens.shape[0] * tokens.shape[1]:
-                raise TvpError(f"{self.model_id}: {int(slots.sum())} image slots in the prompts for "
-                               f"{tokens.shape[0]}x{tokens.shape[1]} image tokens; does a prompt contain the "
-                               "image placeholder token?")
-            embeds = embeds.masked_scatter(slots.unsqueeze(-1), tokens)
-        inputs: dict[str, Any] = {"inputs_embeds": embeds, "attention_mask": batch.attention_mask}
-        if batch.position_ids is not None:
-            inputs["position_ids"] = batch.position_ids
-        inputs.update({k: v for k, v in extra.items() if k != "pixel_values"})
-        out = lm(**inputs, **kwargs)
-        cache = getattr(out, "cache", None)
-        return ComposedOutput(out.logits, cache if cache is not None else getattr(out, "past_key_values", None), image)
-
-
-class MiniGPT4StyleAdapter(SplicedImageAdapter):
-    """``###Human: <Img><ImageHere></Img> {prompt} ###Assistant: `` + answer + ``###``."""
 
     @property
     def end_sym(self) -> str:
