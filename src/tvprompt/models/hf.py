@@ -136,6 +136,7 @@ class HFAdapter:
     roles: ClassVar[tuple[str, ...]] = ("source", "target")
     extra: ClassVar[str | None] = None  # pip extra needed beyond the core install
     notes: ClassVar[str] = ""
+    untested: ClassVar[str | None] = None  # why a family has no offline tiny checkpoint / contract tests
 
     # ---- construction ---------------------------------------------------------------------------
     def __init__(self, model: Any, tokenizer: Any, preprocessing: ImagePreprocessing, model_id: str,
