@@ -257,3 +257,19 @@ def test_key_rules_for_the_instruction_aware_qformer():
         "map", "qformer.embeddings.word_embeddings.weight")
     assert map_lavis_key("Qformer.bert.encoder.layer.2.output.LayerNorm.bias", **rules) == (
         "map", "qformer.encoder.layer.2.output.LayerNorm.bias")
+
+
+def test_custom_template_and_end_symbol_are_written_and_used(files, tmp_path):
+    template = "Give the following image: <Img><ImageHere></Img>. ###Human: {} ###Assistant: "
+    out = convert_vpgtrans(files.vpg_pth, files.llama, tmp_path / "v", eva_vit=files.eva_pth, options=OPTS,
+                           prompt_template=template, end_sym="\n")
+    adapter = load_adapter(f"hf:{out}", device="cpu")
+    assert adapter.model.config.prompt_template == template and adapter.end_sym == "\n"
+    ids = adapter.prompt_ids("Is it red?")
+    text = adapter.tokenizer.decode([i for i in ids if i != adapter.image_token_id], skip_special_tokens=True)
+    assert text == "Give the following image: <Img></Img>. ###Human: Is it red? ###Assistant: "
+    assert ids.count(adapter.image_token_id) == T.queries
+    assert adapter.answer_ids("yes") == adapter.text_ids("yes\n")
+    with pytest.raises(UsageError, match="<ImageHere>"):
+        convert_vpgtrans(files.vpg_pth, files.llama, tmp_path / "w", eva_vit=files.eva_pth, options=OPTS,
+                         prompt_template="###Human: {} ###Assistant: ")

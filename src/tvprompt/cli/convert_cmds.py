@@ -17,6 +17,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
 
 
+def _template(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt-template", metavar="TEXT",
+                   help="conversation template with <ImageHere> and {} (default: "
+                        "'###Human: <Img><ImageHere></Img> {} ###Assistant: ')")
+    p.add_argument("--end-sym", metavar="TEXT", help="what ends an answer (default: ###)")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert released MiniGPT-4 / VPGTrans / BLIVA checkpoints")
     kinds = p.add_subparsers(dest="kind", metavar="MODEL", required=True)
@@ -26,11 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="LAVIS BLIP-2 checkpoint with the Q-Former (e.g. blip2_pretrained_flant5xxl.pth)")
     k.add_argument("--stage2", required=True, metavar="FILE", help="MiniGPT-4 stage-2 checkpoint (llama_proj)")
     _common(k)
+    _template(k)
     k.set_defaults(func=cmd_convert)
 
     k = kinds.add_parser("vpgtrans", help="VPGTrans (VL-Vicuna-7B)")
     k.add_argument("--ckpt", required=True, metavar="FILE", help="the VPGTrans checkpoint")
     _common(k)
+    _template(k)
     k.set_defaults(func=cmd_convert)
 
     k = kinds.add_parser("bliva", help="BLIVA (Vicuna-7B)")
@@ -47,9 +56,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
                              qformer_heads=args.qformer_heads, dtype=args.dtype, overwrite=args.overwrite)
     if args.kind == "minigpt4":
         out = pc.convert_minigpt4(args.lavis_ckpt, args.stage2, args.llama, args.output, eva_vit=args.eva_vit,
-                                  options=opts)
+                                  options=opts, prompt_template=args.prompt_template, end_sym=args.end_sym)
     elif args.kind == "vpgtrans":
-        out = pc.convert_vpgtrans(args.ckpt, args.llama, args.output, eva_vit=args.eva_vit, options=opts)
+        out = pc.convert_vpgtrans(args.ckpt, args.llama, args.output, eva_vit=args.eva_vit, options=opts,
+                                  prompt_template=args.prompt_template, end_sym=args.end_sym)
     else:
         out = pc.convert_bliva(args.ckpt, args.llama, args.output, qformer_tokenizer=args.qformer_tokenizer,
                                eva_vit=args.eva_vit, options=opts)

@@ -248,6 +248,10 @@ def convert_lavis_composition(
     if opts.dtype not in _DTYPES:
         raise UsageError(f"--dtype {opts.dtype!r} is not one of {', '.join(_DTYPES)}")
     dtype = _DTYPES[opts.dtype]
+    if prompt_template is not None and "{}" not in prompt_template:
+        raise UsageError(f"--prompt-template {prompt_template!r} has no '{{}}' where the instruction goes")
+    if prompt_template is not None and family != "bliva" and "<ImageHere>" not in prompt_template:
+        raise UsageError(f"--prompt-template {prompt_template!r} has no '<ImageHere>' where the image goes")
     out = Path(output)
     if out.exists() and any(out.iterdir()) and not opts.overwrite:
         raise UsageError(f"{out}: exists and is not empty; pass --overwrite to replace it")
@@ -300,21 +304,25 @@ def convert_lavis_composition(
 
 def convert_minigpt4(lavis_ckpt: str | os.PathLike, stage2: str | os.PathLike, llama_dir: str | os.PathLike,
                      output: str | os.PathLike, *, eva_vit: str | os.PathLike | None = None,
-                     options: ConvertOptions | None = None, family: str = "minigpt4") -> Path:
+                     options: ConvertOptions | None = None, prompt_template: str | None = None,
+                     end_sym: str | None = None) -> Path:
     """MiniGPT-4: [eva_vit_g.pth] + the LAVIS BLIP-2 file (ViT, ln_vision, Q-Former, queries) + stage 2 (llama_proj)."""
     sources = ([Source(eva_vit, "visual_encoder.", "eva_vit")] if eva_vit else []) + [
         Source(lavis_ckpt, "", "lavis_blip2"), Source(stage2, "", "stage2")]
     state = read_checkpoint(stage2)
     if not {"llama_proj.weight", "llama_proj.bias"} <= set(state):
         raise TvpError(f"{stage2}: expected the stage-2 file holding llama_proj.weight and llama_proj.bias")
-    return convert_lavis_composition(family, sources, llama_dir, output, options)
+    return convert_lavis_composition("minigpt4", sources, llama_dir, output, options,
+                                     prompt_template=prompt_template, end_sym=end_sym)
 
 
 def convert_vpgtrans(ckpt: str | os.PathLike, llama_dir: str | os.PathLike, output: str | os.PathLike, *,
-                     eva_vit: str | os.PathLike | None = None, options: ConvertOptions | None = None) -> Path:
+                     eva_vit: str | os.PathLike | None = None, options: ConvertOptions | None = None,
+                     prompt_template: str | None = None, end_sym: str | None = None) -> Path:
     """VPGTrans (VL-Vicuna): [eva_vit_g.pth] + its checkpoint (ln_vision, Q-Former, queries, llama_proj)."""
     sources = ([Source(eva_vit, "visual_encoder.", "eva_vit")] if eva_vit else []) + [Source(ckpt, "", "vpgtrans")]
-    return convert_lavis_composition("vpgtrans", sources, llama_dir, output, options)
+    return convert_lavis_composition("vpgtrans", sources, llama_dir, output, options,
+                                     prompt_template=prompt_template, end_sym=end_sym)
 
 
 def convert_bliva(ckpt: str | os.PathLike, llama_dir: str | os.PathLike, output: str | os.PathLike, *,
