@@ -20,13 +20,17 @@ PAPER = ["minigpt4", "vpgtrans", "bliva", "visualglm"]
 
 def test_tvp_models_lists_the_paper_families_and_says_which_are_untested(capsys):
     assert main(["models", "--json"]) == 0
-    rows = {r["family"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert set(PAPER) <= set(rows)
-    assert rows["visualglm"]["status"].startswith("UNTESTED") and OPT_IN in rows["visualglm"]["status"]
+    assert rows["visualglm"]["untested"] and rows["visualglm"]["notes"].startswith("UNTESTED here")
+    assert OPT_IN in rows["visualglm"]["notes"]
     for family in ("minigpt4", "vpgtrans", "bliva"):
-        assert rows[family]["status"] == "tested offline on a tiny checkpoint"
-        assert rows[family]["roles"] == ["source", "target", "fca"]
+        assert rows[family]["untested"] is None
+        assert rows[family]["source"] and rows[family]["target"] and rows[family]["features"] == ["encoder", "projected"]
         assert rows[family]["model_types"] == [family]
+    assert main(["models"]) == 0
+    visualglm = [line for line in capsys.readouterr().out.splitlines() if line.startswith("visualglm")]
+    assert len(visualglm) == 1 and "UNTESTED" in visualglm[0]
 
 
 def test_visualglm_refuses_remote_code_without_opt_in(tmp_path, monkeypatch):

@@ -29,6 +29,7 @@ class BlivaAdapter(InstructBlipAdapter):
     model_types = ("bliva",)
     model_class = "tvprompt.models.paper_arch:BlivaForConditionalGeneration"
     display_name = "BLIVA"
+    llm = "Vicuna v1.1 (LLaMA)"
     notes = "converted with 'tvp convert bliva'; InstructBLIP + patch tokens; prompt = the raw instruction"
     answer_prefix = ""  # LLaMA's SentencePiece adds its own word-start marker
 

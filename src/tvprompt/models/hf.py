@@ -44,6 +44,7 @@ from .preprocessing import ImagePreprocessing, read_processor_config
 
 log = logging.getLogger(__name__)
 
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float16": torch.float16, "fp16": torch.float16,
@@ -127,6 +128,7 @@ class HFAdapter:
     model_types: ClassVar[tuple[str, ...]] = ()  # config.json model_type values it handles
     model_class: ClassVar[str] = ""  # transformers class name, or "package.module:Class"; resolved lazily
     display_name: ClassVar[str] = ""
+    llm: ClassVar[str] = ""  # language models the family comes with, for `tvp models`
     add_bos: ClassVar[bool] = True  # prepend tokenizer.bos_token_id to prompts
     answer_prefix: ClassVar[str] = " "  # text put before an answer when it is tokenized
     explicit_positions: ClassVar[bool] = True  # pass cumsum(mask)-1 position_ids (decoder-only)
@@ -151,10 +153,10 @@ class HFAdapter:
         self.device = device or next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.is_encoder_decoder = self._is_encoder_decoder()
-        if tokenizer.pad_token_id is None:
-            raise TvpError(f"{model_id}: the tokenizer has no pad token; set pad_token in tokenizer_config.json")
         if tokenizer.eos_token_id is None:
             raise TvpError(f"{model_id}: the tokenizer has no eos token; set eos_token in tokenizer_config.json")
+        # padded positions are masked out, so any id will do when a checkpoint defines no pad token
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -197,9 +199,11 @@ class HFAdapter:
         kwargs: dict[str, Any] = {"dtype": torch_dtype}
         if device_map is not None:
             kwargs["device_map"] = device_map
+        if attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise UsageError(f"attn_implementation {attn_implementation!r} is not one of {', '.join(ATTN_IMPLEMENTATIONS)}")
         try:
             model = model_cls.from_pretrained(source, attn_implementation=attn_implementation, **kwargs)
-        except ValueError as e:
+        except (ValueError, ImportError) as e:
             if attn_implementation == "eager":
                 raise TvpError(f"{source}: could not load the model ({e})") from None
             log.warning("%s: attention %r unavailable (%s); falling back to eager", source, attn_implementation, e)
@@ -210,14 +214,14 @@ class HFAdapter:
             model.to(dev)
         else:
             dev = model.get_input_embeddings().weight.device
-        if gradient_checkpointing:
-            enable_checkpointing(model)
         tokenizer = cls.load_tokenizer(source)
         processor_config = read_local_or_hub_processor_config(source)
         default = cls.default_preprocessing(model.config)
         pre = default if processor_config is None else ImagePreprocessing.from_processor_config(processor_config, default)
         adapter = cls(model, tokenizer, pre, model_id or f"hf:{source}", device=dev)
         adapter.setup(source)
+        if gradient_checkpointing:  # after __init__'s eval(): it sets flags on the checkpointed layers
+            enable_checkpointing(model)
         return adapter
 
     def setup(self, source: str) -> None:
@@ -336,7 +340,7 @@ class HFAdapter:
 
     def _prefix_batch(self, prompts: list[str], image_size: tuple[int, int]) -> TextBatch:
         seqs = [self.prompt_ids(p, image_size) for p in prompts]
-        ids, mask = pad_sequences(seqs, self.tokenizer.pad_token_id, "left")
+        ids, mask = pad_sequences(seqs, self.pad_id, "left")
         batch = self._finish_batch(ids, mask, image_size)
         batch.prompts = list(prompts)
         return batch
@@ -368,14 +372,14 @@ class HFAdapter:
         hw = _hw(pixels01)
         if self.is_encoder_decoder:
             state = self.encode(pixel_values, self._prefix_batch(prompts, hw))
-            ids, mask = pad_sequences(answer_ids, self.tokenizer.pad_token_id, "right")
+            ids, mask = pad_sequences(answer_ids, self.pad_id, "right")
             ids, mask = ids.to(self.device), mask.to(self.device)
             logits = self.decode(state, self._shift_right(ids), self._shift_right_mask(mask))
             loss = _masked_ce(logits, ids, mask.bool())
             feats = None if kind is None else self.select_features(state.image_outputs, kind)
             return loss, feats
         seqs = [self.prompt_ids(p, hw) + a for p, a in zip(prompts, answer_ids, strict=True)]
-        ids, mask = pad_sequences(seqs, self.tokenizer.pad_token_id, "left")
+        ids, mask = pad_sequences(seqs, self.pad_id, "left")
         target = torch.zeros_like(mask)
         for i, a in enumerate(answer_ids):
             target[i, ids.shape[1] - len(a) :] = 1
@@ -396,7 +400,7 @@ class HFAdapter:
         first = out.logits[:, -1].float().log_softmax(-1)  # (B, V): predicts each choice's first token
         cache = self.cache_of(out)
         cache.batch_repeat_interleave(n_choices)
-        ids, mask = pad_sequences([self.answer_ids(c) for c in choices], self.tokenizer.pad_token_id, "right")
+        ids, mask = pad_sequences([self.answer_ids(c) for c in choices], self.pad_id, "right")
         batch_size = len(prompts)
         ids, mask = ids.to(self.device).repeat(batch_size, 1), mask.to(self.device).repeat(batch_size, 1)
         expanded = _expand_batch(prefix, n_choices)
@@ -404,8 +408,9 @@ class HFAdapter:
             TextBatch(ids, mask, image_size=prefix.image_size), self.continuation_kwargs(expanded, ids, mask),
             module=self.continuation_module(), cache=cache, use_cache=True,
         )
+        ids, mask = ids.to(out2.logits.device), mask.to(out2.logits.device)  # differ under device_map="auto"
         logp = out2.logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        lp0 = first.repeat_interleave(n_choices, 0).gather(-1, ids[:, :1]).squeeze(-1)
+        lp0 = first.to(ids.device).repeat_interleave(n_choices, 0).gather(-1, ids[:, :1]).squeeze(-1)
         total = lp0 + (logp * mask[:, 1:]).sum(-1)
         return (total / mask.sum(-1)).view(batch_size, n_choices)
 
@@ -420,7 +425,7 @@ class HFAdapter:
         running = prefix
         step_mask = torch.ones(batch_size, 1, dtype=torch.long, device=self.device)
         for step in range(max_new_tokens):
-            nxt = out.logits[:, -1].argmax(-1)
+            nxt = out.logits[:, -1].argmax(-1).to(self.device)
             nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
             tokens.append(nxt)
             done |= nxt == eos
@@ -446,15 +451,16 @@ class HFAdapter:
     def _decoder_start_id(self) -> int:
         text = self.model.config.get_text_config(decoder=True)
         start = getattr(text, "decoder_start_token_id", None)
-        return int(start if start is not None else self.tokenizer.pad_token_id)
+        return int(start if start is not None else self.pad_id)
 
     def _score_seq2seq(self, pixels01: torch.Tensor, prompts: list[str], choices: list[str]) -> torch.Tensor:
         n_choices, batch_size = len(choices), len(prompts)
         state = self.encode(self.preprocess(pixels01), self._prefix_batch(prompts, _hw(pixels01)))
         state = EncoderState(state.hidden.repeat_interleave(n_choices, 0), state.mask.repeat_interleave(n_choices, 0))
-        ids, mask = pad_sequences([self.answer_ids(c) for c in choices], self.tokenizer.pad_token_id, "right")
+        ids, mask = pad_sequences([self.answer_ids(c) for c in choices], self.pad_id, "right")
         ids, mask = ids.to(self.device).repeat(batch_size, 1), mask.to(self.device).repeat(batch_size, 1)
         logits = self.decode(state, self._shift_right(ids), self._shift_right_mask(mask))
+        ids, mask = ids.to(logits.device), mask.to(logits.device)
         logp = logits.float().log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
         return ((logp * mask).sum(-1) / mask.sum(-1)).view(batch_size, n_choices)
 
@@ -465,7 +471,7 @@ class HFAdapter:
         dec = torch.full((batch_size, 1), self._decoder_start_id(), dtype=torch.long, device=self.device)
         done = torch.zeros(batch_size, dtype=torch.bool, device=self.device)
         for _ in range(max_new_tokens):  # answers are short: recompute the decoder, no decoder cache
-            nxt = self.decode(state, dec, torch.ones_like(dec))[:, -1].argmax(-1)
+            nxt = self.decode(state, dec, torch.ones_like(dec))[:, -1].argmax(-1).to(self.device)
             nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
             dec = torch.cat([dec, nxt[:, None]], 1)
             done |= nxt == eos
@@ -499,7 +505,10 @@ def enable_checkpointing(model: Any) -> None:
     """
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.eval()
     for module in model.modules():
         if isinstance(module, GradientCheckpointingLayer):
@@ -537,7 +546,8 @@ def _hw(pixels01: torch.Tensor) -> tuple[int, int]:
 
 def _masked_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the masked positions of the batch (token mean, like HF ``labels``)."""
-    return F.cross_entropy(logits[mask].float(), targets[mask])
+    mask = mask.to(logits.device)  # with device_map="auto" the logits live on the last device
+    return F.cross_entropy(logits[mask].float(), targets.to(logits.device)[mask])
 
 
 def _expand_batch(batch: TextBatch, n: int) -> TextBatch:

@@ -64,6 +64,7 @@ class MiniGPT4Adapter(MiniGPT4StyleAdapter):
     model_types = ("minigpt4",)
     model_class = "tvprompt.models.paper_arch:MiniGPT4ForConditionalGeneration"
     display_name = "MiniGPT-4"
+    llm = "Vicuna v0 (LLaMA)"
     notes = "converted with 'tvp convert minigpt4'; prompt '###Human: <Img>…</Img> {prompt} ###Assistant: ', ends with ###"
 
 
@@ -72,6 +73,7 @@ class VPGTransAdapter(MiniGPT4StyleAdapter):
     model_types = ("vpgtrans",)
     model_class = "tvprompt.models.paper_arch:VPGTransForConditionalGeneration"
     display_name = "VPGTrans"
+    llm = "Vicuna v0 (LLaMA)"
     notes = "converted with 'tvp convert vpgtrans'; MiniGPT-4's ### prompt format"
 
 

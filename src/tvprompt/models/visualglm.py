@@ -84,12 +84,10 @@ class VisualGLMAdapter(HFAdapter):
     model_types = ("chatglm",)
     model_class = "AutoModel (remote code)"
     display_name = "VisualGLM-6B"
-    extra = "SwissArmyTransformer (imported by the checkpoint's code)"
-    untested = (
-        "UNTESTED here: runs the checkpoint's remote code (no hub access on our machines); "
-        f"opt in with {OPT_IN}=1"
-    )
-    notes = untested
+    llm = "ChatGLM-6B"
+    untested = "runs the checkpoint's remote code, which our machines cannot fetch"
+    notes = (f"UNTESTED here ({untested}); opt in with {OPT_IN}=1; the remote code needs "
+             "pip install SwissArmyTransformer")
 
     @classmethod
     def default_preprocessing(cls, config: Any) -> ImagePreprocessing:
