@@ -157,6 +157,9 @@ def test_bliva_round_trip_matches_reference_forward(files):
         empty = bert([""] * 2, return_tensors="pt")
         ref = ref_bliva_image_tokens(sd, pixel_values, T, empty.input_ids, empty.attention_mask)
         torch.testing.assert_close(adapter.vision_features(pixels, "projected"), ref, atol=1e-5, rtol=1e-4)
+    long = adapter.qformer_inputs(["a photo of a red circle " * 40, "yes"])["qformer_input_ids"]
+    assert long.shape == (2, 128)  # BLIVA max_txt_len, cut from the left as in LAVIS
+    assert long[0, 0] == bert.cls_token_id and long[0, -1] == bert.sep_token_id
     assert adapter.tokenizer.bos_token == adapter.tokenizer.eos_token == "</s>"
     assert adapter.tokenizer.pad_token == "[PAD]"
 

@@ -23,6 +23,8 @@ from .preprocessing import CLIP_MEAN, CLIP_STD, ImagePreprocessing
 from .registry import register_family
 from .tiny import TinySpec, register_tiny
 
+QFORMER_MAX_LENGTH = 128  # BLIVA max_txt_len
+
 
 @register_family("bliva")
 class BlivaAdapter(InstructBlipAdapter):
@@ -32,6 +34,14 @@ class BlivaAdapter(InstructBlipAdapter):
     llm = "Vicuna v1.1 (LLaMA)"
     notes = "converted with 'tvp convert bliva'; InstructBLIP + patch tokens; prompt = the raw instruction"
     answer_prefix = ""  # LLaMA's SentencePiece adds its own word-start marker
+
+    def qformer_inputs(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """BLIVA's Q-Former text: BERT ``[CLS] prompt [SEP]``, right-padded, cut from the left at 128 tokens."""
+        tok = self.qformer_tokenizer
+        tok.truncation_side = "left"
+        enc = tok(prompts, padding="longest", truncation=True, max_length=QFORMER_MAX_LENGTH, return_tensors="pt")
+        return {"qformer_input_ids": enc.input_ids.to(self.device),
+                "qformer_attention_mask": enc.attention_mask.to(self.device)}
 
     def num_image_tokens(self) -> int:
         return int(self.model.config.num_image_tokens)
