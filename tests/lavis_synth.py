@@ -39,21 +39,24 @@ class Tiny:
     bert_vocab: int = 60  # Q-Former text vocabulary (BLIVA); must equal len(bert tokenizer) + 1
     bert_positions: int = 64
     llm: int = 32
+    meta: bool = False  # tensors on the meta device (shapes only)
 
     @property
     def patches(self) -> int:
         return (self.image // self.patch) ** 2
 
 
-def _w(gen: torch.Generator, *shape: int, scale: float = 0.2) -> torch.Tensor:
+def _w(gen: torch.Generator | None, *shape: int, scale: float = 0.2) -> torch.Tensor:
+    if gen is None:  # release-sized layouts: shapes only, no memory
+        return torch.empty(*shape, device="meta")
     return torch.randn(*shape, generator=gen) * scale
 
 
-def _ln(gen: torch.Generator, prefix: str, dim: int) -> dict[str, torch.Tensor]:
+def _ln(gen: torch.Generator | None, prefix: str, dim: int) -> dict[str, torch.Tensor]:
     return {f"{prefix}.weight": 1 + _w(gen, dim, scale=0.1), f"{prefix}.bias": _w(gen, dim, scale=0.1)}
 
 
-def _lin(gen: torch.Generator, prefix: str, out: int, inp: int, bias: bool = True) -> dict[str, torch.Tensor]:
+def _lin(gen: torch.Generator | None, prefix: str, out: int, inp: int, bias: bool = True) -> dict[str, torch.Tensor]:
     d = {f"{prefix}.weight": _w(gen, out, inp, scale=1 / math.sqrt(inp))}
     if bias:
         d[f"{prefix}.bias"] = _w(gen, out, scale=0.05)
@@ -62,7 +65,7 @@ def _lin(gen: torch.Generator, prefix: str, out: int, inp: int, bias: bool = Tru
 
 def eva_vit_state(t: Tiny, seed: int = 1) -> dict[str, torch.Tensor]:
     """``eva_vit_g.pth`` layout (no ``visual_encoder.`` prefix), ``t.eva_blocks`` blocks."""
-    g = torch.Generator().manual_seed(seed)
+    g = None if t.meta else torch.Generator().manual_seed(seed)
     d = t.vision
     sd = {
         "cls_token": _w(g, 1, 1, d),
@@ -85,7 +88,7 @@ def eva_vit_state(t: Tiny, seed: int = 1) -> dict[str, torch.Tensor]:
 
 def qformer_state(t: Tiny, seed: int = 2, text: bool = True, heads: bool = True) -> dict[str, torch.Tensor]:
     """LAVIS Q-Former keys: ``Qformer.bert.*`` (+ text branch), ``query_tokens``, ``ln_vision``; stage-1 heads."""
-    g = torch.Generator().manual_seed(seed)
+    g = None if t.meta else torch.Generator().manual_seed(seed)
     h, q = t.qformer, "Qformer.bert"
     sd = {"query_tokens": _w(g, 1, t.queries, h, scale=0.5)}
     sd.update(_ln(g, "ln_vision", t.vision))

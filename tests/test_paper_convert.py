@@ -276,3 +276,43 @@ def test_custom_template_and_end_symbol_are_written_and_used(files, tmp_path):
     with pytest.raises(UsageError, match="<ImageHere>"):
         convert_vpgtrans(files.vpg_pth, files.llama, tmp_path / "w", eva_vit=files.eva_pth, options=OPTS,
                          prompt_template="###Human: {} ###Assistant: ")
+
+
+RELEASE = Tiny(vision=1408, vision_heads=16, vision_ffn=6144, eva_blocks=40, keep_blocks=39, patch=14, image=224,
+               qformer=768, qformer_heads=12, qformer_ffn=3072, qformer_layers=12, cross_freq=2, queries=32,
+               bert_vocab=30523, bert_positions=512, llm=4096, meta=True)
+
+
+@pytest.mark.parametrize("family", ["minigpt4", "bliva"])
+def test_release_sized_layouts_map_completely_with_the_default_options(family):
+    """EVA ViT-g (40 blocks in the file, 39 kept), the 12-layer Q-Former and a LLaMA-7B, all on the meta device."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tvprompt.models.lavis_keys import map_state_dict
+    from tvprompt.models.paper_arch import BlivaConfig, MiniGPT4Config
+    from tvprompt.models.paper_convert import assemble_model, infer_qformer_config, infer_vision_config
+
+    bliva = family == "bliva"
+    state = {**prefixed(eva_vit_state(RELEASE), "visual_encoder."), **qformer_state(RELEASE, text=bliva)}
+    meta = lambda *shape: torch.empty(*shape, device="meta")  # noqa: E731
+    if bliva:
+        state |= {"llm_proj.weight": meta(4096, 768), "llm_proj.bias": meta(4096),
+                  "vision_project.weight": meta(4096, 1408), "vision_project.bias": meta(4096)}
+        projections = {"llm_proj": "language_projection", "vision_project": "vision_project"}
+    else:
+        state |= {"llama_proj.weight": meta(4096, 768), "llama_proj.bias": meta(4096)}
+        projections = {"llama_proj": "language_projection"}
+    opts = ConvertOptions()  # the released models' defaults
+    vision, qformer = infer_vision_config(state, opts), infer_qformer_config(state, opts, text=bliva)
+    assert (vision["num_hidden_layers"], vision["image_size"], vision["intermediate_size"]) == (39, 224, 6144)
+    assert (qformer["num_hidden_layers"], qformer["cross_attention_frequency"]) == (12, 2)
+    mapped, plan = map_state_dict(state, vision_layers=39, qformer_text=bliva, projections=projections)
+    assert plan.unknown == [] and len(plan.mapped) + len(plan.dropped) == len(state)
+    with torch.device("meta"):
+        llm = LlamaForCausalLM(LlamaConfig(vocab_size=32001 if bliva else 32000, tie_word_embeddings=False))
+    config_cls = BlivaConfig if bliva else MiniGPT4Config
+    config = config_cls(vision_config=vision, qformer_config=qformer, text_config=llm.config.to_dict(),
+                        num_query_tokens=32, image_token_index=0)
+    model = assemble_model(config, family, mapped, llm, torch.float16, {})
+    n = sum(p.numel() for p in model.parameters())
+    assert 7.7e9 < n < 8.1e9, n  # LLaMA-7B 6.74B + ViT-g (39 blocks) 0.99B + Q-Former 0.1-0.2B

@@ -170,9 +170,13 @@ def _grow_vocab(llm: Any, size: int) -> None:
             emb.weight[old:] = emb.weight[:old].mean(0, keepdim=True)
 
 
-def _build_and_fill(config: Any, family: str, mapped: dict[str, torch.Tensor], llm: Any,
+def assemble_model(config: Any, family: str, mapped: dict[str, torch.Tensor], llm: Any,
                     dtype: torch.dtype, origin: dict[str, str]) -> Any:
-    """Instantiate the composed model on the meta device and assign every weight, checking names and shapes."""
+    """Instantiate the composed model on the meta device and assign every weight, checking names and shapes.
+
+    ``mapped``: the converted vision/Q-Former/projection weights; ``llm``: the language model whose
+    weights become ``language_model.*``. Nothing is copied for the LLM (tensors are assigned).
+    """
     model_cls = MODEL_CLASSES[family]
     with torch.device("meta"):
         model = model_cls(config)
@@ -294,7 +298,7 @@ def convert_lavis_composition(
         config_cls = MiniGPT4Config if family == "minigpt4" else VPGTransConfig
         config = config_cls(**common, prompt_template=prompt_template or MINIGPT4_TEMPLATE, end_sym=end_sym or "###")
     config.dtype = dtype
-    model = _build_and_fill(config, family, mapped, llm, dtype, target_origin)
+    model = assemble_model(config, family, mapped, llm, dtype, target_origin)
     record = _record(family, sources, llama_dir, plan)
     path = _write(model, tokenizer, out, record, opts.overwrite, qformer_tokenizer)
     log.info("wrote %s: %d keys mapped, %d dropped (%s)", path, len(plan.mapped), len(plan.dropped),
