@@ -13,7 +13,8 @@ decoder-only families
                                      (``image_size`` = (H, W) of the prompted image, for families
                                      whose image-token count depends on it)
     ``forward_kwargs(pixel_values, batch)``  extra model inputs (``pixel_values``, ``image_sizes``, ...)
-    ``image_outputs(outputs)``       where the forward output keeps the vision-tower outputs
+    ``image_outputs(outputs)``       where the forward output keeps the vision-tower outputs, or
+    ``capture_vision(batch)``        a context that captures them with forward hooks (``capture_io``)
     ``run_vision(pixel_values, image_size)``  a vision-only pass returning the same kind of object
     ``select_features(image_outputs, kind)``  (B, N, D) ``encoder`` or ``projected`` features
     ``continuation_kwargs(prefix, ids, mask)``  inputs for tokens that follow a cached prefix
@@ -29,8 +30,10 @@ Sequences are left-padded, and decoder-only models get explicit ``position_ids``
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -259,6 +262,10 @@ class HFAdapter:
         """The vision outputs inside a forward output (``select_features`` reads them)."""
         return outputs.image_outputs
 
+    def capture_vision(self, batch: TextBatch) -> contextlib.AbstractContextManager[Any]:
+        """A context whose value replaces ``image_outputs(outputs)`` when not None (see ``capture_io``)."""
+        return contextlib.nullcontext(None)
+
     def run_vision(self, pixel_values: torch.Tensor, image_size: tuple[int, int]) -> Any:
         """A vision-only pass returning what ``image_outputs`` returns (``image_size``: prompted H, W)."""
         raise NotImplementedError
@@ -316,14 +323,14 @@ class HFAdapter:
         self._check_batch(pixels01, prompts)
         if not choices:
             raise UsageError("score_choices: choices is empty")
-        with torch.no_grad():
+        with torch.no_grad(), _checkpointing_off(self.model):
             if self.is_encoder_decoder:
                 return self._score_seq2seq(pixels01, prompts, choices)
             return self._score_decoder(pixels01, prompts, choices)
 
     def generate(self, pixels01: torch.Tensor, prompts: list[str], max_new_tokens: int = 16) -> list[str]:
         self._check_batch(pixels01, prompts)
-        with torch.no_grad():
+        with torch.no_grad(), _checkpointing_off(self.model):
             if self.is_encoder_decoder:
                 tokens = self._generate_seq2seq(pixels01, prompts, max_new_tokens)
             else:
@@ -387,11 +394,13 @@ class HFAdapter:
         batch.prompts = list(prompts)
         keep = max(len(a) for a in answer_ids) + 1  # answers sit at the right end (left padding)
         keep = min(keep, ids.shape[1])
-        out = self._call(batch, self.forward_kwargs(pixel_values, batch), logits_to_keep=keep, use_cache=False)
+        with self.capture_vision(batch) if kind is not None else contextlib.nullcontext(None) as captured:
+            out = self._call(batch, self.forward_kwargs(pixel_values, batch), logits_to_keep=keep, use_cache=False)
         logits = out.logits[:, -keep:]
         loss = _masked_ce(logits[:, :-1], batch.input_ids[:, -keep + 1 :], batch.target_mask[:, -keep + 1 :].bool())
-        feats = None if kind is None else self.select_features(self.image_outputs(out), kind)
-        return loss, feats
+        if kind is None:
+            return loss, None
+        return loss, self.select_features(captured if captured is not None else self.image_outputs(out), kind)
 
     def _score_decoder(self, pixels01: torch.Tensor, prompts: list[str], choices: list[str]) -> torch.Tensor:
         n_choices = len(choices)
@@ -513,6 +522,49 @@ def enable_checkpointing(model: Any) -> None:
     for module in model.modules():
         if isinstance(module, GradientCheckpointingLayer):
             module.training = True
+
+
+@dataclass
+class CapturedIO:
+    """First positional input and output of a module during one forward (``capture_io``)."""
+
+    batch_size: int
+    input: torch.Tensor | None = None
+    output: torch.Tensor | None = None
+
+
+@contextlib.contextmanager
+def capture_io(module: torch.nn.Module, batch_size: int) -> Iterator[CapturedIO]:
+    """Record ``module``'s input and output (with their autograd graph) while the context is open.
+
+    This is how FCA features come out of the very forward that feeds the LLM, on every
+    transformers version, whatever its output classes expose.
+    """
+    box = CapturedIO(batch_size)
+
+    def hook(_module: Any, args: tuple, output: Any) -> None:
+        box.input = args[0] if args else None
+        box.output = output if isinstance(output, torch.Tensor) else output[0]
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield box
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def _checkpointing_off(model: Any) -> Iterator[None]:
+    """Switch checkpointed layers to plain eval while scoring: some transformers 5.x releases drop
+    the KV cache in checkpointed layers even without gradients."""
+    layers = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) and m.training]
+    for m in layers:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.training = True
 
 
 def read_local_or_hub_processor_config(source: str) -> dict[str, Any] | None:
