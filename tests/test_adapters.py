@@ -40,8 +40,12 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def test_every_family_has_a_tiny_builder():
-    assert sorted({family for _, family, _ in VARIANTS}) == FAMILIES
+def test_every_family_has_a_tiny_builder_or_says_why_not():
+    from tvprompt.models.registry import get_family
+
+    with_tiny = {family for _, family, _ in VARIANTS}
+    for family in FAMILIES:  # only families that cannot be built offline (remote code) may lack one
+        assert (family in with_tiny) != bool(get_family(family).untested), family
 
 
 @pytest.fixture(scope="module", params=VARIANTS, ids=[v[0] for v in VARIANTS])

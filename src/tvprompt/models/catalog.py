@@ -28,6 +28,7 @@ def catalog() -> list[dict[str, Any]]:
             "guide": False,
             "extra": cls.extra,
             "notes": cls.notes,
+            "untested": cls.untested,  # why there are no offline tests (None: tested on a tiny checkpoint)
         })
     for name in list_guides():
         cls = get_guide_class(name)
@@ -43,6 +44,7 @@ def catalog() -> list[dict[str, Any]]:
             "guide": True,
             "extra": _GUIDE_EXTRA.get(name),
             "notes": _GUIDE_IDS.get(name, ""),
+            "untested": None,
         })
     return rows
 
@@ -57,7 +59,7 @@ def markdown_table(rows: list[dict[str, Any]] | None = None) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['name']} | {', '.join(r['model_types']) or '—'} | {r['llm'] or '—'} | {yes[r['source']]} "
+            f"| {r['name']}{' (untested)' if r.get('untested') else ''} | {', '.join(r['model_types']) or '—'} | {r['llm'] or '—'} | {yes[r['source']]} "
             f"| {yes[r['target']]} | {', '.join(r['features']) or '—'} | {yes[r['guide']]} | {r['extra'] or '—'} |"
         )
     return "\n".join(lines)

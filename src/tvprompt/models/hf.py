@@ -130,7 +130,7 @@ class HFAdapter:
     # ---- what a family declares -------------------------------------------------------------
     family: ClassVar[str] = ""  # registry key
     model_types: ClassVar[tuple[str, ...]] = ()  # config.json model_type values it handles
-    model_class: ClassVar[str] = ""  # transformers class name, resolved lazily
+    model_class: ClassVar[str] = ""  # transformers class name, or "package.module:Class"; resolved lazily
     display_name: ClassVar[str] = ""
     llm: ClassVar[str] = ""  # language models the family comes with, for `tvp models`
     add_bos: ClassVar[bool] = True  # prepend tokenizer.bos_token_id to prompts
@@ -142,6 +142,7 @@ class HFAdapter:
     roles: ClassVar[tuple[str, ...]] = ("source", "target")
     extra: ClassVar[str | None] = None  # pip extra needed beyond the core install
     notes: ClassVar[str] = ""
+    untested: ClassVar[str | None] = None  # why a family has no offline tiny checkpoint / contract tests
 
     # ---- construction ---------------------------------------------------------------------------
     def __init__(self, model: Any, tokenizer: Any, preprocessing: ImagePreprocessing, model_id: str,
@@ -202,11 +203,9 @@ class HFAdapter:
         gradient_checkpointing: bool = False,
     ) -> HFAdapter:
         """Load a checkpoint (hub id or local directory) of this family, frozen and in eval mode."""
-        import transformers
-
         dev, device_map = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
-        model_cls = getattr(transformers, cls.model_class)
+        model_cls = resolve_model_class(cls.model_class)
         kwargs: dict[str, Any] = {"dtype": torch_dtype}
         if device_map is not None:
             kwargs["device_map"] = device_map
@@ -505,6 +504,18 @@ class HFAdapter:
             if bool(done.all()):
                 break
         return _strip_eos(dec[:, 1:], eos)
+
+
+def resolve_model_class(name: str) -> Any:
+    """A transformers class by name, or any class as ``"package.module:Class"`` (composed models)."""
+    import importlib
+
+    import transformers
+
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    return getattr(transformers, name)
 
 
 def check_kind(kind: str) -> None:

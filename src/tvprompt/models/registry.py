@@ -25,8 +25,10 @@ from ..errors import TvpError, UsageError
 log = logging.getLogger(__name__)
 
 # Family modules (tvprompt.models.<name>), imported lazily by the registry functions.
-FAMILY_MODULES = ["llava", "llava_next", "blip2", "instructblip", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm",
-                  "paligemma", "gemma3"]
+FAMILY_MODULES = [
+    "llava", "llava_next", "blip2", "instructblip", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm",
+    "paligemma", "gemma3", "minigpt4", "bliva", "visualglm",
+]
 GUIDE_MODULES = ["guide"]
 
 _FAMILIES: dict[str, type] = {}

@@ -45,7 +45,7 @@ class TinySpec:
     """What a tiny builder returns: the config to instantiate and how to finish the model."""
 
     config: Any
-    model_class: str  # transformers class name
+    model_class: str  # transformers class name, or "package.module:Class"
     preprocessing: ImagePreprocessing
     image_processor_type: str  # written into preprocessor_config.json
     init: Callable[[Any], None] | None = None  # fix-ups after random init
@@ -155,7 +155,7 @@ def tiny_config(family: str, tokenizer: Any | None = None, **overrides: Any) -> 
 def build_tiny_model(family: str, directory: str | os.PathLike, seed: int = 0,
                      corpus: Iterable[str] | None = None, **overrides: Any) -> Path:
     """Write a tiny random checkpoint of ``family`` to ``directory`` and return the path."""
-    import transformers
+    from .hf import resolve_model_class
 
     entry = _entry(family)
     tokenizer = tiny_tokenizer(family, corpus=corpus)
@@ -163,7 +163,7 @@ def build_tiny_model(family: str, directory: str | os.PathLike, seed: int = 0,
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = getattr(transformers, spec.model_class)(spec.config)
+        model = resolve_model_class(spec.model_class)(spec.config)
         if spec.init is not None:
             with torch.no_grad():
                 spec.init(model)
