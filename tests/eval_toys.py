@@ -146,6 +146,10 @@ def toy_backends(calls: dict, spec: ToySpec | None = None, dataset=None) -> Back
 
     def open_dataset(spec_, path, split, seed=0, **kw):
         calls["open_kwargs"] = kw
+        calls.setdefault("opened", []).append((path, split, kw.get("corruption"), kw.get("severity")))
+        if kw.get("corruption"):  # a stand-in corruption: darken by severity
+            factor = 1 - 0.15 * kw.get("severity", 3)
+            return [ToySample(s.id, s.image * factor, s.label, s.answer, s.choices) for s in data]
         return data
 
     return Backends(lambda name: spec, open_dataset, toy_iter_batches, load_adapter, toy_accuracy)
@@ -163,3 +167,18 @@ def make_prompt(path, value: float = 0.9, width: int = 4, size: int = 32, source
             prompt.delta[channel].fill_(value)
         prompt.project_()
     return prompt.save_pretrained(path)
+
+
+class ToyLMAdapter(ToyAdapter):
+    """A toy adapter with a trainable-looking ``model`` (two Linear layers) and a differentiable lm_loss."""
+
+    def __init__(self, model_id: str, calls: dict) -> None:
+        super().__init__(model_id, calls)
+        torch.manual_seed(0)
+        self.model = torch.nn.Sequential(torch.nn.Linear(48, 32), torch.nn.ReLU(), torch.nn.Linear(32, 7))
+        self.model.requires_grad_(False).eval()
+
+    def lm_loss(self, pixels01, prompts, answers):
+        x = self.vision_features(pixels01).flatten(1)
+        target = torch.tensor([zlib.crc32(a.encode()) % 7 for a in answers])
+        return F.cross_entropy(self.model(x), target)

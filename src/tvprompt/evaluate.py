@@ -130,14 +130,18 @@ def _hash_files(paths: Sequence[Path]) -> str:
     return h.hexdigest()
 
 
-def load_prompts(paths: Sequence[str | Path]) -> list[PromptRef]:
-    """Load prompt directories; names are the folder names, made unique with a numeric suffix."""
+def load_prompts(paths: Sequence[str | Path], names: Sequence[str] | None = None) -> list[PromptRef]:
+    """Load prompt directories; names are ``names`` or the folder names, made unique with a numeric suffix."""
+    if names is not None and len(names) != len(paths):
+        raise UsageError(f"{len(names)} prompt names for {len(paths)} prompts")
+    if names is not None and (len(set(names)) != len(names) or CLEAN in names):
+        raise UsageError(f"prompt names must be unique and not {CLEAN!r}: {', '.join(names)}")
     refs: list[PromptRef] = []
     used: set[str] = {CLEAN}
-    for raw in paths:
+    for k, raw in enumerate(paths):
         path = Path(raw)
         prompt = VisualPrompt.from_pretrained(path)
-        name, i = path.resolve().name or "prompt", 2
+        name, i = (names[k] if names else path.resolve().name) or "prompt", 2
         base = name
         while name in used:
             name, i = f"{base}-{i}", i + 1
@@ -302,9 +306,11 @@ def evaluate(
     *,
     backends: Backends | None = None,
     command: str | None = None,
+    names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate every (no prompt | prompt) × model cell; write cells, samples.jsonl and results.json.
 
+    ``names`` overrides the prompts' display names (default: their folder names).
     Returns the results dict (also written to ``output/results.json``).
     """
     if not models:
@@ -313,7 +319,7 @@ def evaluate(
         raise UsageError("--model: the same model is listed twice")
     backends = backends or Backends.default()
     output = Path(output)
-    refs = load_prompts(prompts)
+    refs = load_prompts(prompts, names)
     spec = backends.load_task(setup.task)
     kwargs: dict[str, Any] = {"seed": setup.seed}
     if setup.corruption:
