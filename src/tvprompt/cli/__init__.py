@@ -16,7 +16,7 @@ from .. import __version__
 from ..errors import TvpError
 
 # Sub-command modules, in the order `tvp --help` lists them.
-COMMAND_MODULES = ["prompt_cmds", "tasks_cmd", "evaluate", "analyze"]
+COMMAND_MODULES = ["prompt_cmds", "tasks_cmd", "train", "evaluate", "analyze"]
 
 
 class _Parser(argparse.ArgumentParser):
