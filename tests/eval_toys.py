@@ -64,7 +64,7 @@ def toy_dataset(n: int = 10, size: int = 24, seed: int = 0, choices_per_sample: 
         img = torch.rand(3, size, size, generator=g) * 0.5
         img[label] += 0.4
         ch = ["red", "green", "blue", "grey"] if choices_per_sample and i % 2 else None
-        out.append(ToySample(id=f"s{i}", image=img.clamp(0, 1), label=label, answer=["Red", "the green", "BLUE."][label],
+        out.append(ToySample(id=f"s{i}", image=img.clamp(0, 1), label=label, answer=["Red", "green", "BLUE."][label],
                              choices=ch))
     return out
 
@@ -130,7 +130,7 @@ class ToyAdapter:
     def generate(self, pixels01, prompts, max_new_tokens=16):
         self.calls["generate"] = self.calls.get("generate", 0) + 1
         idx = self._pooled(pixels01).argmax(1)
-        return [["red", "Green!", "a blue"][int(i)] for i in idx]
+        return [["red", "Green!", "blue"][int(i)] for i in idx]
 
     def lm_loss(self, pixels01, prompts, answers):
         raise NotImplementedError

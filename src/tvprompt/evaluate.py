@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import re
-import string
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -32,6 +31,7 @@ from . import __version__
 from .errors import TvpError, UsageError
 from .files import write_text_atomic
 from .prompt import CONFIG_NAME, WEIGHTS_NAME, VisualPrompt
+from .tasks import normalize_answer  # the same match rule as tvprompt.metrics
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ CELLS_DIR = "cells"
 FEATURES_DIR = "features"
 RESULTS_NAME = "results.json"
 SAMPLES_NAME = "samples.jsonl"
+COUNT_KEYS = ("n",)  # metric entries that are counts, not scores: no Δ
 PRIMARY_ORDER = ("auc", "top1", "accuracy", "exact_match", "f1")
 
 
@@ -106,14 +107,6 @@ class PromptRef:
 
 
 # ------------------------------------------------------------------------ helpers
-def normalize_answer(text: str) -> str:
-    """VQA-style normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = text.lower().strip()
-    text = text.translate(str.maketrans("", "", string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "x"
 
@@ -238,7 +231,7 @@ def _predict(adapter: Any, spec: Any, samples: list, pixels: list[torch.Tensor],
             for c in range(k):
                 for j, i in enumerate(idx):
                     gold, pred = str(spec.answer_for(samples[i])), answers[c * len(idx) + j]
-                    out[c][i] = {"label": gold, "pred": pred,
+                    out[c][i] = {"answer": gold, "pred_text": pred,
                                  "correct": normalize_answer(pred) == normalize_answer(gold)}
     return out  # type: ignore[return-value]
 
@@ -414,7 +407,7 @@ def summarize(cells: dict[tuple[str, str], dict], refs: list[PromptRef], models:
 def metric_delta(prompted: dict, clean: dict) -> dict[str, float]:
     """Δ = prompted − clean for every numeric metric both sides have."""
     return {k: float(prompted[k]) - float(clean[k]) for k in prompted
-            if k in clean and _is_number(prompted[k]) and _is_number(clean[k])}
+            if k in clean and k not in COUNT_KEYS and _is_number(prompted[k]) and _is_number(clean[k])}
 
 
 def primary_metric(spec: Any, metrics: dict) -> str:
@@ -426,7 +419,7 @@ def primary_metric(spec: Any, metrics: dict) -> str:
     for key in PRIMARY_ORDER:
         if key in metrics:
             return key
-    numeric = [k for k, v in metrics.items() if _is_number(v)]
+    numeric = [k for k, v in metrics.items() if _is_number(v) and k not in COUNT_KEYS]
     if not numeric:
         raise TvpError("the task's metrics hold no numeric value to report")
     return numeric[0]

@@ -193,7 +193,7 @@ def _labels(output: Path, model: str, prompt: str | None, n: int) -> np.ndarray:
     from .evaluate import CELLS_DIR, CLEAN, cell_key
 
     cell = json.loads((output / CELLS_DIR / f"{cell_key(model, prompt or CLEAN)}.json").read_text())
-    labels = [r["label"] for r in cell["records"][:n]]
+    labels = [r["label"] if "label" in r else r.get("answer") for r in cell["records"][:n]]
     _, idx = np.unique(np.asarray([str(x) for x in labels]), return_inverse=True)
     return idx
 
@@ -220,7 +220,8 @@ def write_tsne(output: Path, results: dict[str, Any], *, seed: int = 0) -> list[
         joint = np.concatenate([f[:n] for f in feats]).astype(np.float64)
         emb = TSNE(n_components=2, perplexity=min(30.0, (len(joint) - 1) / 3), init="pca",
                    random_state=seed).fit_transform(joint)
-        fig, axes = plt.subplots(1, len(prompts), figsize=(3.2 * len(prompts), 3.2), squeeze=False)
+        fig, axes = plt.subplots(1, len(prompts), figsize=(3.2 * len(prompts), 3.2), squeeze=False,
+                                 sharex=True, sharey=True)
         for i, p in enumerate(prompts):
             ax = axes[0, i]
             pts = emb[i * n:(i + 1) * n]
@@ -229,5 +230,5 @@ def write_tsne(output: Path, results: dict[str, Any], *, seed: int = 0) -> list[
             ax.set_xticks([])
             ax.set_yticks([])
         fig.suptitle(f"{name}: vision features (t-SNE)", fontsize=10)
-        written.append(_save(fig, output / f"tsne_{slug(model)}.png"))
+        written.append(_save(fig, output / f"tsne_{slug(name)}.png"))
     return written
