@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -33,14 +34,14 @@ class FakeTrainer:
 
     def __call__(self, recipe: TrainRecipe, output):
         self.recipes.append(recipe)
-        value = 0.3 + 0.5 * recipe.fraction * (1 + (recipe.fca > 0)) / 2 + (0.1 if recipe.tse > 0 else 0)
+        value = 0.3 + 0.5 * recipe.fraction * (1 + bool(recipe.fca)) / 2 + (0.1 if recipe.tse else 0)
         return make_prompt(output / "prompt", min(value, 1.0), width=recipe.width // 5, size=32, channel=0,
                            sources=recipe.sources, method=recipe.method)
 
 
 @pytest.fixture
 def base():
-    return TrainRecipe(sources=["toy:a"], task="toy", data="train-data", width=20)
+    return TrainRecipe(sources=["toy:a"], task="toy", data="train-data", width=20, guide="toy-guide")
 
 
 def setup_():
@@ -60,6 +61,7 @@ def test_ablation_trains_four_variants_and_reuses_them(tmp_path, base):
     trainer, calls = FakeTrainer(), {}
     doc = ablation(base, TARGETS, setup_(), tmp_path, trainer=trainer, backends=toy_backends(calls), reduced=True)
     check_outputs(tmp_path, "ablation", 4)
+    assert all(r.steps == 2 for r in trainer.recipes)  # reduced mode
     assert [(r.fca > 0, r.tse > 0) for r in trainer.recipes] == [(False, False), (True, False), (False, True),
                                                                    (True, True)]
     assert [r["label"] for r in doc["rows"]] == ["none", "FCA", "TSE", "FCA+TSE"]
@@ -111,6 +113,22 @@ def test_corruption_reduced_grid(tmp_path):
     assert [o[2:] for o in calls["opened"]] == [(CORRUPTIONS[0], 3), (CORRUPTIONS[1], 3)]
     means = [doc["mean_delta"][c] for c in doc["corruptions"]]
     assert doc["overall_mean_delta"] == pytest.approx(sum(means) / 2)
+
+
+def test_ablation_needs_a_guide(tmp_path, base):
+    with pytest.raises(UsageError, match="--guide"):
+        ablation(dataclasses.replace(base, guide=None), TARGETS, setup_(), tmp_path, trainer=FakeTrainer(),
+                 backends=toy_backends({}))
+
+
+def test_changed_recipe_retrains_in_a_clean_folder(tmp_path, base):
+    trainer = FakeTrainer()
+    width_sweep(base, TARGETS, setup_(), tmp_path, widths=[10], trainer=trainer, backends=toy_backends({}))
+    (tmp_path / "train" / "p_10" / "leftover").write_text("x")
+    width_sweep(dataclasses.replace(base, seed=1), TARGETS, setup_(), tmp_path, widths=[10], trainer=trainer,
+                backends=toy_backends({}))
+    assert [r.seed for r in trainer.recipes] == [0, 1]
+    assert not (tmp_path / "train" / "p_10" / "leftover").exists()
 
 
 def test_cross_dataset_needs_a_prompt_or_a_recipe(tmp_path):

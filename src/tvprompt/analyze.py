@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,8 +60,8 @@ class TrainRecipe:
     batch_size: int = 16
     width: int = 30
     image_size: int = 224
-    fca: float = 0.005
-    tse: float = 0.001
+    fca: float | None = None  # None: the method's preset (tvp 0.005, vp/evp 0)
+    tse: float | None = None  # None: the method's preset (tvp 0.001, vp/evp 0); > 0 needs ``guide``
     fraction: float = 1.0
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # any other TrainConfig field
@@ -78,33 +79,40 @@ Trainer = Callable[[TrainRecipe, Path], Path]
 def train_prompt(recipe: TrainRecipe, output: Path) -> Path:
     """Train one prompt with the project trainer into ``output``; returns the prompt directory."""
     from .train import train
-    from .train_config import TrainConfig
+    from .train_config import resolve_config
 
-    cfg = TrainConfig(
-        method=recipe.method, sources=list(recipe.sources), task=recipe.task, data=recipe.data, guide=recipe.guide,
-        output=str(output), steps=recipe.steps, batch_size=recipe.batch_size, width=recipe.width,
-        image_size=recipe.image_size, fca=recipe.fca, tse=recipe.tse, seed=recipe.seed, progress=False,
-        **recipe.extra,
-    )
-    train_set = spec = None
-    if recipe.fraction < 1:
+    flags = {"sources": list(recipe.sources), "task": recipe.task, "data": recipe.data, "guide": recipe.guide,
+             "output": str(output), "steps": recipe.steps, "batch_size": recipe.batch_size, "width": recipe.width,
+             "image_size": recipe.image_size, "fca": recipe.fca, "tse": recipe.tse, "seed": recipe.seed,
+             "progress": False, **recipe.extra}
+    cfg = resolve_config(recipe.method, flags=flags)
+    spec = train_set = val_set = None
+    if recipe.fraction < 1:  # the trainer reads whole splits; hand it the seeded stratified share
         from .data import open_dataset
         from .tasks import load_task
 
         spec = load_task(recipe.task)
         train_set = open_dataset(spec, recipe.data, cfg.train_split, seed=recipe.seed, fraction=recipe.fraction)
-    train(cfg, spec=spec, train_set=train_set)
+        if cfg.val_split:
+            val_set = open_dataset(spec, recipe.data, cfg.val_split, seed=recipe.seed)
+    train(cfg, spec=spec, train_set=train_set, val_set=val_set)
     return output / "prompt"
 
 
 def trained(recipe: TrainRecipe, output: Path, trainer: Trainer) -> Path:
-    """``trainer(recipe, output)`` unless ``output`` already holds a prompt made from the same recipe."""
+    """``trainer(recipe, output)`` unless ``output`` already holds a prompt made from the same recipe.
+
+    A folder holding anything else (another recipe, an interrupted run) is cleared and trained afresh.
+    """
     stamp = output / "recipe.json"
     wanted = json.dumps(dataclasses.asdict(recipe), sort_keys=True)
     prompt_dir = output / "prompt"
     if stamp.is_file() and stamp.read_text() == wanted and prompt_dir.is_dir():
         log.info("reusing %s (same recipe)", prompt_dir)
         return prompt_dir
+    if output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True)
     result = Path(trainer(recipe, output))
     write_text_atomic(stamp, wanted)
     return result
@@ -145,6 +153,8 @@ def _sweep(name: str, title: str, variants: dict[str, TrainRecipe], targets: Seq
            output: Path, trainer: Trainer, backends: Backends | None, xs: Sequence[float] | None = None,
            xlabel: str = "", logx: bool = False, reduced: bool = False) -> dict[str, Any]:
     output = Path(output)
+    if reduced:
+        variants = {k: _reduced(r) for k, r in variants.items()}
     dirs = [trained(r, output / "train" / slug(label), trainer) for label, r in variants.items()]
     names = [f"{name}-{slug(label)}" for label in variants]
     results = evaluate(dirs, targets, setup, output / "eval", backends=backends, names=names)
@@ -177,7 +187,9 @@ def _sweep(name: str, title: str, variants: dict[str, TrainRecipe], targets: Seq
 # ------------------------------------------------------------------ analyses
 def ablation(base: TrainRecipe, targets: Sequence[str], setup: EvalSetup, output: str | Path, *,
              trainer: Trainer = train_prompt, backends: Backends | None = None, reduced: bool = False) -> dict[str, Any]:
-    """Tab. 2: the same training with FCA and TSE switched on and off (weights from ``base``)."""
+    """Tab. 2: the same training with FCA and TSE switched on and off (weights from ``base``, else tvp's)."""
+    if base.guide is None:
+        raise UsageError("the ablation trains TSE variants: pass --guide MODEL (a CLIP-like model)")
     fca = base.fca or 0.005
     tse = base.tse or 0.001
     variants = {label: dataclasses.replace(base, fca=fca if f else 0.0, tse=tse if t else 0.0)
@@ -207,12 +219,18 @@ def data_scale(base: TrainRecipe, targets: Sequence[str], setup: EvalSetup, outp
                   xs=[100 * f for f in fractions], xlabel="training data (%)", logx=True, reduced=reduced)
 
 
-def _prompt_or_train(prompt: str | Path | None, base: TrainRecipe | None, output: Path, trainer: Trainer) -> Path:
+def _reduced(recipe: TrainRecipe) -> TrainRecipe:
+    """Reduced mode: at most 2 updates per trained prompt."""
+    return dataclasses.replace(recipe, steps=min(recipe.steps or 2, 2))
+
+
+def _prompt_or_train(prompt: str | Path | None, base: TrainRecipe | None, output: Path, trainer: Trainer,
+                     reduced: bool) -> Path:
     if prompt is not None:
         return Path(prompt)
     if base is None:
         raise UsageError("give --prompt DIR, or --source/--train-data to train one")
-    return trained(base, output / "train" / "prompt", trainer)
+    return trained(_reduced(base) if reduced else base, output / "train" / "prompt", trainer)
 
 
 def cross_dataset(eval_sets: Sequence[tuple[str, str]], targets: Sequence[str], setup: EvalSetup,
@@ -223,7 +241,7 @@ def cross_dataset(eval_sets: Sequence[tuple[str, str]], targets: Sequence[str], 
     if not eval_sets:
         raise UsageError("give at least one --eval TASK=PATH")
     output = Path(output)
-    pdir = _prompt_or_train(prompt, base, output, trainer)
+    pdir = _prompt_or_train(prompt, base, output, trainer, reduced)
     rows, metric, header = [], "", []
     for task, data in eval_sets:
         s = dataclasses.replace(setup, task=task, data=data)
@@ -253,7 +271,7 @@ def corruption(targets: Sequence[str], setup: EvalSetup, output: str | Path, *, 
     output = Path(output)
     corruptions = list(corruptions or (CORRUPTIONS[:2] if reduced else CORRUPTIONS))
     severities = list(severities or ((3,) if reduced else SEVERITIES))
-    pdir = _prompt_or_train(prompt, base, output, trainer)
+    pdir = _prompt_or_train(prompt, base, output, trainer, reduced)
     grid: dict[str, dict[int, dict[str, Any]]] = {}
     metric = ""
     for c in corruptions:

@@ -17,8 +17,8 @@ def _train_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--train-batch-size", type=int, default=16, help="training batch (default 16)")
     g.add_argument("--width", type=int, default=30, help="prompt width p (default 30)")
     g.add_argument("--image-size", type=int, default=224, help="prompted image side (default 224)")
-    g.add_argument("--fca", type=float, default=0.005, help="λ1 (FCA weight)")
-    g.add_argument("--tse", type=float, default=0.001, help="λ2 (TSE weight)")
+    g.add_argument("--fca", type=float, help="λ1, FCA weight (default: the method's preset, tvp 0.005)")
+    g.add_argument("--tse", type=float, help="λ2, TSE weight (default: the method's preset, tvp 0.001; needs --guide)")
 
 
 def _eval_args(p: argparse.ArgumentParser, data_required: bool = True) -> None:
