@@ -171,3 +171,8 @@ def test_lora_targets_prefers_q_v():
     m.q_proj, m.k_proj, m.v_proj = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     assert lora_targets(m) == ["q_proj", "v_proj"]
     assert lora_targets(torch.nn.Sequential(torch.nn.Linear(2, 2))) == ["0"]
+    mllm = torch.nn.Module()
+    mllm.vision, mllm.language_model = torch.nn.Module(), torch.nn.Module()
+    for part in (mllm.vision, mllm.language_model):
+        part.q_proj, part.o_proj = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    assert lora_targets(mllm) == ["language_model.q_proj"]

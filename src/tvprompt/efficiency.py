@@ -2,9 +2,10 @@
 
 For each method a fresh adapter is loaded (full fine-tuning and LoRA change the weights), one real
 batch is taken from the task's training split, and ``steps`` timed updates follow ``warmup`` untimed
-ones. Reported per method: trainable parameters, median step time, and peak memory — CUDA's
-``max_memory_allocated`` on a GPU, or on CPU the peak resident-set growth over the steps sampled
-every few ms (an approximation: it includes allocator slack). A method that runs out of memory or
+ones. Reported per method: trainable parameters, median step time, and peak memory — on a GPU
+CUDA's ``max_memory_allocated`` over the timed steps (weights, optimiser state and activations),
+on CPU only the peak resident-set growth over the timed steps, sampled every few ms (a rough
+approximation that leaves out the weights; compare methods with it, not devices). A method that runs out of memory or
 needs a missing package is reported with its reason instead of numbers. LoRA uses peft
 (``pip install 'tvprompt[lora]'``) on the adapter's ``model``.
 """
@@ -60,10 +61,12 @@ class _PeakRSS:
 
 
 def lora_targets(model: torch.nn.Module) -> list[str]:
-    """Attention q/v projections when the model has them (the usual LoRA choice), else every Linear."""
+    """Module names for LoRA: the attention q/v projections (the usual choice) of the language model
+    when the model has one, else every q/v projection, else every Linear."""
     linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-    qv = sorted({n.rsplit(".", 1)[-1] for n in linear if n.rsplit(".", 1)[-1] in ("q_proj", "v_proj")})
-    return qv or sorted({n.rsplit(".", 1)[-1] for n in linear})
+    qv = [n for n in linear if n.rsplit(".", 1)[-1] in ("q_proj", "v_proj")]
+    in_lm = [n for n in qv if "language_model" in n.split(".")]
+    return in_lm or qv or linear
 
 
 def _setup_method(method: str, adapter: Any, image_size: int, width: int, lora_rank: int):
@@ -151,9 +154,8 @@ def measure(model_id: str, task: str, data: str, *, methods: Sequence[str] = MET
                 step(images, prompts, answers)
             _sync(adapter.device)
             cuda = adapter.device.type == "cuda"
-            if cuda:
+            if cuda:  # weights, optimiser state (made in the warm-up) and the step's activations
                 torch.cuda.reset_peak_memory_stats(adapter.device)
-                base = torch.cuda.memory_allocated(adapter.device)
             times = []
             with _PeakRSS() as rss:
                 for _ in range(steps):
@@ -162,9 +164,8 @@ def measure(model_id: str, task: str, data: str, *, methods: Sequence[str] = MET
                     _sync(adapter.device)
                     times.append(time.perf_counter() - t0)
             row["step_ms"] = 1000 * statistics.median(times)
-            row["peak_mem_mib"] = ((torch.cuda.max_memory_allocated(adapter.device) - base) / 2**20 if cuda
-                                   else rss.peak_mib)
-            row["memory"] = "cuda max_memory_allocated − start" if cuda else "process RSS growth (sampled)"
+            row["peak_mem_mib"] = torch.cuda.max_memory_allocated(adapter.device) / 2**20 if cuda else rss.peak_mib
+            row["memory"] = "cuda max_memory_allocated (weights included)" if cuda else "process RSS growth (sampled)"
             row["status"] = "ok"
         except _Skip as e:
             row["status"] = f"skipped: {e}"
