@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-new-tokens", type=int, default=16, help="generation length for open tasks")
     p.add_argument("--corruption", help="evaluate on corrupted images (a name from tvprompt.data.corruptions)")
     p.add_argument("--severity", type=int, default=3, help="corruption severity 1-5 (default 3)")
+    p.add_argument("--image-size", type=int, metavar="S",
+                   help="side images are loaded at before prompting (default: the first prompt's height, else 224)")
     p.add_argument("--tsne", action="store_true", help="also save vision features and plot clean vs prompted t-SNE")
     p.add_argument("--output", required=True, metavar="DIR", help="output folder (rerun to resume)")
     p.set_defaults(func=cmd_eval)
@@ -34,7 +36,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     setup = EvalSetup(
         task=args.task, data=args.data, split=args.split, limit=args.limit, batch_size=args.batch_size,
         seed=args.seed, max_new_tokens=args.max_new_tokens, corruption=args.corruption,
-        severity=args.severity if args.corruption else None, tsne=args.tsne,
+        severity=args.severity if args.corruption else None, tsne=args.tsne, image_size=args.image_size,
     )
     command = shlex.join(["tvp", *sys.argv[1:]]) if sys.argv[1:] else None
     evaluate(args.prompt, args.model, setup, args.output, command=command)
