@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from _data_fixtures import (
+from tvprompt.data import detect_format, get_reader, open_dataset
+from tvprompt.data.readers.torchvision_fmt import safe_unpickle
+from tvprompt.errors import TvpError, UsageError
+from tvprompt.tasks import TaskSpec, load_task
+
+from ._data_fixtures import (
     CIFAR10_NAMES,
     write_cifar10,
     write_cifar100,
@@ -24,10 +29,6 @@ from _data_fixtures import (
     write_pope,
     write_svhn,
 )
-from tvprompt.data import detect_format, get_reader, open_dataset
-from tvprompt.data.readers.torchvision_fmt import safe_unpickle
-from tvprompt.errors import TvpError, UsageError
-from tvprompt.tasks import TaskSpec, load_task
 
 
 def test_cifar10_pickle_batches(tmp_path):
@@ -43,6 +44,22 @@ def test_cifar10_pickle_batches(tmp_path):
     val = open_dataset("cifar10", tmp_path, "val", val_fraction=0.2)
     assert len(train) + len(val) == 50 and len(val) == 10  # one per class carved
     assert not {s.id for s in train.samples} & {s.id for s in val.samples}
+
+
+# A batch as Python 2 pickled it (how the real CIFAR files are): str payloads, numpy.core paths.
+PY2_BATCH = (
+    b"\x80\x02}q\x00(U\x04dataq\x01cnumpy.core.multiarray\n_reconstruct\nq\x02cnumpy\nndarray\nq\x03K\x00"
+    b"\x85U\x01b\x87Rq\x04(K\x01K\x02K\x03\x86cnumpy\ndtype\nq\x05U\x02u1K\x00K\x01\x87Rq\x06(K\x03U\x01|"
+    b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89U\x06\x00\x01\x02\xfe\x04\x05tbU\x06labelsq\x07]q\x08"
+    b"(K\x00K\x01eu."
+)
+
+
+def test_cifar_python2_pickle(tmp_path):
+    (tmp_path / "data_batch_1").write_bytes(PY2_BATCH)
+    batch = safe_unpickle(tmp_path / "data_batch_1")
+    assert batch["labels"] == [0, 1]
+    assert batch["data"].dtype == np.uint8 and batch["data"].tolist() == [[0, 1, 2], [254, 4, 5]]
 
 
 def test_cifar_unpickler_refuses_code(tmp_path):
@@ -85,6 +102,8 @@ def test_imagefolder_single_pool_and_holdout(tmp_path):
     ids = [{s.id for s in d.samples} for d in (train, val, test)]
     assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
     assert train.choices == ["cat", "dog breed"]  # from the folders, refined
+    assert train.spec.choices == ["cat", "dog breed"] and train.spec.tse_texts() is None
+    assert spec.choices is None  # the caller's spec is not modified
     assert spec.choices_for(train[0]) == ["cat", "dog breed"]
     assert test[0].image.shape == (3, 10, 12)
 
@@ -247,3 +266,86 @@ def test_forced_format_overrides_detection(tmp_path):
     ds = open_dataset("cifar10", tmp_path, "test", format="imagefolder")
     assert {s.answer for s in ds.samples} <= {"cat", "dog"}
     assert np.all([s.label in (3, 5) for s in ds.samples])
+
+
+class _FakeClassLabel:
+    def __init__(self, names):
+        self.names = names
+
+
+class _FakeHFDataset:
+    """The slice of `datasets.Dataset` the reader uses (datasets itself is an optional dependency)."""
+
+    def __init__(self, rows, features):
+        self.rows, self.features = rows, features
+        self.column_names = list(rows[0])
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, i):
+        return self.rows[i]
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def remove_columns(self, cols):
+        return _FakeHFDataset([{k: v for k, v in r.items() if k not in cols} for r in self.rows], self.features)
+
+
+def test_hf_disk_reader_with_a_datasets_stand_in(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from PIL import Image
+
+    rows = [{"image": Image.new("RGB", (6, 4), (i * 40, 0, 0)), "label": i % 2} for i in range(6)]
+    splits = {"train": _FakeHFDataset(rows, {"label": _FakeClassLabel(["cat", "dog"])}),
+              "test": _FakeHFDataset(rows[:2], {"label": _FakeClassLabel(["cat", "dog"])})}  # fmt: skip
+    fake = types.ModuleType("datasets")
+    fake.load_from_disk = lambda p: splits if p == str(tmp_path) else None
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    (tmp_path / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test"]}))
+    ds = open_dataset("cifar10", tmp_path, "test")
+    assert [(s.answer, s.label) for s in ds.samples] == [("cat", 3), ("dog", 5)]
+    img = ds[1].image
+    assert img.shape == (3, 4, 6) and img[0, 0, 0].item() == pytest.approx(40 / 255)
+    assert len(open_dataset("cifar10", tmp_path, "train", val_fraction=0.34)) == 4
+    for r in rows:
+        r["category"] = "random" if r["label"] else "popular"
+    splits["test"] = _FakeHFDataset(rows, splits["test"].features)
+    only = open_dataset("cifar10", tmp_path, "test", format_options={"where": {"category": "random"}})
+    assert [s.answer for s in only.samples] == ["dog"] * 3
+    with pytest.raises(TvpError, match="format_options.where"):
+        open_dataset("cifar10", tmp_path, "test", format_options={"where": {"nope": 1}})
+
+
+def test_registered_reader_is_detected_and_used(tmp_path):
+    from tvprompt.data import RawSplit, Reader, Sample, register_reader
+    from tvprompt.data.readers import _READERS
+
+    class CsvReader(Reader):
+        name = "test_csv_index"
+        priority = 5
+
+        def detect(self, path):
+            return (path / "index.csv").exists()
+
+        def splits(self, path, options):
+            return ["all"]
+
+        def read(self, path, split, options):
+            rows = [line.split(",") for line in (path / "index.csv").read_text().split()]
+            return RawSplit([Sample(id=f, image=torch.full((3, 4, 4), 0.5), answer=a) for f, a in rows])
+
+    register_reader(CsvReader)
+    try:
+        (tmp_path / "index.csv").write_text("a,cat\nb,dog\nc,cat\nd,dog\n")
+        assert detect_format(tmp_path) == "test_csv_index"
+        ds = open_dataset("cifar10", tmp_path, "test")
+        assert len(ds) == 2 and {s.answer for s in ds.samples} == {"cat", "dog"}
+        assert ds[0].image.shape == (3, 4, 4)
+        with pytest.raises(ValueError, match="already registered"):
+            register_reader(CsvReader)
+    finally:
+        _READERS.pop("test_csv_index", None)

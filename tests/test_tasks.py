@@ -14,6 +14,8 @@ from tvprompt.data import Sample
 from tvprompt.errors import TvpError
 from tvprompt.tasks import TaskSpec, list_tasks, load_task, refine_name
 
+from ._data_fixtures import write_pope
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 PAPER_TASKS = ["cifar10", "cifar100", "svhn", "imagenette", "clevr_count", "hateful_memes", "pope_random",
                "pope_popular", "pope_adversarial", "oxford_pets", "fgvc_aircraft", "food101"]  # fmt: skip
@@ -102,6 +104,8 @@ def test_per_sample_choices_win():
         ({"version": 1, "name": "t", "kind": "regression"}, "kind 'regression' is not one of"),
         ({"version": 1, "name": "t", "instruction": "{caption}"}, "unknown placeholder"),
         ({"version": 1, "name": "t", "metrics": ["bleu"]}, "unknown metric"),
+        ({"version": 1, "name": "t", "metrics": ["auc"]}, "need kind yes_no or binary_auc"),
+        ({"version": 1, "name": "t", "kind": "yes_no", "positive": "maybe"}, "positive 'maybe' is not among"),
         ({"version": 1, "name": "t", "choices": ["a_b", "a-b"]}, "choices repeat"),
         ({"version": 9, "name": "t"}, "newer than supported"),
         ({"version": 1, "name": "t", "splits": {"dev": "x"}}, "unknown key"),
@@ -148,12 +152,36 @@ def test_cli_tasks_lists_builtins():
     assert set(rows) == set(list_tasks())
     assert rows["cifar100"][1:4] == ["classification", "100", "top1,top5"]
     assert rows["hateful_memes"][1:4] == ["binary_auc", "2", "auc,accuracy"]
-    js = json.loads(_tvp("tasks", "--json").stdout)
-    assert {t["name"] for t in js} == set(list_tasks())
 
 
-def test_cli_tasks_show_and_errors(tmp_path):
-    r = _tvp("tasks", "pope_adversarial")
-    assert r.returncode == 0 and "yes_no" in r.stdout and "{question}" in r.stdout
-    r = _tvp("tasks", "nope")
-    assert r.returncode == 1 and "unknown task 'nope'" in r.stderr
+def _main(capsys, *args: str) -> tuple[int, str, str]:
+    from tvprompt.cli import main
+
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_tasks_json_show_and_errors(capsys):
+    code, out, _ = _main(capsys, "tasks", "--json")
+    assert code == 0 and {t["name"] for t in json.loads(out)} == set(list_tasks())
+    code, out, _ = _main(capsys, "tasks", "pope_adversarial")
+    assert code == 0 and "yes_no" in out and "{question}" in out
+    code, out, _ = _main(capsys, "tasks", "hateful_memes", "--json")
+    assert code == 0 and json.loads(out)["positive"] == "yes"
+    code, _, err = _main(capsys, "tasks", "nope")
+    assert code == 1 and "unknown task 'nope'" in err
+
+
+def test_cli_tasks_data_shows_splits(tmp_path, capsys):
+    write_pope(tmp_path, "random", n=8)
+    code, out, err = _main(capsys, "tasks", "pope_random", "--data", str(tmp_path))
+    assert code == 0, err
+    lines = dict(ln.split(None, 1) for ln in out.splitlines())
+    assert lines["data"].endswith("(pope)")
+    assert lines["train"].startswith("3 samples") and lines["val"].startswith("1 samples")
+    assert lines["test"].startswith("4 samples, 2 distinct answers")
+    code, _, err = _main(capsys, "tasks", "--data", str(tmp_path))
+    assert code == 2 and "--data needs a TASK" in err
+    code, out, _ = _main(capsys, "tasks", "pope_popular", "--data", str(tmp_path))
+    assert code == 1 and "no coco_pope_popular.json" in out

@@ -6,6 +6,8 @@ import argparse
 import shlex
 import sys
 
+ORDER = 40  # `tvp --help` lists commands by ORDER
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate prompts (and no prompt) on models; write results, table and plots")
