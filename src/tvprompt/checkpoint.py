@@ -96,8 +96,19 @@ def save_checkpoint(output: str | Path, state: TrainState, config: dict[str, Any
     return path
 
 
+def checkpoint_path(output: str | Path) -> Path:
+    """``output/checkpoint``, or the previous checkpoint when a kill landed inside the atomic swap
+    (``atomic_dir`` moves the old directory aside just before renaming the new one in)."""
+    path = Path(output) / CHECKPOINT_DIR
+    if not (path / STATE_JSON).is_file():
+        aside = sorted(Path(output).glob(f".{CHECKPOINT_DIR}.*.old/d/{STATE_JSON}"))
+        if aside:
+            return aside[-1].parent
+    return path
+
+
 def has_checkpoint(output: str | Path) -> bool:
-    return (Path(output) / CHECKPOINT_DIR / STATE_JSON).is_file()
+    return (checkpoint_path(output) / STATE_JSON).is_file()
 
 
 def load_checkpoint(output: str | Path) -> tuple[TrainState, dict[str, Any], dict[str, Any], dict[str, torch.Tensor]]:
@@ -105,7 +116,7 @@ def load_checkpoint(output: str | Path) -> tuple[TrainState, dict[str, Any], dic
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(output) / CHECKPOINT_DIR
+    path = checkpoint_path(output)
     if not (path / STATE_JSON).is_file():
         raise TvpError(f"{path}: no checkpoint to resume from (run without --resume to start)")
     try:

@@ -32,10 +32,12 @@ class World:
         if self.size > 1:
             import torch.distributed as dist
 
-            if dist.get_backend() == "gloo" and tensor.device.type != "cpu":
-                cpu = tensor.detach().cpu()
-                dist.all_reduce(cpu)
-                tensor.copy_(cpu)
+            # gloo reduces CPU tensors, nccl CUDA tensors: stage through the right device if needed
+            comm = torch.device("cpu") if dist.get_backend() == "gloo" else (self.device or tensor.device)
+            if tensor.device != comm:
+                staged = tensor.detach().to(comm)
+                dist.all_reduce(staged)
+                tensor.copy_(staged)
             else:
                 dist.all_reduce(tensor)
         return tensor
@@ -54,11 +56,13 @@ class World:
 
 
 def init_world() -> World:
-    """Join the process group when a launcher started several processes; otherwise one process."""
+    """Join the process group when a launcher (``accelerate launch``, ``torchrun``) started several
+    processes (``WORLD_SIZE`` > 1); otherwise a single process."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return World()
     from accelerate import PartialState
 
-    state = PartialState()
+    cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true") or not torch.cuda.is_available()
+    state = PartialState(cpu=cpu)  # on CPUs: gloo
     log.info("data-parallel: process %d of %d on %s", state.process_index, state.num_processes, state.device)
     return World(rank=state.process_index, size=state.num_processes, device=state.device)

@@ -181,7 +181,7 @@ def train(
     if cfg.tse > 0 and guide is None:
         from .models.registry import load_guide
 
-        guide = load_guide(cfg.guide)
+        guide = load_guide(cfg.guide, device=cfg.device or world.device or sources[0].device, dtype=cfg.dtype)
     device = torch.device(cfg.device) if cfg.device else (world.device or sources[0].device)
 
     # ---- init (scratch | resume)
@@ -308,7 +308,7 @@ def train(
                 if stop_reason:
                     log.info("%s (step %d, best %.4f at step %s)", stop_reason, state.step, state.best_metric, state.best_step)
                     break
-                if interrupted.is_set():
+                if _any_process(interrupted.is_set(), world):
                     checkpoint()
                     raise TrainingInterrupted(
                         f"interrupted at step {state.step}/{total}; checkpoint saved in {out}; rerun with --resume to continue"
@@ -357,7 +357,8 @@ def validate(
     device = prompt.delta.device
     counts = torch.zeros(len(sources) + 1, dtype=torch.float64)  # correct per source, then total
     bs = cfg.val_batch_size or cfg.batch_size
-    for i, batch in enumerate(batch_fn(dataset, bs, shuffle=False, seed=cfg.seed, image_size=cfg.image_size)):
+    batches = batch_fn(dataset, bs, shuffle=False, seed=cfg.seed, image_size=cfg.image_size, num_workers=cfg.num_workers)
+    for i, batch in enumerate(batches):
         if i % world.size != world.rank:
             continue
         samples = list(batch.samples)
@@ -395,6 +396,13 @@ def _micro_batches(dataset: Any, cfg: TrainConfig, state: TrainState, batch_fn: 
             yield batch
         state.epoch += 1
         state.batch_in_epoch = 0
+
+
+def _any_process(flag: bool, world: World) -> bool:
+    """True on every process when ``flag`` is set on any (so all stop at the same step)."""
+    if world.size == 1:
+        return flag
+    return bool(world.all_reduce_sum(torch.tensor([float(flag)])).item() > 0)
 
 
 def _subset(dataset: Any, n: int, seed: int) -> Any:
@@ -480,16 +488,10 @@ def _load_sources(cfg: TrainConfig, world: World) -> list[Any]:
         devices = [f"cuda:{k % n}" for k in range(len(cfg.sources))]
     else:
         devices = ["cpu"] * len(cfg.sources)
-    adapters = []
-    for model_id, device in zip(cfg.sources, devices, strict=True):
-        dtype = cfg.dtype
-        if dtype == "auto":
-            dtype = "bfloat16" if torch.device(device).type == "cuda" else "float32"
-        adapter = load_adapter(model_id, device=device, dtype=getattr(torch, dtype))
-        if cfg.gradient_checkpointing and hasattr(adapter, "enable_gradient_checkpointing"):
-            adapter.enable_gradient_checkpointing()
-        adapters.append(adapter)
-    return adapters
+    return [
+        load_adapter(m, device=d, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing)
+        for m, d in zip(cfg.sources, devices, strict=True)
+    ]
 
 
 class _MetricsLog:
