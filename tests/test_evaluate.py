@@ -167,6 +167,18 @@ def test_tsne_features_and_plot(tmp_path, prompts):
     assert {"tsne_a.png", "tsne_b.png", "tsne_c.png"} <= {p.name for p in written}
 
 
+def test_tsne_rerun_reuses_metrics_but_adds_features(tmp_path, prompts):
+    calls: dict = {}
+    first = run(tmp_path, prompts[:1], calls, models=["toy:a"])
+    calls.clear()
+    second = run(tmp_path, prompts[:1], calls, models=["toy:a"], tsne=True)  # features missing: one pass
+    assert calls["loads"] == ["toy:a"] and (tmp_path / "out" / "features" / "toy_a__none.npy").is_file()
+    assert second["transfer"] == first["transfer"]
+    calls.clear()
+    run(tmp_path, prompts[:1], calls, models=["toy:a"])  # metrics and features present: nothing to do
+    assert "loads" not in calls
+
+
 def test_usage_errors(tmp_path, prompts):
     with pytest.raises(UsageError, match="twice"):
         run(tmp_path, prompts, {}, models=["toy:a", "toy:a"])

@@ -155,7 +155,8 @@ def model_fingerprint(model_id: str) -> str:
 
 def cell_fingerprint(setup: EvalSetup, spec: Any, model_id: str, prompt: PromptRef | None) -> str:
     fields = dataclasses.asdict(setup)
-    fields.pop("batch_size")  # results do not depend on it (up to float noise)
+    for key in ("batch_size", "tsne", "tsne_samples"):  # metrics do not depend on these (up to float noise)
+        fields.pop(key)
     fields["data"] = str(Path(setup.data).resolve()) if Path(setup.data).exists() else setup.data
     payload = {
         "setup": fields,
