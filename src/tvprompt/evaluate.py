@@ -111,8 +111,14 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "x"
 
 
+def _short(text: str) -> str:
+    """A file-name-safe, collision-free stand-in: the slug's tail plus a hash of the text."""
+    return f"{slug(text)[-48:].strip('_')}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
 def cell_key(model_id: str, prompt_name: str) -> str:
-    return f"{slug(model_id)}__{slug(prompt_name)}"
+    """File stem of one cell: ``<model>-<hash>__<prompt>-<hash>`` (distinct ids never share a file)."""
+    return f"{_short(model_id)}__{_short(prompt_name)}"
 
 
 def _hash_files(paths: Sequence[Path]) -> str:
