@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from hf_processors import load_image_processor
 from tvprompt.models.base import MLLMAdapter
 from tvprompt.models.registry import list_families, load_adapter
 from tvprompt.models.tiny import build_tiny_model, tiny_variants
@@ -141,10 +142,8 @@ def test_unknown_feature_kind_is_a_usage_error(adapter):
 
 @pytest.mark.parametrize("shape", [(48, 48), (40, 64), (20, 20)])
 def test_preprocessing_matches_hf_image_processor(adapter, shape):
-    from transformers import AutoImageProcessor
-
     source = adapter.model_id.split(":", 1)[1]
-    processor = AutoImageProcessor.from_pretrained(source)
+    processor = load_image_processor(source)
     h, w = shape
     yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
     rng = np.random.default_rng(0)
