@@ -13,11 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_processors import load_image_processor
 from tvprompt.models.base import MLLMAdapter
 from tvprompt.models.registry import list_families, load_adapter
 from tvprompt.models.tiny import build_tiny_model, tiny_variants
 from tvprompt.prompt import VisualPrompt
+
+from .hf_processors import load_image_processor
 
 FAMILIES = list_families()
 VARIANTS = tiny_variants()  # (id, family, builder overrides): every family, each LLM kind

@@ -7,11 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from hf_processors import load_image_processor
 from tvprompt.errors import TvpError, UsageError
 from tvprompt.models.base import Guide
 from tvprompt.models.guide import build_tiny_guide
 from tvprompt.models.registry import list_guides, load_guide
+
+from .hf_processors import load_image_processor
 
 TEXTS = ["a photo of a circle", "a photo of a red square", "three stars"]
 
