@@ -212,7 +212,10 @@ class HFAdapter:
             if attn_implementation == "eager":
                 raise TvpError(f"{source}: could not load the model ({e})") from None
             log.warning("%s: attention %r unavailable (%s); falling back to eager", source, attn_implementation, e)
-            model = model_cls.from_pretrained(source, attn_implementation="eager", **kwargs)
+            try:
+                model = model_cls.from_pretrained(source, attn_implementation="eager", **kwargs)
+            except (ValueError, OSError) as e2:
+                raise TvpError(f"{source}: could not load the model ({e2})") from None
         except OSError as e:
             raise TvpError(f"{source}: could not load the model ({e})") from None
         if device_map is None:
