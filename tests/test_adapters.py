@@ -178,3 +178,10 @@ def test_answers_tokenize_as_in_running_text(adapter):
     running = adapter.text_ids("A:" + adapter.answer_prefix + "red circle")
     assert running[len(running) - (len(ids) - 1) :] == ids[:-1]
     assert adapter.tokenizer.decode(ids[:-1]).strip() == "red circle"
+
+
+def test_many_choices_are_scored_in_chunks_with_the_same_result(adapter, monkeypatch):
+    images = _images()
+    whole = adapter.score_choices(images, PROMPTS, CHOICES)
+    monkeypatch.setattr(adapter, "score_rows_per_pass", 3)  # 2 images -> one choice per pass
+    torch.testing.assert_close(adapter.score_choices(images, PROMPTS, CHOICES), whole, atol=1e-5, rtol=1e-5)
