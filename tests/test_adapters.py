@@ -174,7 +174,7 @@ def test_gradient_checkpointing_keeps_the_eval_forward(adapter):
 def test_answers_tokenize_as_in_running_text(adapter):
     """The answer's tokens are those it gets after the prompt in one string (+ EOS)."""
     ids = adapter.answer_ids("red circle")
-    assert ids[-1] == getattr(adapter, "end_id", adapter.tokenizer.eos_token_id)  # chat families: end of turn
+    assert ids[-1] == adapter.end_id  # EOS, or the chat format's end-of-turn token
     running = adapter.text_ids("A:" + adapter.answer_prefix + "red circle")
     assert running[len(running) - (len(ids) - 1) :] == ids[:-1]
     assert adapter.tokenizer.decode(ids[:-1]).strip() == "red circle"

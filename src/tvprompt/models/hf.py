@@ -177,6 +177,12 @@ class HFAdapter:
     def std(self) -> tuple[float, float, float]:
         return self.preprocessing.std
 
+    @property
+    def end_id(self) -> int:
+        """The token that ends an answer (scored after it, stops generation): EOS unless a chat
+        family ends its turns with another token (Qwen ``<|im_end|>``, Gemma 3 ``<end_of_turn>`` ...)."""
+        return int(self.tokenizer.eos_token_id)
+
     @classmethod
     def default_preprocessing(cls, config: Any) -> ImagePreprocessing:
         """Preprocessing used when the checkpoint has no image-processor config."""
@@ -252,7 +258,7 @@ class HFAdapter:
         raise NotImplementedError
 
     def answer_ids(self, answer: str) -> list[int]:
-        """Token ids of an answer continuation, EOS included.
+        """Token ids of an answer continuation, its end token (``end_id``: EOS by default) included.
 
         With an ``answer_prefix`` (a space) the answer is tokenized after an anchor and the anchor's
         tokens are dropped, so the space is tokenized as in running text whatever the tokenizer does
@@ -264,7 +270,7 @@ class HFAdapter:
             full = self.text_ids(_ANSWER_ANCHOR + self.answer_prefix + answer)
             if full[: len(anchor)] == anchor:
                 ids = full[len(anchor) :]
-        return list(ids) + [self.tokenizer.eos_token_id]
+        return list(ids) + [self.end_id]
 
     def bos(self) -> list[int]:
         bos = self.tokenizer.bos_token_id
@@ -456,7 +462,7 @@ class HFAdapter:
         prefix = self._prefix_batch(prompts, _hw(pixels01))
         out = self._call(prefix, self.forward_kwargs(self.preprocess(pixels01), prefix), logits_to_keep=1, use_cache=True)
         cache = self.cache_of(out)
-        eos = self.tokenizer.eos_token_id
+        eos = self.end_id
         batch_size = len(prompts)
         done = torch.zeros(batch_size, dtype=torch.bool, device=self.device)
         tokens: list[torch.Tensor] = []
@@ -504,7 +510,7 @@ class HFAdapter:
 
     def _generate_seq2seq(self, pixels01: torch.Tensor, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
         state = self.encode(self.preprocess(pixels01), self._prefix_batch(prompts, _hw(pixels01)))
-        eos = self.tokenizer.eos_token_id
+        eos = self.end_id
         batch_size = len(prompts)
         dec = torch.full((batch_size, 1), self._decoder_start_id(), dtype=torch.long, device=self.device)
         done = torch.zeros(batch_size, dtype=torch.bool, device=self.device)
