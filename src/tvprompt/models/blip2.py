@@ -17,7 +17,7 @@ import torch
 from .hf import EncoderState, HFAdapter, TextBatch
 from .preprocessing import CLIP_MEAN, CLIP_STD, ImagePreprocessing
 from .registry import register_family
-from .tiny import TinySpec, init_normal_, register_tiny
+from .tiny import TinySpec, init_responsive_, register_tiny
 
 
 class QFormerAdapter(HFAdapter):
@@ -122,11 +122,10 @@ def tiny_text_config(tokenizer: Any, llm: str, hidden: int = 32) -> Any:
 def init_tiny_qformer_model(model: Any) -> None:
     """Make a random BLIP-2/InstructBLIP respond to its image.
 
-    transformers starts ``query_tokens`` at exactly 0, and with std-0.02 weights through ViT, Q-Former,
-    projection and LLM the answer loss barely moves with the pixels; std 0.1 everywhere and unit-scale
-    query tokens make a prompt able to change the answer (what the tests need to test anything).
+    transformers starts ``query_tokens`` at exactly 0 (and the vision ``initializer_range`` at 1e-10,
+    fixed in the config), so: std 0.1 everywhere (``init_responsive_``) and unit-scale query tokens.
     """
-    init_normal_(model, std=0.1)
+    init_responsive_(model)
     torch.nn.init.normal_(model.query_tokens, std=0.5)
 
 

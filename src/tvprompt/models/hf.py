@@ -31,6 +31,7 @@ Sequences are left-padded, and decoder-only models get explicit ``position_ids``
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import logging
 from collections.abc import Iterator
@@ -143,6 +144,9 @@ class HFAdapter:
     extra: ClassVar[str | None] = None  # pip extra needed beyond the core install
     notes: ClassVar[str] = ""
     untested: ClassVar[str | None] = None  # why a family has no offline tiny checkpoint / contract tests
+    # score_choices runs at most this many (image, choice) continuations at once; more choices are
+    # scored in chunks, each from a copy of the prefix cache (bounds the expanded KV cache's memory)
+    score_rows_per_pass: int = 512
 
     # ---- construction ---------------------------------------------------------------------------
     def __init__(self, model: Any, tokenizer: Any, preprocessing: ImagePreprocessing, model_id: str,
@@ -217,7 +221,10 @@ class HFAdapter:
             if attn_implementation == "eager":
                 raise TvpError(f"{source}: could not load the model ({e})") from None
             log.warning("%s: attention %r unavailable (%s); falling back to eager", source, attn_implementation, e)
-            model = model_cls.from_pretrained(source, attn_implementation="eager", **kwargs)
+            try:
+                model = model_cls.from_pretrained(source, attn_implementation="eager", **kwargs)
+            except (ValueError, OSError) as e2:
+                raise TvpError(f"{source}: could not load the model ({e2})") from None
         except OSError as e:
             raise TvpError(f"{source}: could not load the model ({e})") from None
         if device_map is None:
@@ -420,22 +427,32 @@ class HFAdapter:
         return loss, self.select_features(captured if captured is not None else self.image_outputs(out), kind)
 
     def _score_decoder(self, pixels01: torch.Tensor, prompts: list[str], choices: list[str]) -> torch.Tensor:
-        n_choices = len(choices)
         prefix = self._prefix_batch(prompts, _hw(pixels01))
         out = self._call(prefix, self.forward_kwargs(self.preprocess(pixels01), prefix), logits_to_keep=1, use_cache=True)
         first = out.logits[:, -1].float().log_softmax(-1)  # (B, V): predicts each choice's first token
         cache = self.cache_of(out)
+        per_pass = max(1, self.score_rows_per_pass // len(prompts))
+        if per_pass >= len(choices):
+            return self._score_continuations(prefix, first, cache, choices)
+        parts = [  # many choices: bound the expanded cache, re-expanding a copy of the prefix cache
+            self._score_continuations(prefix, first, copy.deepcopy(cache), choices[i : i + per_pass])
+            for i in range(0, len(choices), per_pass)
+        ]
+        return torch.cat(parts, dim=1)
+
+    def _score_continuations(self, prefix: TextBatch, first: torch.Tensor, cache: Any, choices: list[str]) -> torch.Tensor:
+        """(B, C) scores of ``choices`` after the cached ``prefix``; ``cache`` is expanded in place."""
+        n_choices, batch_size = len(choices), prefix.input_ids.shape[0]
         cache.batch_repeat_interleave(n_choices)
         ids, mask = pad_sequences([self.answer_ids(c) for c in choices], self.pad_id, "right")
-        batch_size = len(prompts)
         ids, mask = ids.to(self.device).repeat(batch_size, 1), mask.to(self.device).repeat(batch_size, 1)
         expanded = _expand_batch(prefix, n_choices)
-        out2 = self._call(
+        out = self._call(
             TextBatch(ids, mask, image_size=prefix.image_size), self.continuation_kwargs(expanded, ids, mask),
             module=self.continuation_module(), cache=cache, use_cache=True,
         )
-        ids, mask = ids.to(out2.logits.device), mask.to(out2.logits.device)  # differ under device_map="auto"
-        logp = out2.logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        ids, mask = ids.to(out.logits.device), mask.to(out.logits.device)  # differ under device_map="auto"
+        logp = out.logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
         lp0 = first.to(ids.device).repeat_interleave(n_choices, 0).gather(-1, ids[:, :1]).squeeze(-1)
         total = lp0 + (logp * mask[:, 1:]).sum(-1)
         return (total / mask.sum(-1)).view(batch_size, n_choices)

@@ -19,7 +19,7 @@ import torch
 from .hf import HFAdapter, TextBatch, capture_io
 from .preprocessing import CLIP_MEAN, CLIP_STD, ImagePreprocessing
 from .registry import register_family
-from .tiny import TinySpec, register_tiny
+from .tiny import TinySpec, init_responsive_, register_tiny
 
 PROMPT_FORMAT = "USER: <image>\n{prompt} ASSISTANT:"
 
@@ -106,4 +106,4 @@ def tiny_llava(tokenizer: Any, image_size: int = 32, patch_size: int = 8, hidden
     )
     pre = ImagePreprocessing(size=(image_size, image_size), mean=CLIP_MEAN, std=CLIP_STD, resample="bicubic",
                              shortest_edge=image_size)
-    return TinySpec(config, "LlavaForConditionalGeneration", pre, "CLIPImageProcessor")
+    return TinySpec(config, "LlavaForConditionalGeneration", pre, "CLIPImageProcessor", init=init_responsive_)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from .llava import LlavaStyleAdapter, tiny_clip_vision, tiny_llama
 from .preprocessing import CLIP_MEAN, CLIP_STD, ImagePreprocessing, interpolate
 from .registry import register_family
-from .tiny import TinySpec, register_tiny
+from .tiny import TinySpec, init_responsive_, register_tiny
 
 MISTRAL_FORMAT = "[INST] <image>\n{prompt} [/INST]"
 
@@ -117,4 +117,4 @@ def tiny_llava_next(tokenizer: Any, image_size: int = 32, patch_size: int = 8, h
     pre = ImagePreprocessing(size=(image_size, image_size), mean=CLIP_MEAN, std=CLIP_STD, resample="bicubic",
                              shortest_edge=image_size)
     return TinySpec(config, "LlavaNextForConditionalGeneration", pre, "LlavaNextImageProcessor",
-                    processor_extra={"image_grid_pinpoints": grid, "do_pad": True})
+                    init=init_responsive_, processor_extra={"image_grid_pinpoints": grid, "do_pad": True})

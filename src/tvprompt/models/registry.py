@@ -12,6 +12,7 @@ subclass in their own module; the modules listed in ``FAMILY_MODULES`` are impor
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import logging
 from collections.abc import Callable
@@ -117,10 +118,9 @@ def resolve_source(model_id: str) -> str:
     if scheme == "hf":
         return rest
     if scheme == "zoo":
-        try:
-            zoo = importlib.import_module(f"{__package__}.zoo")
-        except ImportError:
-            raise TvpError(f"model id {model_id!r}: the mini zoo is not available in this install") from None
+        if importlib.util.find_spec(f"{__package__}.zoo") is None:
+            raise TvpError(f"model id {model_id!r}: the mini zoo is not available in this install")
+        zoo = importlib.import_module(f"{__package__}.zoo")
         return str(zoo.resolve(rest))
     raise UsageError(f"model id {model_id!r}: unknown scheme {scheme!r}; use hf:<hub id or local dir> or zoo:<name>")
 

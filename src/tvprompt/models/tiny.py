@@ -181,6 +181,15 @@ def build_tiny_model(family: str, directory: str | os.PathLike, seed: int = 0,
     return Path(directory)
 
 
+def init_responsive_(model: Any) -> None:
+    """Re-initialise a tiny random MLLM with std 0.1 so its answers depend on the image.
+
+    With transformers' default std 0.02 through a 2-layer tower, projector and LLM, the answer loss
+    barely moves with the pixels, and prompt-learning tests would test nothing.
+    """
+    init_normal_(model, std=0.1)
+
+
 def init_normal_(module: Any, std: float = 0.02) -> None:
     """Re-initialise every Linear / Conv / Embedding weight of ``module`` from N(0, std²)."""
     for m in module.modules():
