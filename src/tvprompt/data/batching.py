@@ -51,11 +51,11 @@ def batch_order(n: int, batch_size: int, *, shuffle: bool, seed: int, epoch: int
     return batches
 
 
-def resize_image(image: torch.Tensor, size: int | None) -> torch.Tensor:
-    """(3, h, w) -> (3, size, size), bilinear with antialiasing; unchanged when already that size."""
-    if size is None or tuple(image.shape[-2:]) == (size, size):
-        return image
-    return F.interpolate(image[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0].clamp_(0, 1)
+def resize_batch(images: torch.Tensor, size: int | None) -> torch.Tensor:
+    """(B, 3, h, w) -> (B, 3, size, size), bilinear with antialiasing; unchanged when already that size."""
+    if size is None or tuple(images.shape[-2:]) == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
 
 
 class _BatchLoader(torch.utils.data.Dataset):
@@ -73,22 +73,26 @@ class _BatchLoader(torch.utils.data.Dataset):
             record = self.dataset.sample(i) if hasattr(self.dataset, "sample") else None
             try:
                 loaded = self.dataset[i]
-                image = resize_image(loaded.image.float(), self.image_size)
             except (ImageError, OSError, ValueError) as e:
                 sid = record.id if record is not None else str(i)
                 skipped.append((sid, str(e)))
                 continue
-            if images and image.shape != images[0].shape:
-                raise TvpError(f"sample {loaded.id}: image size {tuple(image.shape)} differs from the batch; "
-                               "pass image_size= to resize")  # fmt: skip
             samples.append(dataclasses.replace(loaded, image=None))
-            images.append(image)
-        return {
-            "index": self.start + k,
-            "samples": samples,
-            "images": torch.stack(images) if images else None,
-            "skipped": skipped,
-        }
+            images.append(loaded.image.float())
+        return {"index": self.start + k, "samples": samples, "images": _stack(images, self.image_size, samples),
+                "skipped": skipped}  # fmt: skip
+
+
+def _stack(images: list[torch.Tensor], size: int | None, samples: list[Sample]) -> torch.Tensor | None:
+    """Resize and stack; one batched interpolate when the source sizes agree (CIFAR, most folders)."""
+    if not images:
+        return None
+    if all(im.shape == images[0].shape for im in images):
+        return resize_batch(torch.stack(images), size)
+    if size is None:
+        shapes = sorted({tuple(im.shape) for im in images})
+        raise TvpError(f"batch with sample {samples[0].id} mixes image sizes {shapes[:3]}; pass image_size= to resize")
+    return torch.cat([resize_batch(im[None], size) for im in images])
 
 
 def _identity(x: Any) -> Any:
@@ -110,14 +114,20 @@ def iter_batches(
     start: int = 0,
     num_workers: int = 0,
     drop_last: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[Batch]:
     """Batches of ``dataset`` (sized, indexable -> Sample with a loaded image), in a deterministic order.
 
     The order depends only on ``(len(dataset), batch_size, shuffle, seed, epoch, drop_last)``;
-    ``start`` skips the first ``start`` batches without decoding them (resume).
+    ``start`` skips the first ``start`` batches without decoding them (resume). For data
+    parallelism, ``batch_size`` is the global batch and process ``rank`` of ``world_size``
+    decodes and receives only its share ``global_batch[rank::world_size]`` (same ``index``).
     """
     if batch_size < 1:
         raise UsageError(f"batch_size must be >= 1, got {batch_size}")
+    if not 0 <= rank < world_size:
+        raise UsageError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
     if start < 0:
         raise UsageError(f"start must be >= 0, got {start}")
     n = len(dataset)
@@ -126,6 +136,8 @@ def iter_batches(
     batches = batch_order(n, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, drop_last=drop_last)
     if not batches:
         raise TvpError(f"{dataset!r}: {n} sample(s) make no full batch of {batch_size} (drop_last=True)")
+    if world_size > 1:
+        batches = [b[rank::world_size] for b in batches]
     start = min(start, len(batches))
     loader_ds = _BatchLoader(dataset, batches, start, image_size)
     if num_workers > 0 and len(loader_ds) > 0:

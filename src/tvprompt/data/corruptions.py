@@ -1,8 +1,8 @@
 """The 15 CIFAR-10-C corruptions (Hendrycks & Dietterich, 2019) x 5 severities, for Tab. 9.
 
 Implemented with numpy / scipy / PIL after the reference ``make_cifar_c.py`` parameters (the
-CIFAR-10-C constants, for 32x32 images; spatial sizes scale with the image side / 32). Two
-differ from the reference by necessity and are documented as such:
+CIFAR-10-C constants, for 32x32 images; spatial sizes scale with the image side / 32). These
+differ from the reference by necessity:
 
 - ``frost`` blends a procedurally generated ice texture (the reference ships frost photos);
 - ``glass_blur`` swaps every pixel with a random neighbour per iteration, vectorised (the
@@ -171,11 +171,11 @@ def motion_blur(x: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray:
 @_register
 def zoom_blur(x: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray:
     top = [1.06, 1.11, 1.16, 1.21, 1.26][s - 1]
-    factors = np.arange(1, top, 0.01)
+    factors = np.arange(1, top, 0.01)  # includes 1.0, as in the reference: (x + sum of zooms) / (n + 1)
     out = x.copy()
-    for f in factors[1:]:
-        out += _clipped_zoom(x, float(f))
-    return out / len(factors)
+    for f in factors:
+        out += x if f == 1 else _clipped_zoom(x, float(f))
+    return out / (len(factors) + 1)
 
 
 # ---- weather ------------------------------------------------------------------------------------
@@ -193,7 +193,7 @@ def snow(x: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray:
     layer = _clipped_zoom(layer, zoom)
     layer[layer < thresh] = 0
     k = _scale(x)
-    layer = _line_blur(np.clip(layer, 0, 1), radius * k / 2, sigma * k / 2, rng.uniform(-135, -45))
+    layer = _line_blur(np.clip(layer, 0, 1), min(radius, 3 * sigma) * k, sigma * k, rng.uniform(-135, -45))
     gray = (x @ np.array([0.299, 0.587, 0.114]))[..., None]
     x = blend * x + (1 - blend) * np.maximum(x, gray * 1.5 + 0.5)
     return x + layer[..., None] + np.rot90(layer, k=2)[..., None]
@@ -252,8 +252,9 @@ def elastic_transform(x: np.ndarray, s: int, rng: np.random.Generator) -> np.nda
     ][s - 1]
     h, w = x.shape[:2]
     side = min(h, w)
-    # random affine: jitter of the image corners by up to affine*side pixels
-    src = np.array([[0, 0], [h - 1, 0], [0, w - 1]], dtype=np.float64)
+    # random affine as in the reference: three points at the centre +- side//3 jittered by up to affine*side
+    cy0, cx0, sq = h // 2, w // 2, side // 3
+    src = np.array([[cy0 + sq, cx0 + sq], [cy0 + sq, cx0 - sq], [cy0 - sq, cx0 - sq]], dtype=np.float64)
     dst = src + rng.uniform(-affine * side, affine * side, size=src.shape)
     a = np.linalg.solve(np.c_[dst, np.ones(3)], np.c_[src, np.ones(3)])[:, :2].T  # dst -> src
     yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ HOLDOUT_SEED = 0
 
 class TaskDataset(torch.utils.data.Dataset):
     """Samples of one split; ``ds[i]`` is a :class:`Sample` whose ``image`` is a loaded (3, h, w) tensor.
+
+    ``ds.spec`` is the task with its choices resolved (from the data when the YAML lists none).
 
     ``ds.sample(i)`` gives the record without reading the image. A corruption, when set, is
     applied on the fly with a generator seeded by ``(seed, i)``, so a run is repeatable.
@@ -126,6 +129,7 @@ def open_dataset(
     corruption: str | None = None,
     severity: int = 0,
     format: str | None = None,
+    format_options: dict[str, Any] | None = None,
     download: bool = False,
 ) -> TaskDataset:
     """One split (train / val / test) of the dataset at ``path`` for ``spec``.
@@ -134,6 +138,7 @@ def open_dataset(
     val split, a stratified ``val_fraction`` of train seeded by ``seed`` becomes val (and leaves
     train). Where train and test name one pool, a fixed-seed stratified ``spec.holdout`` share
     of it is test. ``fraction`` < 1 keeps a stratified seeded share (at least one per class).
+    ``format_options`` override the task's reader options (e.g. ``{"image_dir": "/coco/val2014"}``).
     """
     spec = load_task(spec)
     if split not in SPLITS:
@@ -159,7 +164,7 @@ def open_dataset(
             reader.download(root, name if isinstance(name, str) else name[0])
     fmt = format or detect_format(root, spec.format)
     reader = get_reader(fmt)
-    options = dict(spec.format_options)
+    options = {**spec.format_options, **(format_options or {})}
     available = reader.splits(root, options)
     source = f"{root} ({fmt})"
     names = {s: _resolve(spec.splits.get(s), available) for s in SPLITS}
@@ -180,8 +185,8 @@ def open_dataset(
     choices = _dataset_choices(spec, reader, root, options, available, read)
     one_pool = names["train"] is not None and names["train"] == names["test"]
 
-    def pool(name: str) -> list[Sample]:
-        samples = [dataclasses.replace(s, meta=dict(s.meta)) for s in read(name).samples]
+    def pool(name: str) -> list[Sample]:  # readers build fresh Samples on every read: safe to update in place
+        samples = read(name).samples
         _map_labels(spec, samples, choices, f"{source} split {name}")
         return samples
 
@@ -203,16 +208,19 @@ def open_dataset(
     samples = subsample(samples, fraction, seed)
     if not samples:
         raise TvpError(f"{source}: split {split} of task {spec.name} is empty")
-    per_sample = choices if choices is not spec.choices else None
-    if per_sample is not None:
+    if choices is not spec.choices:  # choices came from the data: samples carry them, and so does ds.spec
         for s in samples:
-            s.choices = s.choices or per_sample
+            s.choices = s.choices or choices
+        spec = dataclasses.replace(spec, choices=list(choices), classes=None, refine_choices=False)
     log.info("%s: %s split %s, %d samples", spec.name, source, split, len(samples))
     return TaskDataset(spec, samples, split=split, source=source, seed=seed, corruption=corruption,
                        severity=severity, choices=choices)  # fmt: skip
 
 
-def _dataset_choices(spec, reader: Reader, root: Path, options, available: list[str], read) -> list[str] | None:
+def _dataset_choices(
+    spec: TaskSpec, reader: Reader, root: Path, options: dict[str, Any], available: list[str],
+    read: Callable[[str], RawSplit],
+) -> list[str] | None:  # fmt: skip
     """The task's choices, or (when the spec lists none) the dataset's class names, refined."""
     if spec.choices is not None or spec.kind == "open":
         return spec.choices

@@ -19,32 +19,50 @@ def strata(samples: Sequence[Sample]) -> list[str]:
     return [str(s.label) if s.label is not None else s.answer for s in samples]
 
 
-def stratified_pick(keys: Sequence[str], fraction: float, seed: int, salt: int, min_per_class: int = 0) -> list[int]:
-    """Indices (sorted) of a seeded ``fraction`` of each class: ``max(min_per_class, round(fraction*n_c))``.
+def stratified_pick(
+    keys: Sequence[str], fraction: float, seed: int, salt: int, *, min_per_class: int = 0, keep_one: bool = False
+) -> list[int]:
+    """Indices (sorted) of a seeded, stratified ``fraction`` of ``keys``.
 
-    At least one index is picked overall when ``fraction > 0`` and ``keys`` is not empty.
+    The total is ``fraction * len(keys)`` rounded half up, shared among the classes by largest
+    remainder (ties broken by the seed), so small splits keep their overall proportion. Each
+    class then gets at least ``min_per_class``; ``keep_one`` leaves every class with two or more
+    samples at least one unpicked (carving must not empty a class). At least one index is
+    picked when ``fraction > 0``.
     """
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction}")
     groups: dict[str, list[int]] = defaultdict(list)
     for i, k in enumerate(keys):
         groups[k].append(i)
+    names = sorted(groups)
+    if not names or fraction == 0.0:
+        return []
     rng = np.random.default_rng([seed, salt])
+    sizes = np.array([len(groups[g]) for g in names])
+    exact = fraction * sizes
+    counts = np.floor(exact).astype(int)
+    extra = max(0, int(fraction * len(keys) + 0.5) - int(counts.sum()))
+    if extra:
+        tie = rng.random(len(names))
+        order = sorted(range(len(names)), key=lambda j: (-(exact[j] - counts[j]), tie[j]))
+        for j in order[:extra]:
+            counts[j] += 1
+    counts = np.maximum(counts, np.minimum(min_per_class, sizes))
+    if keep_one:
+        counts = np.where(sizes >= 2, np.minimum(counts, sizes - 1), counts)
+    if counts.sum() == 0:
+        counts[int(np.argmax(sizes))] = 1
     picked: list[int] = []
-    for key in sorted(groups):
-        idx = np.asarray(groups[key])
-        k = min(len(idx), max(min_per_class, int(round(fraction * len(idx)))))
-        perm = rng.permutation(len(idx))
-        picked += idx[perm[:k]].tolist()
-    if not picked and fraction > 0 and keys:
-        largest = max(sorted(groups), key=lambda g: len(groups[g]))
-        picked = [groups[largest][int(rng.integers(len(groups[largest])))]]
+    for g, k in zip(names, counts.tolist(), strict=True):
+        idx = np.asarray(groups[g])
+        picked += idx[rng.permutation(len(idx))[:k]].tolist()
     return sorted(picked)
 
 
 def split_off(samples: list[Sample], fraction: float, seed: int, salt: int) -> tuple[list[Sample], list[Sample]]:
     """(rest, carved): a stratified seeded ``fraction`` of ``samples`` moved to ``carved``."""
-    carved = set(stratified_pick(strata(samples), fraction, seed, salt))
+    carved = set(stratified_pick(strata(samples), fraction, seed, salt, keep_one=True))
     rest = [s for i, s in enumerate(samples) if i not in carved]
     return rest, [s for i, s in enumerate(samples) if i in carved]
 

@@ -42,7 +42,11 @@ class HFImage:
 
 @register_reader
 class HFDiskReader(Reader):
-    """Columns: ``image`` (or ``img``); ``label`` (a ClassLabel) or ``answer``; optional ``question``, ``text``."""
+    """Columns: ``image`` (or ``img``); ``label`` (a ClassLabel) or ``answer``; optional ``question``, ``text``.
+
+    ``format_options``: ``image_column``; ``where: {column: value}`` keeps matching rows only
+    (e.g. ``{"category": "adversarial"}`` for a POPE export with all three subsets).
+    """
 
     name = "hf_disk"
     priority = 20
@@ -78,9 +82,14 @@ class HFDiskReader(Reader):
             classes = list(label_feature.names)
         elif "answer" not in cols:
             raise TvpError(f"{path}: needs a ClassLabel column 'label' or a string column 'answer'")
+        where = options.get("where") or {}
+        if not isinstance(where, dict) or not set(where) <= cols:
+            raise TvpError(f"{path}: format_options.where must map existing columns to values, got {where!r}")
         meta_rows = ds.remove_columns([image_col])
         samples = []
         for i, row in enumerate(meta_rows):
+            if any(row.get(k) != v for k, v in where.items()):
+                continue
             label = int(row["label"]) if classes is not None else None
             samples.append(
                 Sample(

@@ -82,11 +82,13 @@ class _Cifar(Reader):
     tv_class = ""
 
     def _root(self, path: Path) -> Path | None:
-        return find_child(path, (self.folder,), self.meta_file)
+        for cand in (path, path / self.folder):
+            if (cand / self.meta_file).is_file() and (cand / self.test_files[0]).is_file():
+                return cand
+        return None
 
     def detect(self, path: Path) -> bool:
-        root = self._root(path) if path.is_dir() else None
-        return root is not None and (root / self.test_files[0]).exists()
+        return path.is_dir() and self._root(path) is not None
 
     def splits(self, path: Path, options: dict[str, Any]) -> list[str]:
         return ["train", "test"]

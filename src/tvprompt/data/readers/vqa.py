@@ -156,7 +156,7 @@ class PopeReader(Reader):
 
     def detect(self, path: Path) -> bool:
         if path.is_file():
-            return path.name.startswith("coco_pope_") or "pope" in path.stem.lower() and path.suffix == ".json"
+            return path.suffix == ".json" and "pope" in path.stem.lower()
         return bool(self._files(path))
 
     def splits(self, path: Path, options: dict[str, Any]) -> list[str]:
