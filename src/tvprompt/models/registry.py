@@ -25,8 +25,8 @@ from ..errors import TvpError, UsageError
 log = logging.getLogger(__name__)
 
 # Family modules (tvprompt.models.<name>), imported lazily by the registry functions.
-FAMILY_MODULES = ["llava", "llava_next"]
-GUIDE_MODULES: list[str] = []
+FAMILY_MODULES = ["llava", "llava_next", "blip2", "instructblip"]
+GUIDE_MODULES = ["guide"]
 
 _FAMILIES: dict[str, type] = {}
 _GUIDES: dict[str, type] = {}
