@@ -1,0 +1,1 @@
+"""Benchmarks for tvprompt (run as ``python -m benchmarks.<name>`` from the repository root)."""
