@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 
 import torch
 
 from .errors import PromptFileError, UsageError
+from .files import load_torch_weights
 from .prompt import PromptConfig, VisualPrompt
 
 
@@ -26,13 +25,7 @@ def derive_width(delta: torch.Tensor) -> int:
 
 def import_released_checkpoint(path: str | os.PathLike, width: int | None = None) -> VisualPrompt:
     """Read a released-code ``.pth`` safely (``weights_only=True``) into a padding :class:`VisualPrompt`."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise PromptFileError(f"{path}: no such file") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise PromptFileError(f"{path}: not a weights-only torch checkpoint ({reason[:160]})") from None
+    obj = load_torch_weights(path, PromptFileError)
     if isinstance(obj, dict):
         if "perturbation" not in obj:
             keys = ", ".join(map(str, list(obj)[:8])) or "none"

@@ -56,3 +56,20 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def load_torch_weights(path: str | os.PathLike, error: type[Exception]) -> object:
+    """Read a ``.pth``/``.pt`` file with ``torch.load(weights_only=True)``: tensors and plain
+    containers only, never arbitrary pickled objects. Failures raise ``error`` with one line."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise error(f"{path}: not a weights-only torch checkpoint ({reason[:160]})") from None

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from .chat import turn_end_id
-from .hf import HFAdapter, TextBatch, capture_io
+from .hf import HFAdapter, ProjectorFeatures, TextBatch
 from .preprocessing import HALF, ImagePreprocessing
 from .registry import register_family
 from .tiny import TinySpec, register_tiny
@@ -37,7 +37,7 @@ GEMMA3_SPECIAL_TOKENS = {
 
 
 @register_family("gemma3")
-class Gemma3Adapter(HFAdapter):
+class Gemma3Adapter(ProjectorFeatures, HFAdapter):
     model_types = ("gemma3",)
     model_class = "Gemma3ForConditionalGeneration"
     display_name = "Gemma 3"
@@ -69,18 +69,6 @@ class Gemma3Adapter(HFAdapter):
             return {}
         return {"pixel_values": pixel_values, "token_type_ids": (batch.input_ids == self.image_token_id).long()}
 
-    # The projector's input is the ``encoder`` feature, its output the ``projected`` one (hooks).
-    def capture_vision(self, batch: TextBatch) -> Any:
-        return capture_io(self.model.model.multi_modal_projector, batch.input_ids.shape[0])
-
-    def run_vision(self, pixel_values: torch.Tensor, image_size: tuple[int, int]) -> Any:
-        with capture_io(self.model.model.multi_modal_projector, pixel_values.shape[0]) as box:
-            self.model.model.get_image_features(pixel_values)
-        return box
-
-    def select_features(self, image_outputs: Any, kind: str) -> torch.Tensor:
-        feats = image_outputs.input if kind == "encoder" else image_outputs.output
-        return feats.reshape(image_outputs.batch_size, -1, feats.shape[-1])
 
 
 def _init_gemma3(model: Any) -> None:

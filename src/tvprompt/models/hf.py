@@ -651,3 +651,22 @@ def _strip_eos(tokens: torch.Tensor, eos: int) -> list[list[int]]:
     for row in tokens.tolist():
         out.append(row[: row.index(eos)] if eos in row else row)
     return out
+
+
+class ProjectorFeatures:
+    """Hooks for families whose projector reads the ``encoder`` feature and writes the ``projected``
+    one (``model.model.multi_modal_projector``): both come from the forward that feeds the LLM."""
+
+    model: Any
+
+    def capture_vision(self, batch: TextBatch) -> Any:
+        return capture_io(self.model.model.multi_modal_projector, batch.input_ids.shape[0])
+
+    def run_vision(self, pixel_values: torch.Tensor, image_size: tuple[int, int]) -> Any:
+        with capture_io(self.model.model.multi_modal_projector, pixel_values.shape[0]) as box:
+            self.model.model.get_image_features(pixel_values)
+        return box
+
+    def select_features(self, image_outputs: Any, kind: str) -> torch.Tensor:
+        feats = image_outputs.input if kind == "encoder" else image_outputs.output
+        return feats.reshape(image_outputs.batch_size, -1, feats.shape[-1])

@@ -13,15 +13,14 @@ account for. The mapping is the one transformers' own BLIP-2 conversion script u
 from __future__ import annotations
 
 import os
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import TvpError
+from ..files import load_torch_weights
 
 # Keys the released files carry that none of the composed models uses, with the reason.
 _DROPS: list[tuple[re.Pattern[str], str]] = [
@@ -157,13 +156,7 @@ def read_checkpoint(path: str | os.PathLike, *, prefix: str = "") -> dict[str, t
     Accepts ``{"model": {...}}`` (LAVIS), ``{"state_dict": {...}}`` or a bare state dict;
     ``prefix`` is prepended to every key (``"visual_encoder."`` for EVA's own file).
     """
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise TvpError(f"{path}: no such file") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise TvpError(f"{path}: not a weights-only torch checkpoint ({reason[:160]})") from None
+    obj = load_torch_weights(path, TvpError)
     if isinstance(obj, dict):
         for wrapper in ("model", "state_dict", "module"):
             if wrapper in obj and isinstance(obj[wrapper], dict):

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .hf import HFAdapter, TextBatch, capture_io
+from .hf import HFAdapter, ProjectorFeatures, TextBatch
 from .preprocessing import HALF, ImagePreprocessing
 from .registry import register_family
 from .tiny import TinySpec, register_tiny
@@ -28,7 +28,7 @@ from .tiny_parts import sharpen_lm_head, tiny_gemma_text, tiny_siglip_vision
 
 
 @register_family("paligemma")
-class PaliGemmaAdapter(HFAdapter):
+class PaliGemmaAdapter(ProjectorFeatures, HFAdapter):
     model_types = ("paligemma",)
     model_class = "PaliGemmaForConditionalGeneration"
     display_name = "PaliGemma"
@@ -68,18 +68,6 @@ class PaliGemmaAdapter(HFAdapter):
         out["position_ids"] = out["position_ids"] + 1
         return out
 
-    # The projector's input is the ``encoder`` feature, its output the ``projected`` one (hooks).
-    def capture_vision(self, batch: TextBatch) -> Any:
-        return capture_io(self.model.model.multi_modal_projector, batch.input_ids.shape[0])
-
-    def run_vision(self, pixel_values: torch.Tensor, image_size: tuple[int, int]) -> Any:
-        with capture_io(self.model.model.multi_modal_projector, pixel_values.shape[0]) as box:
-            self.model.model.get_image_features(pixel_values)
-        return box
-
-    def select_features(self, image_outputs: Any, kind: str) -> torch.Tensor:
-        feats = image_outputs.input if kind == "encoder" else image_outputs.output
-        return feats.reshape(image_outputs.batch_size, -1, feats.shape[-1])
 
 
 @register_tiny("paligemma", special_tokens={"image_token": "<image>"})
