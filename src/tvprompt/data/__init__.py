@@ -1,0 +1,1 @@
+"""Datasets: readers, splits, batching, and the procedural ShapeWorld generator."""
