@@ -9,14 +9,16 @@ Tasks (analogues of the paper's benchmarks):
 - ``shape``  recognition, one large object; 8 classes (CIFAR-10 analogue)
 - ``color``  recognition of the object's colour; 8 classes
 - ``count``  how many objects, 1..4 (CLEVR counting analogue)
-- ``exist``  "Is there a <shape> in the image?", yes/no, balanced, with adversarial negatives
-  (POPE analogue: a "no" asks for the look-alike of a shape that *is* there)
+- ``exist``  "Is there a <colour> shape in the image?", yes/no, balanced, with adversarial
+  negatives (POPE analogue: a "no" asks for the look-alike of a colour that *is* there,
+  e.g. orange when a red shape is present)
 
 Distributions:
 
-- ``pretrain``   plain dark backgrounds, large saturated objects (what the zoo is trained on)
-- ``downstream`` a shift: textured, cluttered mid-grey backgrounds, smaller objects, lower
-  contrast. Zoo models are measurably weaker here; it is where prompts are trained.
+- ``pretrain``   plain dark backgrounds, large saturated objects; in the single-object tasks
+  the object sits near the centre, like the subject of a CIFAR photo (what the zoo sees)
+- ``downstream`` a shift: textured, cluttered mid-grey backgrounds, smaller and less centred
+  objects, lower contrast. Zoo models are measurably weaker here; prompts are trained here.
 
 The shapes are chosen to stay distinguishable at 64-pixel model inputs: filled silhouettes
 with different outlines (circle, square, triangle, diamond, cross, star, hourglass) and one
@@ -45,11 +47,6 @@ MIN_GAP = 6
 MAX_COUNT = 4
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring", "star", "hourglass")
-# Look-alikes, for adversarial negatives of the existence task.
-CONFUSABLE = {
-    "circle": "ring", "ring": "circle", "square": "diamond", "diamond": "square",
-    "triangle": "hourglass", "hourglass": "triangle", "cross": "star", "star": "cross",
-}
 COLORS = {
     "red": (230, 40, 40),
     "green": (40, 200, 60),
@@ -59,6 +56,11 @@ COLORS = {
     "cyan": (40, 220, 220),
     "orange": (250, 140, 20),
     "white": (240, 240, 240),
+}
+# Look-alike colours, for adversarial negatives of the existence task.
+CONFUSABLE = {
+    "red": "orange", "orange": "red", "yellow": "white", "white": "yellow",
+    "green": "cyan", "cyan": "green", "blue": "magenta", "magenta": "blue",
 }
 COUNT_WORDS = tuple(str(i) for i in range(1, MAX_COUNT + 1))
 TASKS = ("shape", "color", "count", "exist")
@@ -70,7 +72,7 @@ QUESTIONS = {
     "shape": "What shape is in the image?",
     "color": "What color is the shape?",
     "count": "How many shapes are in the image?",
-    "exist": "Is there a {shape} in the image?",
+    "exist": "Is there a {color} shape in the image?",
 }
 CHOICES = {
     "shape": list(SHAPES),
@@ -81,11 +83,13 @@ CHOICES = {
 
 # Object sizes (bounding-box side, pixels at 224) per (task family, distribution).
 _SIZES = {
-    ("single", "pretrain"): (80, 140),
-    ("single", "downstream"): (48, 90),
+    ("single", "pretrain"): (100, 150),
+    ("single", "downstream"): (56, 96),
     ("multi", "pretrain"): (44, 66),
     ("multi", "downstream"): (32, 50),
 }
+# How far (pixels at 224) a single object's centre may stray from the image centre.
+_JITTER = {"pretrain": 10, "downstream": 36}
 _TASK_IDS = {t: i for i, t in enumerate(TASKS)}
 _DIST_IDS = {d: i for i, d in enumerate(DISTRIBUTIONS)}
 
@@ -235,25 +239,32 @@ def _scene(rng: np.random.Generator, task: str, distribution: str, image_size: i
         n = int(rng.integers(1, MAX_COUNT + 1))
     else:
         n = int(rng.integers(1, 4))
-    while True:
-        sizes = [int(rng.integers(lo, hi + 1)) for _ in range(n)]
-        centres = _place(rng, sizes, image_size)
-        if centres is not None:
-            break
-    colors = list(COLORS)
+    if kind == "single":
+        size = int(rng.integers(lo, hi + 1))
+        j = int(_JITTER[distribution] * scale)
+        half, c = size // 2 + 4, image_size // 2
+        sizes = [size]
+        centres = [tuple(int(np.clip(c + rng.integers(-j, j + 1), half, image_size - half)) for _ in range(2))]
+    else:
+        while True:
+            sizes = [int(rng.integers(lo, hi + 1)) for _ in range(n)]
+            centres = _place(rng, sizes, image_size)
+            if centres is not None:
+                break
+    shapes = [SHAPES[int(rng.integers(len(SHAPES)))] for _ in range(n)]
+    palette = list(COLORS)
     if task == "exist":
-        shapes = [SHAPES[int(i)] for i in rng.choice(len(SHAPES), size=n, replace=False)]
+        colors = [palette[int(i)] for i in rng.choice(len(palette), size=n, replace=False)]
         if rng.random() < 0.5:
-            extra["asked"], extra["answer"] = shapes[int(rng.integers(n))], "yes"
-        else:  # adversarial negative: the look-alike of a present shape, if it is absent
-            candidates = [CONFUSABLE[s] for s in shapes if CONFUSABLE[s] not in shapes]
+            extra["asked"], extra["answer"] = colors[int(rng.integers(n))], "yes"
+        else:  # adversarial negative: the look-alike of a present colour, if it is absent
+            candidates = [CONFUSABLE[c] for c in colors if CONFUSABLE[c] not in colors]
             if not candidates:
-                candidates = [s for s in SHAPES if s not in shapes]
+                candidates = [c for c in palette if c not in colors]
             extra["asked"], extra["answer"] = candidates[int(rng.integers(len(candidates)))], "no"
     else:
-        shapes = [SHAPES[int(rng.integers(len(SHAPES)))] for _ in range(n)]
-    objs = [SceneObject(shapes[i], colors[int(rng.integers(len(colors)))], x, y, sizes[i])
-            for i, (x, y) in enumerate(centres)]
+        colors = [palette[int(rng.integers(len(palette)))] for _ in range(n)]
+    objs = [SceneObject(shapes[i], colors[i], x, y, sizes[i]) for i, (x, y) in enumerate(centres)]
     return objs, extra
 
 
@@ -290,7 +301,7 @@ def generate_sample(task: str, index: int, *, distribution: str = "pretrain", se
     elif task == "count":
         question, answer = QUESTIONS["count"], str(len(objects))
     else:
-        question, answer = QUESTIONS["exist"].format(shape=extra["asked"]), extra["answer"]
+        question, answer = QUESTIONS["exist"].format(color=extra["asked"]), extra["answer"]
     return ShapeWorldSample(task, distribution, index, image, question, answer, list(CHOICES[task]), objects)
 
 
