@@ -138,3 +138,23 @@ def test_cli_writes_pngs_and_manifest(tmp_path):
         assert np.array_equal(np.asarray(Image.open(out / rec["image"])), s.image)
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "not empty" in r.stderr
+
+
+@pytest.mark.parametrize("task", sw.TASKS)
+def test_builtin_task_specs_read_generated_datasets(task, tmp_path):
+    from tvprompt.data import open_dataset
+    from tvprompt.tasks import load_task
+
+    spec = load_task(f"shapeworld_{task}")
+    assert spec.choices == sw.CHOICES[task]
+    sw.write_dataset(task, 30, tmp_path / "mixed", distribution="downstream", seed=1, split_mix=True)
+    sizes = {}
+    for split in ("train", "val", "test"):
+        ds = open_dataset(spec, tmp_path / "mixed", split)
+        sizes[split] = len(ds)
+        s = ds[0]
+        assert spec.answer_for(s) == s.answer and spec.prompt_for(s) == s.question
+        assert spec.choices_for(s)[spec.label_index(s)] == s.answer
+    assert sum(sizes.values()) == 30
+    sw.write_dataset(task, 12, tmp_path / "pool", seed=1)  # no split tags: one pool, held out by the reader
+    assert len(open_dataset(spec, tmp_path / "pool", "test")) > 0
