@@ -59,6 +59,7 @@ class TextBatch:
     target_mask: torch.Tensor | None = None  # (B, L)
     position_ids: torch.Tensor | None = None  # (B, L) or None: the model computes them
     image_size: tuple[int, int] | None = None  # (H, W) of the prompted pixels the batch goes with
+    prompts: list[str] | None = None  # the instructions (for families that feed them elsewhere too)
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -130,6 +131,8 @@ class HFAdapter:
     answer_prefix: ClassVar[str] = " "  # text put before an answer when it is tokenized
     explicit_positions: ClassVar[bool] = True  # pass cumsum(mask)-1 position_ids (decoder-only)
     feature_kinds: ClassVar[tuple[str, ...]] = FEATURE_KINDS
+    # kinds whose features depend on the prompt (``vision_features`` then uses an empty prompt)
+    prompt_dependent_features: ClassVar[tuple[str, ...]] = ()
     roles: ClassVar[tuple[str, ...]] = ("source", "target")
     extra: ClassVar[str | None] = None  # pip extra needed beyond the core install
     notes: ClassVar[str] = ""
@@ -335,7 +338,9 @@ class HFAdapter:
     def _prefix_batch(self, prompts: list[str], image_size: tuple[int, int]) -> TextBatch:
         seqs = [self.prompt_ids(p, image_size) for p in prompts]
         ids, mask = pad_sequences(seqs, self.tokenizer.pad_token_id, "left")
-        return self._finish_batch(ids, mask, image_size)
+        batch = self._finish_batch(ids, mask, image_size)
+        batch.prompts = list(prompts)
+        return batch
 
     def _finish_batch(self, ids: torch.Tensor, mask: torch.Tensor, image_size: tuple[int, int],
                       target: torch.Tensor | None = None) -> TextBatch:
@@ -376,6 +381,7 @@ class HFAdapter:
         for i, a in enumerate(answer_ids):
             target[i, ids.shape[1] - len(a) :] = 1
         batch = self._finish_batch(ids, mask, hw, target)
+        batch.prompts = list(prompts)
         keep = max(len(a) for a in answer_ids) + 1  # answers sit at the right end (left padding)
         keep = min(keep, ids.shape[1])
         out = self._call(batch, self.forward_kwargs(pixel_values, batch), logits_to_keep=keep, use_cache=False)
@@ -425,7 +431,7 @@ class HFAdapter:
             out = self._call(TextBatch(ids, step_mask, image_size=prefix.image_size),
                              self.continuation_kwargs(running, ids, step_mask),
                              module=self.continuation_module(), cache=cache, use_cache=True)
-            cache = self.cache_of(out)
+            # the cache object is updated in place
             running = TextBatch(torch.cat([running.input_ids, ids], 1), torch.cat([running.attention_mask, step_mask], 1),
                                 image_size=prefix.image_size)
         return _strip_eos(torch.stack(tokens, 1) if tokens else torch.zeros(batch_size, 0, dtype=torch.long), eos)

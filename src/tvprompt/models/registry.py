@@ -25,7 +25,7 @@ from ..errors import TvpError, UsageError
 log = logging.getLogger(__name__)
 
 # Family modules (tvprompt.models.<name>), imported lazily by the registry functions.
-FAMILY_MODULES = ["llava", "llava_next"]
+FAMILY_MODULES = ["llava", "llava_next", "blip2", "instructblip"]
 GUIDE_MODULES: list[str] = []
 
 _FAMILIES: dict[str, type] = {}

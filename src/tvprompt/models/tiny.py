@@ -50,6 +50,7 @@ class TinySpec:
     image_processor_type: str  # written into preprocessor_config.json
     init: Callable[[Any], None] | None = None  # fix-ups after random init
     processor_extra: dict[str, Any] | None = None  # more preprocessor_config.json fields
+    save_extra: Callable[[Path], None] | None = None  # write more files into the checkpoint directory
 
 
 @dataclass
@@ -57,19 +58,28 @@ class _TinyEntry:
     builder: Callable[..., TinySpec]
     special_tokens: dict[str, str]
     chat_template: str | None
+    variants: dict[str, dict[str, Any]]
 
 
 _TINY: dict[str, _TinyEntry] = {}
 
 
-def register_tiny(family: str, special_tokens: dict[str, str] | None = None,
-                  chat_template: str | None = None) -> Callable[[Callable[..., TinySpec]], Callable[..., TinySpec]]:
-    """Register the tiny builder of ``family``; ``special_tokens`` maps attribute names to tokens."""
+def register_tiny(
+    family: str,
+    special_tokens: dict[str, str] | None = None,
+    chat_template: str | None = None,
+    variants: dict[str, dict[str, Any]] | None = None,
+) -> Callable[[Callable[..., TinySpec]], Callable[..., TinySpec]]:
+    """Register the tiny builder of ``family``.
+
+    ``special_tokens`` maps tokenizer attribute names to tokens (``{"image_token": "<image>"}``);
+    ``variants`` names builder overrides that tests cover separately (``{"t5": {"llm": "t5"}}``).
+    """
 
     def wrap(fn: Callable[..., TinySpec]) -> Callable[..., TinySpec]:
         if family in _TINY and _TINY[family].builder is not fn:
             raise ValueError(f"tiny builder for {family!r} is already registered")
-        _TINY[family] = _TinyEntry(fn, dict(special_tokens or {}), chat_template)
+        _TINY[family] = _TinyEntry(fn, dict(special_tokens or {}), chat_template, dict(variants or {"": {}}))
         return fn
 
     return wrap
@@ -80,6 +90,15 @@ def tiny_families() -> list[str]:
 
     list_families()  # imports the family modules, which register their builders
     return sorted(_TINY)
+
+
+def tiny_variants() -> list[tuple[str, str, dict[str, Any]]]:
+    """(test id, family, builder overrides) for every registered variant, e.g. ``("blip2-t5", "blip2", {...})``."""
+    out = []
+    for family in tiny_families():
+        for name, overrides in _TINY[family].variants.items():
+            out.append((f"{family}-{name}" if name else family, family, dict(overrides)))
+    return out
 
 
 def _entry(family: str) -> _TinyEntry:
@@ -157,6 +176,8 @@ def build_tiny_model(family: str, directory: str | os.PathLike, seed: int = 0,
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n", encoding="utf-8")
+        if spec.save_extra is not None:
+            spec.save_extra(tmp)
     return Path(directory)
 
 
