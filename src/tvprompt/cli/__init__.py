@@ -16,7 +16,7 @@ from .. import __version__
 from ..errors import TvpError
 
 # Sub-command modules, in the order `tvp --help` lists them.
-COMMAND_MODULES = ["prompt_cmds", "tasks_cmd", "shapeworld_cmd"]
+COMMAND_MODULES = ["prompt_cmds", "tasks_cmd", "shapeworld_cmd", "zoo_cmd"]
 
 
 class _Parser(argparse.ArgumentParser):
