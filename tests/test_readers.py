@@ -46,6 +46,22 @@ def test_cifar10_pickle_batches(tmp_path):
     assert not {s.id for s in train.samples} & {s.id for s in val.samples}
 
 
+# A batch as Python 2 pickled it (how the real CIFAR files are): str payloads, numpy.core paths.
+PY2_BATCH = (
+    b"\x80\x02}q\x00(U\x04dataq\x01cnumpy.core.multiarray\n_reconstruct\nq\x02cnumpy\nndarray\nq\x03K\x00"
+    b"\x85U\x01b\x87Rq\x04(K\x01K\x02K\x03\x86cnumpy\ndtype\nq\x05U\x02u1K\x00K\x01\x87Rq\x06(K\x03U\x01|"
+    b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89U\x06\x00\x01\x02\xfe\x04\x05tbU\x06labelsq\x07]q\x08"
+    b"(K\x00K\x01eu."
+)
+
+
+def test_cifar_python2_pickle(tmp_path):
+    (tmp_path / "data_batch_1").write_bytes(PY2_BATCH)
+    batch = safe_unpickle(tmp_path / "data_batch_1")
+    assert batch["labels"] == [0, 1]
+    assert batch["data"].dtype == np.uint8 and batch["data"].tolist() == [[0, 1, 2], [254, 4, 5]]
+
+
 def test_cifar_unpickler_refuses_code(tmp_path):
     class Evil:
         def __reduce__(self):

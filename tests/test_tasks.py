@@ -104,6 +104,8 @@ def test_per_sample_choices_win():
         ({"version": 1, "name": "t", "kind": "regression"}, "kind 'regression' is not one of"),
         ({"version": 1, "name": "t", "instruction": "{caption}"}, "unknown placeholder"),
         ({"version": 1, "name": "t", "metrics": ["bleu"]}, "unknown metric"),
+        ({"version": 1, "name": "t", "metrics": ["auc"]}, "need kind yes_no or binary_auc"),
+        ({"version": 1, "name": "t", "kind": "yes_no", "positive": "maybe"}, "positive 'maybe' is not among"),
         ({"version": 1, "name": "t", "choices": ["a_b", "a-b"]}, "choices repeat"),
         ({"version": 9, "name": "t"}, "newer than supported"),
         ({"version": 1, "name": "t", "splits": {"dev": "x"}}, "unknown key"),

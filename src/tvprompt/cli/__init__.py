@@ -1,7 +1,8 @@
 """The ``tvp`` command.
 
 Each sub-command lives in a module of this package exposing ``register(subparsers)``,
-which adds its parser and sets ``func(args) -> int``. Exit codes: 0 ok, 1 data error,
+which adds its parser and sets ``func(args) -> int``; modules are found automatically and listed
+in the order of their ``ORDER`` constant. Exit codes: 0 ok, 1 data error,
 2 usage error. User errors print one line; ``--debug`` shows the traceback.
 """
 
@@ -10,13 +11,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import pkgutil
 import sys
 
 from .. import __version__
 from ..errors import TvpError
 
-# Sub-command modules, in the order `tvp --help` lists them.
-COMMAND_MODULES = ["prompt_cmds", "tasks_cmd", "shapeworld_cmd", "zoo_cmd"]
+
+def command_modules() -> list[str]:
+    """Every module of this package that defines ``register``, ordered by its ``ORDER`` (default 50)."""
+    names = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")]
+    modules = [importlib.import_module(f"{__name__}.{n}") for n in names]
+    return [m.__name__ for m in sorted((m for m in modules if hasattr(m, "register")),
+                                        key=lambda m: (getattr(m, "ORDER", 50), m.__name__))]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"{__name__}.{name}").register(sub)
+    for name in command_modules():
+        importlib.import_module(name).register(sub)
     return parser
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import ImageError, TvpError, UsageError
 
+ORDER = 10
 log = logging.getLogger("tvprompt.cli")
 
 

@@ -82,7 +82,8 @@ class Blip2Adapter(QFormerAdapter):
     model_types = ("blip-2",)
     model_class = "Blip2ForConditionalGeneration"
     display_name = "BLIP-2"
-    notes = "OPT or Flan-T5 LLM; prompt used as given (no chat template)"
+    llm = "OPT, Flan-T5"
+    notes = "prompt used as given (no chat template)"
 
     def run_vision(self, pixel_values: torch.Tensor, image_size: tuple[int, int]) -> Any:
         return self.model.get_image_features(pixel_values, return_dict=True)

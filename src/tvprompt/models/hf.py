@@ -127,6 +127,7 @@ class HFAdapter:
     model_types: ClassVar[tuple[str, ...]] = ()  # config.json model_type values it handles
     model_class: ClassVar[str] = ""  # transformers class name, resolved lazily
     display_name: ClassVar[str] = ""
+    llm: ClassVar[str] = ""  # language models the family comes with, for `tvp models`
     add_bos: ClassVar[bool] = True  # prepend tokenizer.bos_token_id to prompts
     answer_prefix: ClassVar[str] = " "  # text put before an answer when it is tokenized
     explicit_positions: ClassVar[bool] = True  # pass cumsum(mask)-1 position_ids (decoder-only)

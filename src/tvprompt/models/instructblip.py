@@ -31,8 +31,9 @@ class InstructBlipAdapter(QFormerAdapter):
     model_types = ("instructblip",)
     model_class = "InstructBlipForConditionalGeneration"
     display_name = "InstructBLIP"
+    llm = "Vicuna/LLaMA, Flan-T5"
     prompt_dependent_features = ("projected",)
-    notes = "Vicuna/LLaMA or Flan-T5 LLM; instruction also fed to the Q-Former"
+    notes = "prompt used as given; also fed to the Q-Former"
 
     def setup(self, source: str) -> None:
         super().setup(source)

@@ -67,7 +67,8 @@ class LlavaAdapter(LlavaStyleAdapter):
     model_types = ("llava",)
     model_class = "LlavaForConditionalGeneration"
     display_name = "LLaVA-1.5"
-    notes = "prompt format 'USER: <image>\\n{prompt} ASSISTANT:'"
+    llm = "Vicuna/LLaMA"
+    notes = "conversation format: USER: <image> {prompt} ASSISTANT:"
 
 
 def tiny_clip_vision(image_size: int = 32, patch_size: int = 8, hidden: int = 32) -> Any:

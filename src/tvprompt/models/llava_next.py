@@ -37,6 +37,7 @@ class LlavaNextAdapter(LlavaStyleAdapter):
     model_types = ("llava_next",)
     model_class = "LlavaNextForConditionalGeneration"
     display_name = "LLaVA-NeXT"
+    llm = "Vicuna, Mistral"
     notes = "fixed any-res grid chosen from the prompt size (base view + tiles)"
 
     def setup(self, source: str) -> None:

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 # Family modules (tvprompt.models.<name>), imported lazily by the registry functions.
 FAMILY_MODULES = ["llava", "llava_next", "blip2", "instructblip"]
-GUIDE_MODULES: list[str] = []
+GUIDE_MODULES = ["guide"]
 
 _FAMILIES: dict[str, type] = {}
 _GUIDES: dict[str, type] = {}

@@ -127,6 +127,9 @@ class TaskSpec:
                 raise TvpError(f"{where}: classes has {len(self.classes)} entries but choices {len(self.choices)}")
         elif self.kind in ("yes_no", "binary_auc"):
             self.choices = ["yes", "no"]
+        binary_only = sorted({"auc", "precision", "recall", "f1", "yes_ratio"} & set(self.metrics))
+        if binary_only and self.kind not in ("yes_no", "binary_auc"):
+            raise TvpError(f"{where}: metric(s) {', '.join(binary_only)} need kind yes_no or binary_auc, not {self.kind}")
         if self.kind in ("yes_no", "binary_auc") and self.positive not in (self.choices or []):
             raise TvpError(f"{where}: positive {self.positive!r} is not among the choices {self.choices}")
         unknown_splits = set(self.splits) - set(SPLITS)

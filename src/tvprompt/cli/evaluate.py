@@ -1,0 +1,49 @@
+"""`tvp eval`: the transfer matrix of prompts × models on one task, with a Table-1-style report."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+ORDER = 40  # `tvp --help` lists commands by ORDER
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate prompts (and no prompt) on models; write results, table and plots")
+    p.add_argument("--prompt", action="append", default=[], metavar="DIR", help="prompt directory (repeatable)")
+    p.add_argument("--model", action="append", required=True, metavar="MODEL",
+                   help="model id: hf:<id or dir> or zoo:<name> (repeatable)")
+    p.add_argument("--task", required=True, help="built-in task name or task YAML file")
+    p.add_argument("--data", required=True, metavar="PATH", help="dataset folder or file")
+    p.add_argument("--split", default="test", help="dataset split (default: test)")
+    p.add_argument("--limit", type=int, metavar="N", help="evaluate the first N samples only")
+    p.add_argument("--batch-size", type=int, default=16, metavar="B",
+                   help="samples per batch; each adapter call holds B × (pending cells) images (default 16)")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="data seed (default 0)")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="generation length for open tasks")
+    p.add_argument("--corruption", help="evaluate on corrupted images (a name from tvprompt.data.corruptions)")
+    p.add_argument("--severity", type=int, default=3, help="corruption severity 1-5 (default 3)")
+    p.add_argument("--image-size", type=int, metavar="S",
+                   help="side images are loaded at before prompting (default: the first prompt's height, else 224)")
+    p.add_argument("--tsne", action="store_true", help="also save vision features and plot clean vs prompted t-SNE")
+    p.add_argument("--output", required=True, metavar="DIR", help="output folder (rerun to resume)")
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..evaluate import EvalSetup, evaluate
+    from ..report import TABLE_NAME, write_report
+
+    setup = EvalSetup(
+        task=args.task, data=args.data, split=args.split, limit=args.limit, batch_size=args.batch_size,
+        seed=args.seed, max_new_tokens=args.max_new_tokens, corruption=args.corruption,
+        severity=args.severity if args.corruption else None, tsne=args.tsne, image_size=args.image_size,
+    )
+    command = shlex.join(["tvp", *sys.argv[1:]]) if sys.argv[1:] else None
+    evaluate(args.prompt, args.model, setup, args.output, command=command)
+    written = write_report(args.output, tsne=args.tsne)
+    table = next(p for p in written if p.name == TABLE_NAME)
+    print(table.read_text(encoding="utf-8"))
+    print(f"wrote {args.output}/results.json, samples.jsonl and {len(written)} report file(s)")
+    return 0

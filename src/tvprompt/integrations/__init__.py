@@ -1,0 +1,1 @@
+"""Bridges to other tools. Nothing here is imported by tvprompt itself; each module imports its tool lazily."""

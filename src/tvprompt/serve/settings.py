@@ -1,0 +1,84 @@
+"""Service settings: one object, passed to :func:`tvprompt.serve.create_app`; nothing read at import time."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UsageError
+from .archive import ArchiveLimits
+
+MiB = 1 << 20
+
+
+@dataclass
+class Settings:
+    """Everything the service needs. Paths are resolved at construction; limits are in bytes/pixels."""
+
+    store_dir: Path = field(default=Path("tvp-store"), metadata={"help": "content-addressed prompt files"})
+    db_url: str | None = field(default=None, metadata={"help": "SQLAlchemy URL; default sqlite in store_dir"})
+    data_root: Path | None = field(default=None, metadata={"help": "folder of dataset manifests jobs may use"})
+    jobs_dir: Path | None = field(default=None, metadata={"help": "job work folders; default store_dir/jobs"})
+    train_command: list[str] = field(
+        default_factory=lambda: [sys.executable, "-m", "tvprompt", "train"],
+        metadata={"help": "argv prefix of the trainer; the job's flags are appended"},
+    )
+    max_concurrent_jobs: int = 1
+    job_timeout_s: float = 24 * 3600.0
+    allowed_models: list[str] | None = field(default=None, metadata={"help": "model ids jobs may use (None: any)"})
+    max_request_bytes: int = 80 * MiB
+    max_upload_bytes: int = 64 * MiB
+    max_unpacked_bytes: int = 96 * MiB
+    max_zip_members: int = 16
+    max_compression_ratio: float = 200.0
+    max_image_bytes: int = 20 * MiB
+    max_image_pixels: int = 40_000_000
+    max_prompt_pixels: int = 4096 * 4096
+    apply_rate_per_minute: float = 120.0
+    apply_burst: int = 30
+    cors_origins: list[str] = field(default_factory=list, metadata={"help": "empty: CORS off"})
+    prompt_cache_size: int = 32
+    torch_threads: int | None = 1
+
+    def __post_init__(self) -> None:
+        self.store_dir = Path(self.store_dir).resolve()
+        if self.data_root is not None:
+            self.data_root = Path(self.data_root).resolve()
+        self.jobs_dir = Path(self.jobs_dir).resolve() if self.jobs_dir is not None else self.store_dir / "jobs"
+        if self.db_url is None:
+            self.db_url = f"sqlite:///{self.store_dir / 'registry.db'}"
+        self.train_command = [str(x) for x in self.train_command]
+        if not self.train_command:
+            raise UsageError("setting 'train_command': must name a program")
+        for name in (
+            "max_concurrent_jobs",
+            "max_request_bytes",
+            "max_upload_bytes",
+            "max_unpacked_bytes",
+            "max_zip_members",
+            "max_image_bytes",
+            "max_image_pixels",
+            "max_prompt_pixels",
+            "apply_burst",
+            "prompt_cache_size",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise UsageError(f"setting '{name}': expected a positive integer, got {value!r}")
+        if self.apply_rate_per_minute <= 0:
+            raise UsageError(f"setting 'apply_rate_per_minute': must be > 0, got {self.apply_rate_per_minute!r}")
+
+    @property
+    def archive_limits(self) -> ArchiveLimits:
+        return ArchiveLimits(
+            max_archive_bytes=self.max_upload_bytes,
+            max_unpacked_bytes=self.max_unpacked_bytes,
+            max_weights_bytes=self.max_unpacked_bytes,
+            max_members=self.max_zip_members,
+            max_ratio=self.max_compression_ratio,
+        )
+
+    def replace(self, **changes) -> Settings:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,13 @@
+"""Run the service from a JSON settings file: ``python serve_app.py SETTINGS.json PORT`` (tests only)."""
+
+import json
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from tvprompt.serve import Settings, create_app
+
+if __name__ == "__main__":
+    settings = Settings(**json.loads(Path(sys.argv[1]).read_text()))
+    uvicorn.run(create_app(settings), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
