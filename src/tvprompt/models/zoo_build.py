@@ -62,6 +62,7 @@ class ZooData:
 def make_train_data(n_per_task: int, seed: int = TRAIN_SEED, res: int = TRAIN_RES) -> ZooData:
     images, prompts, answers, tasks, aux = [], [], [], [], []
     colors = list(sw.COLORS)
+    assert sw.TASKS[0] == "shape"  # sample_indices relies on the shape block coming first
     for task in sw.TASKS:
         for s in sw.iter_samples(task, n_per_task, distribution="pretrain", seed=seed):
             images.append(s.image)
@@ -115,10 +116,28 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 20) -> float:
 
 
 def aux_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    k = 2 * len(sw.SHAPES)
-    presence = F.binary_cross_entropy_with_logits(logits[:, :k], target[:, :k])
-    count = F.cross_entropy(logits[:, k:], target[:, k:].argmax(-1))
-    return presence + count
+    """Dense labels from the pooled vision feature: for one-object images the shape and colour
+    classes (cross-entropy: the strong signal recognition needs), for scenes the presence of each
+    shape and colour (binary), and for all the object count."""
+    k = len(sw.SHAPES)
+    single = target[:, 2 * k] > 0  # count one-hot: exactly one object
+    loss = F.cross_entropy(logits[:, 2 * k:], target[:, 2 * k:].argmax(-1))
+    if single.any():
+        loss = loss + F.cross_entropy(logits[single, :k], target[single, :k].argmax(-1))
+        loss = loss + F.cross_entropy(logits[single, k:2 * k], target[single, k:2 * k].argmax(-1))
+    if (~single).any():
+        loss = loss + F.binary_cross_entropy_with_logits(logits[~single, :2 * k], target[~single, :2 * k])
+    return loss
+
+
+def sample_indices(data: ZooData, batch_size: int, generator: torch.Generator, shape_share: float) -> torch.Tensor:
+    """Uniform over all samples, except that a ``shape_share`` of the batch comes from the shape task
+    (shape recognition is what small ViTs learn slowest)."""
+    n = data.images.shape[0]
+    n_shape = data.tasks.count("shape")  # the shape task is the first block
+    k = int(round(batch_size * shape_share))
+    idx = torch.randint(0, n, (batch_size - k,), generator=generator)
+    return torch.cat([torch.randint(0, n_shape, (k,), generator=generator), idx])
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -187,13 +206,15 @@ def train_member(adapter: Any, recipe: Recipe, data: ZooData, progress: bool = T
     gen = torch.Generator().manual_seed(recipe.seed)
     torch.manual_seed(recipe.seed)
     head: torch.nn.Linear | None = None
-    n = data.images.shape[0]
     total = recipe.vision_steps + recipe.lm_steps
     opt = None
     losses = {"aux": float("nan"), "lm": float("nan")}
     bar = _progress(total, recipe.name, progress)
     for step in range(total):
-        idx = torch.randint(0, n, (recipe.batch_size,), generator=gen)
+        if step < recipe.vision_steps:
+            idx = sample_indices(data, recipe.vision_batch_size, gen, recipe.shape_share)
+        else:
+            idx = sample_indices(data, recipe.batch_size, gen, 0.0)
         x = augment(data.images[idx].float() / 255, gen)
         if step < recipe.vision_steps:
             feats = adapter.vision_features(x, "encoder")

@@ -22,7 +22,9 @@ class Recipe:
     overrides: dict[str, Any] = field(default_factory=dict)
     edits: dict[str, Any] = field(default_factory=dict)
     vision_steps: int = 300  # stage 1: vision tower + auxiliary heads on dense labels
-    lm_steps: int = 300  # stage 2: the whole model on the LM loss (+ auxiliary heads)
+    lm_steps: int = 400  # stage 2: the whole model on the LM loss (+ auxiliary heads)
+    vision_batch_size: int = 64
+    shape_share: float = 0.5  # share of each stage-1 batch drawn from the shape task
     batch_size: int = 32
     lr: float = 2e-3
     description: str = ""
@@ -63,13 +65,13 @@ RECIPES: list[Recipe] = [
     Recipe(
         name="blip2-opt", family="blip2", seed=2,
         overrides={"image_size": 48, "patch_size": 8, "hidden": 96, "num_query_tokens": 16, "llm": "opt"},
-        edits={**_layers(), **_QFORMER},
+        edits={**_layers(), **_QFORMER}, lm_steps=600,
         description="BLIP-2 architecture: BLIP ViT (48 px, patch 8) + Q-Former (16 queries) + OPT",
     ),
     Recipe(
         name="instructblip-p12", family="instructblip", seed=3,
         overrides={"image_size": 48, "patch_size": 12, "hidden": 96, "num_query_tokens": 16, "llm": "llama"},
-        edits={**_layers(), **_QFORMER, **_LLAMA_KV},
+        edits={**_layers(), **_QFORMER, **_LLAMA_KV}, lm_steps=600,
         description="InstructBLIP architecture: BLIP ViT (48 px, patch 12) + instruction-aware Q-Former + Llama",
     ),
     Recipe(
