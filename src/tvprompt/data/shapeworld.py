@@ -41,7 +41,7 @@ from PIL import Image, ImageDraw
 from ..errors import UsageError
 from ..files import atomic_dir
 
-DATA_VERSION = 1  # bump whenever rendering changes: zoo manifests record it
+DATA_VERSION = 2  # bump whenever rendering changes: zoo manifests record it
 IMAGE_SIZE = 224
 MIN_GAP = 6
 MAX_COUNT = 4
@@ -84,12 +84,12 @@ CHOICES = {
 # Object sizes (bounding-box side, pixels at 224) per (task family, distribution).
 _SIZES = {
     ("single", "pretrain"): (100, 150),
-    ("single", "downstream"): (56, 96),
+    ("single", "downstream"): (70, 115),
     ("multi", "pretrain"): (44, 66),
-    ("multi", "downstream"): (32, 50),
+    ("multi", "downstream"): (36, 56),
 }
 # How far (pixels at 224) a single object's centre may stray from the image centre.
-_JITTER = {"pretrain": 10, "downstream": 36}
+_JITTER = {"pretrain": 10, "downstream": 28}
 _TASK_IDS = {t: i for i, t in enumerate(TASKS)}
 _DIST_IDS = {d: i for i, d in enumerate(DISTRIBUTIONS)}
 
@@ -186,20 +186,21 @@ def _background(rng: np.random.Generator, distribution: str, size: int) -> np.nd
     if distribution == "pretrain":
         level = rng.integers(0, 60)
         return np.full((size, size, 3), level, dtype=np.float32)
-    # downstream: low-frequency colour noise + stripes + speckle, mid-grey
-    grid = rng.uniform(70, 150, size=(6, 6, 3)).astype(np.float32)
-    low = np.asarray(Image.fromarray(grid.astype(np.uint8)).resize((size, size), Image.BILINEAR), np.float32)
+    # downstream: the pretraining darkness plus low-frequency colour blotches, stripes and speckle
+    base = rng.integers(0, 60)
+    grid = rng.uniform(-25, 25, size=(6, 6, 3)).astype(np.float32)
+    low = np.asarray(Image.fromarray((grid + 128).astype(np.uint8)).resize((size, size), Image.BILINEAR), np.float32) - 128
     period = rng.uniform(8, 20)
     angle = rng.uniform(0, math.pi)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    stripes = 18 * np.sin((xx * math.cos(angle) + yy * math.sin(angle)) * 2 * math.pi / period)
-    speckle = rng.normal(0, 12, size=(size, size, 1)).astype(np.float32)
-    return low + stripes[..., None] + speckle
+    stripes = 8 * np.sin((xx * math.cos(angle) + yy * math.sin(angle)) * 2 * math.pi / period)
+    speckle = rng.normal(0, 6, size=(size, size, 1)).astype(np.float32)
+    return base + 25 + low + stripes[..., None] + speckle
 
 
 def _clutter(rng: np.random.Generator, draw: ImageDraw.ImageDraw, size: int) -> None:
     """Thin line segments and dots: distractors that are not shapes."""
-    for _ in range(int(rng.integers(6, 14))):
+    for _ in range(int(rng.integers(2, 6))):
         col = tuple(int(c) for c in rng.integers(40, 230, size=3))
         x0, y0 = rng.uniform(0, size, 2)
         if rng.random() < 0.6:
@@ -280,7 +281,7 @@ def render(objects: list[SceneObject], rng: np.random.Generator, distribution: s
         mask = object_mask(obj, image_size)
         color = np.asarray(COLORS[obj.color], np.float32)
         if distribution == "downstream":  # lower contrast: blend towards the local background
-            alpha = rng.uniform(0.45, 0.7)
+            alpha = rng.uniform(0.6, 0.85)
             local = out[mask].mean(axis=0)
             color = alpha * color + (1 - alpha) * local
         out[mask] = color

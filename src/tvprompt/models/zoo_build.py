@@ -23,6 +23,7 @@ import math
 import platform
 import time
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +59,14 @@ class ZooData:
     tasks: list[str]
     aux: torch.Tensor  # (N, N_AUX) float: shape presence | colour presence | count one-hot
 
+    @cached_property
+    def task_rows(self) -> dict[str, torch.Tensor]:
+        return {t: torch.tensor([i for i, x in enumerate(self.tasks) if x == t]) for t in sw.TASKS}
+
 
 def make_train_data(n_per_task: int, seed: int = TRAIN_SEED, res: int = TRAIN_RES) -> ZooData:
     images, prompts, answers, tasks, aux = [], [], [], [], []
     colors = list(sw.COLORS)
-    assert sw.TASKS[0] == "shape"  # sample_indices relies on the shape block coming first
     for task in sw.TASKS:
         for s in sw.iter_samples(task, n_per_task, distribution="pretrain", seed=seed):
             images.append(s.image)
@@ -130,14 +134,18 @@ def aux_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return loss
 
 
-def sample_indices(data: ZooData, batch_size: int, generator: torch.Generator, shape_share: float) -> torch.Tensor:
-    """Uniform over all samples, except that a ``shape_share`` of the batch comes from the shape task
-    (shape recognition is what small ViTs learn slowest)."""
-    n = data.images.shape[0]
-    n_shape = data.tasks.count("shape")  # the shape task is the first block
-    k = int(round(batch_size * shape_share))
-    idx = torch.randint(0, n, (batch_size - k,), generator=generator)
-    return torch.cat([torch.randint(0, n_shape, (k,), generator=generator), idx])
+def sample_indices(data: ZooData, batch_size: int, generator: torch.Generator,
+                   shares: dict[str, float]) -> torch.Tensor:
+    """Uniform over all samples, except that ``shares[task]`` of the batch comes from that task
+    (shape recognition is what small ViTs learn slowest, existence what small LMs learn slowest)."""
+    parts = []
+    for task, share in shares.items():
+        k = int(round(batch_size * share))
+        rows = data.task_rows[task]
+        parts.append(rows[torch.randint(0, len(rows), (k,), generator=generator)])
+    rest = batch_size - sum(len(p) for p in parts)
+    parts.append(torch.randint(0, data.images.shape[0], (rest,), generator=generator))
+    return torch.cat(parts)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -212,9 +220,9 @@ def train_member(adapter: Any, recipe: Recipe, data: ZooData, progress: bool = T
     bar = _progress(total, recipe.name, progress)
     for step in range(total):
         if step < recipe.vision_steps:
-            idx = sample_indices(data, recipe.vision_batch_size, gen, recipe.shape_share)
+            idx = sample_indices(data, recipe.vision_batch_size, gen, {"shape": recipe.shape_share})
         else:
-            idx = sample_indices(data, recipe.batch_size, gen, 0.0)
+            idx = sample_indices(data, recipe.batch_size, gen, {"exist": recipe.exist_share})
         x = augment(data.images[idx].float() / 255, gen)
         if step < recipe.vision_steps:
             feats = adapter.vision_features(x, "encoder")

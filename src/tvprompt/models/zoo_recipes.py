@@ -22,9 +22,10 @@ class Recipe:
     overrides: dict[str, Any] = field(default_factory=dict)
     edits: dict[str, Any] = field(default_factory=dict)
     vision_steps: int = 300  # stage 1: vision tower + auxiliary heads on dense labels
-    lm_steps: int = 400  # stage 2: the whole model on the LM loss (+ auxiliary heads)
+    lm_steps: int = 500  # stage 2: the whole model on the LM loss (+ auxiliary heads)
     vision_batch_size: int = 64
     shape_share: float = 0.5  # share of each stage-1 batch drawn from the shape task
+    exist_share: float = 0.35  # share of each stage-2 batch drawn from the existence task
     batch_size: int = 32
     lr: float = 2e-3
     description: str = ""
