@@ -44,8 +44,9 @@ QUICK_N = 20  # the manifest also records accuracy on the first QUICK_N eval sam
 N_AUX = 2 * len(sw.SHAPES) + sw.MAX_COUNT  # shape presence, colour presence, count
 
 
-def build_command(n_per_task: int, eval_per_task: int) -> str:
-    return f"tvp zoo build --n-per-task {n_per_task} --eval-per-task {eval_per_task}"
+def build_command(n_per_task: int, eval_per_task: int, threads: int) -> str:
+    """The command recorded in manifests (CPU results can differ in the last bits across thread counts)."""
+    return f"tvp zoo build --n-per-task {n_per_task} --eval-per-task {eval_per_task} --threads {threads}"
 
 
 # ---------------------------------------------------------------- data
@@ -213,32 +214,35 @@ def train_member(adapter: Any, recipe: Recipe, data: ZooData, progress: bool = T
     model.requires_grad_(True)
     gen = torch.Generator().manual_seed(recipe.seed)
     torch.manual_seed(recipe.seed)
-    head: torch.nn.Linear | None = None
+    heads: dict[str, torch.nn.Linear] = {}  # one auxiliary head per feature kind
+    params: list[torch.nn.Parameter] = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.01)
     total = recipe.vision_steps + recipe.lm_steps
-    opt = None
     losses = {"aux": float("nan"), "lm": float("nan")}
     bar = _progress(total, recipe.name, progress)
     for step in range(total):
-        if step < recipe.vision_steps:
+        stage1 = step < recipe.vision_steps
+        if stage1:
             idx = sample_indices(data, recipe.vision_batch_size, gen, {"shape": recipe.shape_share})
         else:
             idx = sample_indices(data, recipe.batch_size, gen, {"exist": recipe.exist_share})
         x = augment(data.images[idx].float() / 255, gen)
-        if step < recipe.vision_steps:
-            feats = adapter.vision_features(x, "encoder")
-            loss_lm = None
+        if stage1:
+            kind, loss_lm = "encoder", None
+            feats = adapter.vision_features(x, kind)
         else:
+            kind = recipe.stage2_aux
             prompts = [data.prompts[i] for i in idx.tolist()]
             answers = [data.answers[i] for i in idx.tolist()]
-            loss_lm, feats = adapter.lm_loss_with_features(x, prompts, answers, "encoder")
+            loss_lm, feats = adapter.lm_loss_with_features(x, prompts, answers, kind)
         pooled = feats.float().mean(1)
-        if head is None:
-            head = torch.nn.Linear(pooled.shape[-1], N_AUX)
-            params = [p for p in model.parameters()] + list(head.parameters())
-            opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=0.01)
-        loss_aux = aux_loss(head(pooled), data.aux[idx])
+        if kind not in heads:
+            heads[kind] = torch.nn.Linear(pooled.shape[-1], N_AUX)
+            opt.add_param_group({"params": list(heads[kind].parameters())})
+            params += list(heads[kind].parameters())
+        loss_aux = aux_loss(heads[kind](pooled), data.aux[idx])
         loss = loss_aux if loss_lm is None else loss_lm + 0.5 * loss_aux
-        stage_step, stage_total = (step, recipe.vision_steps) if loss_lm is None else (
+        stage_step, stage_total = (step, recipe.vision_steps) if stage1 else (
             step - recipe.vision_steps, recipe.lm_steps)
         for group in opt.param_groups:
             group["lr"] = lr_at(stage_step, stage_total, recipe.lr)
@@ -462,7 +466,7 @@ def build_zoo(output: Path, *, names: list[str] | None = None, n_per_task: int =
     unknown = [n for n in wanted if n not in recipes and n != GUIDE.name]
     if unknown:
         raise UsageError(f"unknown zoo member(s) {', '.join(unknown)}; known: {', '.join([*recipes, GUIDE.name])}")
-    command = build_command(n_per_task, eval_per_task)
+    command = build_command(n_per_task, eval_per_task, threads)
     t0 = time.time()
     data = make_train_data(n_per_task)
     evals = {d: make_eval_data(eval_per_task, d) for d in sw.DISTRIBUTIONS}

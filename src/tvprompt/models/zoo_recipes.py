@@ -26,6 +26,7 @@ class Recipe:
     vision_batch_size: int = 64
     shape_share: float = 0.5  # share of each stage-1 batch drawn from the shape task
     exist_share: float = 0.35  # share of each stage-2 batch drawn from the existence task
+    stage2_aux: str = "encoder"  # features the stage-2 auxiliary head reads: encoder | projected
     batch_size: int = 32
     lr: float = 2e-3
     description: str = ""
@@ -66,13 +67,13 @@ RECIPES: list[Recipe] = [
     Recipe(
         name="blip2-opt", family="blip2", seed=2,
         overrides={"image_size": 48, "patch_size": 8, "hidden": 96, "num_query_tokens": 16, "llm": "opt"},
-        edits={**_layers(), **_QFORMER}, lm_steps=600,
+        edits={**_layers(), **_QFORMER}, lm_steps=600, stage2_aux="projected",
         description="BLIP-2 architecture: BLIP ViT (48 px, patch 8) + Q-Former (16 queries) + OPT",
     ),
     Recipe(
         name="instructblip-p12", family="instructblip", seed=3,
         overrides={"image_size": 48, "patch_size": 12, "hidden": 96, "num_query_tokens": 16, "llm": "llama"},
-        edits={**_layers(), **_QFORMER, **_LLAMA_KV}, lm_steps=600,
+        edits={**_layers(), **_QFORMER, **_LLAMA_KV}, lm_steps=600, stage2_aux="projected",
         description="InstructBLIP architecture: BLIP ViT (48 px, patch 12) + instruction-aware Q-Former + Llama",
     ),
     Recipe(
