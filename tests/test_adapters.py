@@ -18,6 +18,8 @@ from tvprompt.models.registry import list_families, load_adapter
 from tvprompt.models.tiny import build_tiny_model, tiny_variants
 from tvprompt.prompt import VisualPrompt
 
+from .hf_processors import load_image_processor
+
 FAMILIES = list_families()
 VARIANTS = tiny_variants()  # (id, family, builder overrides): every family, each LLM kind
 PROMPTS = ["What shape is this?", "How many shapes are there in the picture? Answer with one word."]
@@ -141,10 +143,8 @@ def test_unknown_feature_kind_is_a_usage_error(adapter):
 
 @pytest.mark.parametrize("shape", [(48, 48), (40, 64), (20, 20)])
 def test_preprocessing_matches_hf_image_processor(adapter, shape):
-    from transformers import AutoImageProcessor
-
     source = adapter.model_id.split(":", 1)[1]
-    processor = AutoImageProcessor.from_pretrained(source)
+    processor = load_image_processor(source)
     h, w = shape
     yy, xx = np.meshgrid(np.linspace(0, 1, h), np.linspace(0, 1, w), indexing="ij")
     rng = np.random.default_rng(0)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tvprompt.errors import UsageError
-from tvprompt.evaluate import CLEAN, EvalSetup, evaluate, metric_delta, normalize_answer
+from tvprompt.evaluate import CLEAN, EvalSetup, cell_key, evaluate, metric_delta, normalize_answer
 from tvprompt.prompt import VisualPrompt
 from tvprompt.report import render_table, write_report
 
@@ -153,6 +153,13 @@ def test_open_task_uses_generation_and_normalised_match(tmp_path, prompts):
     assert res["clean"]["toy:a"]["exact_match"] == pytest.approx(np.mean([r["correct"] for r in lines if r["prompt"] is None]))
 
 
+def test_cell_keys_do_not_collide():
+    long = "hf:/" + "x" * 100
+    keys = {cell_key(m, p) for m in ("hf:a/b", "hf:a_b", long + "a", long + "b") for p in ("p", "p?", CLEAN)}
+    assert len(keys) == 12
+    assert all(len(k) < 130 and "/" not in k for k in keys)
+
+
 def test_metric_delta_skips_non_numbers():
     assert metric_delta({"top1": 0.7, "n": 10.0, "x": "s", "auc": 0.6},
                         {"top1": 0.5, "n": 10.0, "auc": 0.6}) == pytest.approx({"top1": 0.2, "auc": 0.0})
@@ -161,10 +168,22 @@ def test_metric_delta_skips_non_numbers():
 def test_tsne_features_and_plot(tmp_path, prompts):
     run(tmp_path, prompts, {}, tsne=True)
     out = tmp_path / "out"
-    feats = np.load(out / "features" / "toy_a__red_tvp.npy")
+    feats = np.load(out / "features" / f"{cell_key('toy:a', 'red_tvp')}.npy")
     assert feats.shape == (10, 3)
     written = write_report(out, tsne=True)
     assert {"tsne_a.png", "tsne_b.png", "tsne_c.png"} <= {p.name for p in written}
+
+
+def test_tsne_rerun_reuses_metrics_but_adds_features(tmp_path, prompts):
+    calls: dict = {}
+    first = run(tmp_path, prompts[:1], calls, models=["toy:a"])
+    calls.clear()
+    second = run(tmp_path, prompts[:1], calls, models=["toy:a"], tsne=True)  # features missing: one pass
+    assert calls["loads"] == ["toy:a"] and (tmp_path / "out" / "features" / f"{cell_key('toy:a', CLEAN)}.npy").is_file()
+    assert second["transfer"] == first["transfer"]
+    calls.clear()
+    run(tmp_path, prompts[:1], calls, models=["toy:a"])  # metrics and features present: nothing to do
+    assert "loads" not in calls
 
 
 def test_usage_errors(tmp_path, prompts):

@@ -20,10 +20,11 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from service_utils import HERE, Server, env, make_prompt
 from tvprompt.client import PromptClient, ServiceError
 from tvprompt.errors import TvpError
 from tvprompt.serve.archive import pack_dir
+
+from .service_utils import HERE, Server, env, make_prompt
 
 MiB = 1 << 20
 

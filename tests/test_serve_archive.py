@@ -7,8 +7,9 @@ import zipfile
 
 import pytest
 
-from service_utils import make_prompt
 from tvprompt.serve.archive import ArchiveError, ArchiveLimits, pack_dir, read_archive
+
+from .service_utils import make_prompt
 
 LIMITS = ArchiveLimits(max_archive_bytes=4 << 20, max_unpacked_bytes=8 << 20, max_weights_bytes=8 << 20, max_members=8)
 

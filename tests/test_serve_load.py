@@ -15,12 +15,13 @@ import pytest
 import torch
 from PIL import Image
 
-from service_utils import Server, make_prompt
 from tvprompt.imageio import load_image, tensor_to_pil
 from tvprompt.prompt import VisualPrompt
 from tvprompt.serve.archive import ArchiveLimits, pack_dir, read_archive
 from tvprompt.serve.auth import create_token
 from tvprompt.serve.db import open_engine, session_factory
+
+from .service_utils import Server, make_prompt
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from service_utils import env
+from .service_utils import env
 
 BLOCK = "import sys\nfor m in ('fastapi', 'uvicorn', 'sqlalchemy', 'httpx', 'multipart', 'starlette'):\n    sys.modules[m] = None\n"
 

@@ -19,8 +19,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service_utils import Server, env, free_port, make_prompt
 from tvprompt.client import PromptClient
+
+from .service_utils import Server, env, free_port, make_prompt
 
 pytestmark = pytest.mark.postgres
 

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from service_utils import Server, env
 from tvprompt.client import PromptClient
 from tvprompt.prompt import VisualPrompt
 from tvprompt.serve.auth import create_token
 from tvprompt.serve.db import open_engine, session_factory
+
+from .service_utils import Server, env
 
 
 @pytest.mark.slow

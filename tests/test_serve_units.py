@@ -6,10 +6,11 @@ import time
 
 import pytest
 
-from service_utils import make_prompt
 from tvprompt.errors import UsageError
 from tvprompt.serve.jobs import _kill_orphan, find_prompt_dir, resolve_dataset
 from tvprompt.serve.ratelimit import RateLimiter
+
+from .service_utils import make_prompt
 
 
 def test_rate_limiter_bursts_then_refills():

@@ -263,6 +263,8 @@ def test_early_stop_after_patience(tmp_path):
     assert result.step == 3 and result.best_step == 1  # no change -> steps 2 and 3 are not better
     state, _, _, _ = load_checkpoint(tmp_path)
     assert state.step == 3 and state.bad_validations == 2
+    again = _run(cfg, [ToyAdapter(0)], val_set=ToyDataset(9, seed=1), resume=True)  # stays stopped
+    assert again.step == 3 and torch.equal(again.delta, result.delta)
 
 
 def test_resume_after_crash_in_process_is_bit_exact(tmp_path):

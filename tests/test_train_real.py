@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from tvprompt.checkpoint import load_checkpoint
-from tvprompt.models.registry import load_adapter
+from tvprompt.models.guide import build_tiny_guide
+from tvprompt.models.registry import load_adapter, load_guide
 from tvprompt.models.tiny import build_tiny_model
 from tvprompt.prompt import VisualPrompt
 from tvprompt.train import resolve_config, train
@@ -38,6 +39,11 @@ def world(tmp_path_factory):
     preferred = ["1", "2"][int(scores.mean(0).argmax())]
     task, data = write_task(root, majority="2" if preferred == "1" else "1")
     return model, task, data
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return build_tiny_guide("clip", tmp_path_factory.mktemp("clip") / "clip", seed=0)
 
 
 def _cfg(world, out, method="evp", **flags):
@@ -67,21 +73,50 @@ def test_tvp_fca_with_real_features_is_zero_at_zero_delta_then_grows(world, tmp_
     assert fca[1] > 1e-6 and fca[2] > 1e-6
 
 
+def test_ensemble_of_two_real_families(world, tmp_path):
+    model, task, data = world
+    nxt = build_tiny_model("llava_next", tmp_path / "llava_next", seed=1)
+    cfg = _cfg(world, tmp_path / "out", method="tvp", steps=2, tse=0.0, fca=0.5, val_every=2)
+    cfg.sources = [f"hf:{model}", f"hf:{nxt}"]
+    result = train(cfg)
+    val = [r for r in result.history if "accuracy" in r][-1]
+    assert {"accuracy/llava", "accuracy/llava_next"} <= set(val)
+    assert val["accuracy"] == pytest.approx((val["accuracy/llava"] + val["accuracy/llava_next"]) / 2)
+    saved = VisualPrompt.from_pretrained(tmp_path / "out" / "prompt")
+    assert [s["family"] for s in saved.config.sources] == ["llava", "llava_next"]
+
+
+def test_tvp_with_a_real_clip_guide_encodes_task_texts_once(world, clip, tmp_path):
+    guide = load_guide(f"hf:{clip}", device="cpu")
+    calls = []
+    encode_text = guide.encode_text
+    guide.encode_text = lambda texts: calls.append(list(texts)) or encode_text(texts)
+    cfg = _cfg(world, tmp_path, method="tvp", steps=4, guide=f"hf:{clip}", tse=0.5, val_split="none")
+    result = train(cfg, guide=guide)
+    assert calls == [["a photo of 1 shapes", "a photo of 2 shapes"]]  # once per run, every task text
+    tse = [r["tse"] for r in result.history if "tse" in r]
+    assert all(t != 0.0 for t in tse)
+    assert abs(tse[0]) <= guide.logit_scale  # s·cos is bounded by the logit scale
+    saved = VisualPrompt.from_pretrained(tmp_path / "prompt")
+    assert saved.config.hyperparameters["guide"] == f"hf:{clip}"
+
+
 def _tvp(*args):
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-m", "tvprompt", "train", *map(str, args)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_cli_writes_a_prompt_directory(world, tvp, tmp_path):
+def test_cli_writes_a_prompt_directory(world, clip, tvp, tmp_path):
     model, task, data = world
-    r = tvp("train", "--method", "tvp", "--tse", "0", "--source", f"hf:{model}", "--task", task, "--data", data,
+    r = tvp("train", "--method", "tvp", "--guide", f"hf:{clip}", "--source", f"hf:{model}", "--task", task, "--data", data,
             "--output", tmp_path / "out", "--steps", 3, "--batch-size", 4, "--image-size", 64, "--width", 8,
             "--device", "cpu", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert f"wrote {tmp_path / 'out' / 'prompt'}" in r.stdout
     prompt = VisualPrompt.from_pretrained(tmp_path / "out" / "prompt")
     assert prompt.config.method == "tvp" and prompt.config.hyperparameters["fca"] == 0.005
+    assert prompt.config.hyperparameters["tse"] == 0.001
     assert prompt.delta.abs().sum() > 0
     rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]

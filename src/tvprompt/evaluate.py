@@ -111,8 +111,14 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[:80] or "x"
 
 
+def _short(text: str) -> str:
+    """A file-name-safe, collision-free stand-in: the slug's tail plus a hash of the text."""
+    return f"{slug(text)[-48:].strip('_')}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+
+
 def cell_key(model_id: str, prompt_name: str) -> str:
-    return f"{slug(model_id)}__{slug(prompt_name)}"
+    """File stem of one cell: ``<model>-<hash>__<prompt>-<hash>`` (distinct ids never share a file)."""
+    return f"{_short(model_id)}__{_short(prompt_name)}"
 
 
 def _hash_files(paths: Sequence[Path]) -> str:
@@ -155,7 +161,8 @@ def model_fingerprint(model_id: str) -> str:
 
 def cell_fingerprint(setup: EvalSetup, spec: Any, model_id: str, prompt: PromptRef | None) -> str:
     fields = dataclasses.asdict(setup)
-    fields.pop("batch_size")  # results do not depend on it (up to float noise)
+    for key in ("batch_size", "tsne", "tsne_samples"):  # metrics do not depend on these (up to float noise)
+        fields.pop(key)
     fields["data"] = str(Path(setup.data).resolve()) if Path(setup.data).exists() else setup.data
     payload = {
         "setup": fields,

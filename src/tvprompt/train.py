@@ -245,6 +245,8 @@ def train(
     data = _micro_batches(train_set, cfg, state, batch_fn)
     bar = _progress(total, state.step, enabled=cfg.progress and world.is_main)
     stop_reason = None
+    if cfg.early_stop and state.bad_validations >= cfg.early_stop:  # resuming a run that had stopped early
+        total = state.step
     with _interrupt_flag() as interrupted:
         try:
             for step in range(state.step, total):
@@ -254,7 +256,7 @@ def train(
                     batch = next(data)
                     gen = torch.Generator().manual_seed(_seed_for(cfg.seed, "augment", step, micro))
                     images, aug = augment(
-                        batch.images, gen, flip=cfg.flip, scale=cfg.jitter_scale, translate=cfg.jitter_translate
+                        batch.images.to(device, non_blocking=True), gen, flip=cfg.flip, scale=cfg.jitter_scale, translate=cfg.jitter_translate
                     )
                     n_global = images.shape[0]
                     part = world.shard(n_global)

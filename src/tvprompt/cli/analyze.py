@@ -32,7 +32,7 @@ def _eval_args(p: argparse.ArgumentParser, data_required: bool = True) -> None:
     p.add_argument("--output", required=True, metavar="DIR")
     p.add_argument("--reduced", action="store_true", help="a small grid (quick checks, tests)")
 
-ORDER = 45  # `tvp --help` lists commands by ORDER
+ORDER = 65  # `tvp --help` lists commands by ORDER
 
 
 def register(sub: argparse._SubParsersAction) -> None:

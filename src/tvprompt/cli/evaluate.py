@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-ORDER = 40  # `tvp --help` lists commands by ORDER
+ORDER = 60  # `tvp --help` lists commands by ORDER
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -13,7 +13,8 @@ decoder-only families
                                      (``image_size`` = (H, W) of the prompted image, for families
                                      whose image-token count depends on it)
     ``forward_kwargs(pixel_values, batch)``  extra model inputs (``pixel_values``, ``image_sizes``, ...)
-    ``image_outputs(outputs)``       where the forward output keeps the vision-tower outputs
+    ``image_outputs(outputs)``       where the forward output keeps the vision-tower outputs, or
+    ``capture_vision(batch)``        a context that captures them with forward hooks (``capture_io``)
     ``run_vision(pixel_values, image_size)``  a vision-only pass returning the same kind of object
     ``select_features(image_outputs, kind)``  (B, N, D) ``encoder`` or ``projected`` features
     ``continuation_kwargs(prefix, ids, mask)``  inputs for tokens that follow a cached prefix
@@ -29,8 +30,10 @@ Sequences are left-padded, and decoder-only models get explicit ``position_ids``
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -44,6 +47,7 @@ from .preprocessing import ImagePreprocessing, read_processor_config
 
 log = logging.getLogger(__name__)
 
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
     "float16": torch.float16, "fp16": torch.float16,
@@ -151,10 +155,10 @@ class HFAdapter:
         self.device = device or next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.is_encoder_decoder = self._is_encoder_decoder()
-        if tokenizer.pad_token_id is None:
-            raise TvpError(f"{model_id}: the tokenizer has no pad token; set pad_token in tokenizer_config.json")
         if tokenizer.eos_token_id is None:
             raise TvpError(f"{model_id}: the tokenizer has no eos token; set eos_token in tokenizer_config.json")
+        # padded positions are masked out, so any id will do when a checkpoint defines no pad token
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -199,9 +203,11 @@ class HFAdapter:
         kwargs: dict[str, Any] = {"dtype": torch_dtype}
         if device_map is not None:
             kwargs["device_map"] = device_map
+        if attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise UsageError(f"attn_implementation {attn_implementation!r} is not one of {', '.join(ATTN_IMPLEMENTATIONS)}")
         try:
             model = model_cls.from_pretrained(source, attn_implementation=attn_implementation, **kwargs)
-        except ValueError as e:
+        except (ValueError, ImportError) as e:
             if attn_implementation == "eager":
                 raise TvpError(f"{source}: could not load the model ({e})") from None
             log.warning("%s: attention %r unavailable (%s); falling back to eager", source, attn_implementation, e)
@@ -212,14 +218,14 @@ class HFAdapter:
             model.to(dev)
         else:
             dev = model.get_input_embeddings().weight.device
-        if gradient_checkpointing:
-            enable_checkpointing(model)
         tokenizer = cls.load_tokenizer(source)
         processor_config = read_local_or_hub_processor_config(source)
         default = cls.default_preprocessing(model.config)
         pre = default if processor_config is None else ImagePreprocessing.from_processor_config(processor_config, default)
         adapter = cls(model, tokenizer, pre, model_id or f"hf:{source}", device=dev)
         adapter.setup(source)
+        if gradient_checkpointing:  # after __init__'s eval(): it sets flags on the checkpointed layers
+            enable_checkpointing(model)
         return adapter
 
     def setup(self, source: str) -> None:
@@ -256,6 +262,10 @@ class HFAdapter:
     def image_outputs(self, outputs: Any) -> Any:
         """The vision outputs inside a forward output (``select_features`` reads them)."""
         return outputs.image_outputs
+
+    def capture_vision(self, batch: TextBatch) -> contextlib.AbstractContextManager[Any]:
+        """A context whose value replaces ``image_outputs(outputs)`` when not None (see ``capture_io``)."""
+        return contextlib.nullcontext(None)
 
     def run_vision(self, pixel_values: torch.Tensor, image_size: tuple[int, int]) -> Any:
         """A vision-only pass returning what ``image_outputs`` returns (``image_size``: prompted H, W)."""
@@ -314,14 +324,14 @@ class HFAdapter:
         self._check_batch(pixels01, prompts)
         if not choices:
             raise UsageError("score_choices: choices is empty")
-        with torch.no_grad():
+        with torch.no_grad(), _checkpointing_off(self.model):
             if self.is_encoder_decoder:
                 return self._score_seq2seq(pixels01, prompts, choices)
             return self._score_decoder(pixels01, prompts, choices)
 
     def generate(self, pixels01: torch.Tensor, prompts: list[str], max_new_tokens: int = 16) -> list[str]:
         self._check_batch(pixels01, prompts)
-        with torch.no_grad():
+        with torch.no_grad(), _checkpointing_off(self.model):
             if self.is_encoder_decoder:
                 tokens = self._generate_seq2seq(pixels01, prompts, max_new_tokens)
             else:
@@ -338,7 +348,7 @@ class HFAdapter:
 
     def _prefix_batch(self, prompts: list[str], image_size: tuple[int, int]) -> TextBatch:
         seqs = [self.prompt_ids(p, image_size) for p in prompts]
-        ids, mask = pad_sequences(seqs, self.tokenizer.pad_token_id, "left")
+        ids, mask = pad_sequences(seqs, self.pad_id, "left")
         batch = self._finish_batch(ids, mask, image_size)
         batch.prompts = list(prompts)
         return batch
@@ -370,14 +380,14 @@ class HFAdapter:
         hw = _hw(pixels01)
         if self.is_encoder_decoder:
             state = self.encode(pixel_values, self._prefix_batch(prompts, hw))
-            ids, mask = pad_sequences(answer_ids, self.tokenizer.pad_token_id, "right")
+            ids, mask = pad_sequences(answer_ids, self.pad_id, "right")
             ids, mask = ids.to(self.device), mask.to(self.device)
             logits = self.decode(state, self._shift_right(ids), self._shift_right_mask(mask))
             loss = _masked_ce(logits, ids, mask.bool())
             feats = None if kind is None else self.select_features(state.image_outputs, kind)
             return loss, feats
         seqs = [self.prompt_ids(p, hw) + a for p, a in zip(prompts, answer_ids, strict=True)]
-        ids, mask = pad_sequences(seqs, self.tokenizer.pad_token_id, "left")
+        ids, mask = pad_sequences(seqs, self.pad_id, "left")
         target = torch.zeros_like(mask)
         for i, a in enumerate(answer_ids):
             target[i, ids.shape[1] - len(a) :] = 1
@@ -385,11 +395,13 @@ class HFAdapter:
         batch.prompts = list(prompts)
         keep = max(len(a) for a in answer_ids) + 1  # answers sit at the right end (left padding)
         keep = min(keep, ids.shape[1])
-        out = self._call(batch, self.forward_kwargs(pixel_values, batch), logits_to_keep=keep, use_cache=False)
+        with self.capture_vision(batch) if kind is not None else contextlib.nullcontext(None) as captured:
+            out = self._call(batch, self.forward_kwargs(pixel_values, batch), logits_to_keep=keep, use_cache=False)
         logits = out.logits[:, -keep:]
         loss = _masked_ce(logits[:, :-1], batch.input_ids[:, -keep + 1 :], batch.target_mask[:, -keep + 1 :].bool())
-        feats = None if kind is None else self.select_features(self.image_outputs(out), kind)
-        return loss, feats
+        if kind is None:
+            return loss, None
+        return loss, self.select_features(captured if captured is not None else self.image_outputs(out), kind)
 
     def _score_decoder(self, pixels01: torch.Tensor, prompts: list[str], choices: list[str]) -> torch.Tensor:
         n_choices = len(choices)
@@ -398,7 +410,7 @@ class HFAdapter:
         first = out.logits[:, -1].float().log_softmax(-1)  # (B, V): predicts each choice's first token
         cache = self.cache_of(out)
         cache.batch_repeat_interleave(n_choices)
-        ids, mask = pad_sequences([self.answer_ids(c) for c in choices], self.tokenizer.pad_token_id, "right")
+        ids, mask = pad_sequences([self.answer_ids(c) for c in choices], self.pad_id, "right")
         batch_size = len(prompts)
         ids, mask = ids.to(self.device).repeat(batch_size, 1), mask.to(self.device).repeat(batch_size, 1)
         expanded = _expand_batch(prefix, n_choices)
@@ -406,8 +418,9 @@ class HFAdapter:
             TextBatch(ids, mask, image_size=prefix.image_size), self.continuation_kwargs(expanded, ids, mask),
             module=self.continuation_module(), cache=cache, use_cache=True,
         )
+        ids, mask = ids.to(out2.logits.device), mask.to(out2.logits.device)  # differ under device_map="auto"
         logp = out2.logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        lp0 = first.repeat_interleave(n_choices, 0).gather(-1, ids[:, :1]).squeeze(-1)
+        lp0 = first.to(ids.device).repeat_interleave(n_choices, 0).gather(-1, ids[:, :1]).squeeze(-1)
         total = lp0 + (logp * mask[:, 1:]).sum(-1)
         return (total / mask.sum(-1)).view(batch_size, n_choices)
 
@@ -422,7 +435,7 @@ class HFAdapter:
         running = prefix
         step_mask = torch.ones(batch_size, 1, dtype=torch.long, device=self.device)
         for step in range(max_new_tokens):
-            nxt = out.logits[:, -1].argmax(-1)
+            nxt = out.logits[:, -1].argmax(-1).to(self.device)
             nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
             tokens.append(nxt)
             done |= nxt == eos
@@ -448,15 +461,16 @@ class HFAdapter:
     def _decoder_start_id(self) -> int:
         text = self.model.config.get_text_config(decoder=True)
         start = getattr(text, "decoder_start_token_id", None)
-        return int(start if start is not None else self.tokenizer.pad_token_id)
+        return int(start if start is not None else self.pad_id)
 
     def _score_seq2seq(self, pixels01: torch.Tensor, prompts: list[str], choices: list[str]) -> torch.Tensor:
         n_choices, batch_size = len(choices), len(prompts)
         state = self.encode(self.preprocess(pixels01), self._prefix_batch(prompts, _hw(pixels01)))
         state = EncoderState(state.hidden.repeat_interleave(n_choices, 0), state.mask.repeat_interleave(n_choices, 0))
-        ids, mask = pad_sequences([self.answer_ids(c) for c in choices], self.tokenizer.pad_token_id, "right")
+        ids, mask = pad_sequences([self.answer_ids(c) for c in choices], self.pad_id, "right")
         ids, mask = ids.to(self.device).repeat(batch_size, 1), mask.to(self.device).repeat(batch_size, 1)
         logits = self.decode(state, self._shift_right(ids), self._shift_right_mask(mask))
+        ids, mask = ids.to(logits.device), mask.to(logits.device)
         logp = logits.float().log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
         return ((logp * mask).sum(-1) / mask.sum(-1)).view(batch_size, n_choices)
 
@@ -467,7 +481,7 @@ class HFAdapter:
         dec = torch.full((batch_size, 1), self._decoder_start_id(), dtype=torch.long, device=self.device)
         done = torch.zeros(batch_size, dtype=torch.bool, device=self.device)
         for _ in range(max_new_tokens):  # answers are short: recompute the decoder, no decoder cache
-            nxt = self.decode(state, dec, torch.ones_like(dec))[:, -1].argmax(-1)
+            nxt = self.decode(state, dec, torch.ones_like(dec))[:, -1].argmax(-1).to(self.device)
             nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
             dec = torch.cat([dec, nxt[:, None]], 1)
             done |= nxt == eos
@@ -489,11 +503,57 @@ def enable_checkpointing(model: Any) -> None:
     """
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.eval()
     for module in model.modules():
         if isinstance(module, GradientCheckpointingLayer):
             module.training = True
+
+
+@dataclass
+class CapturedIO:
+    """First positional input and output of a module during one forward (``capture_io``)."""
+
+    batch_size: int
+    input: torch.Tensor | None = None
+    output: torch.Tensor | None = None
+
+
+@contextlib.contextmanager
+def capture_io(module: torch.nn.Module, batch_size: int) -> Iterator[CapturedIO]:
+    """Record ``module``'s input and output (with their autograd graph) while the context is open.
+
+    This is how FCA features come out of the very forward that feeds the LLM, on every
+    transformers version, whatever its output classes expose.
+    """
+    box = CapturedIO(batch_size)
+
+    def hook(_module: Any, args: tuple, output: Any) -> None:
+        box.input = args[0] if args else None
+        box.output = output if isinstance(output, torch.Tensor) else output[0]
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield box
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def _checkpointing_off(model: Any) -> Iterator[None]:
+    """Switch checkpointed layers to plain eval while scoring: some transformers 5.x releases drop
+    the KV cache in checkpointed layers even without gradients."""
+    layers = [m for m in model.modules() if getattr(m, "gradient_checkpointing", False) and m.training]
+    for m in layers:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m in layers:
+            m.training = True
 
 
 def read_local_or_hub_processor_config(source: str) -> dict[str, Any] | None:
@@ -527,7 +587,8 @@ def _hw(pixels01: torch.Tensor) -> tuple[int, int]:
 
 def _masked_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the masked positions of the batch (token mean, like HF ``labels``)."""
-    return F.cross_entropy(logits[mask].float(), targets[mask])
+    mask = mask.to(logits.device)  # with device_map="auto" the logits live on the last device
+    return F.cross_entropy(logits[mask].float(), targets.to(logits.device)[mask])
 
 
 def _expand_batch(batch: TextBatch, n: int) -> TextBatch:

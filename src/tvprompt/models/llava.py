@@ -6,8 +6,8 @@ Prompt format (LLaVA-1.5's conversation template, what its chat template renders
 
 ``<image>`` expands to one image token per vision feature (576 for CLIP ViT-L/14-336). Features:
 ``encoder`` = the vision-tower hidden state the projector reads (``vision_feature_layer``, CLS
-dropped for the ``default`` strategy), ``projected`` = the projector output the LLM sees. Both
-come from the same forward that computes the LM loss.
+dropped for the ``default`` strategy), ``projected`` = the projector output the LLM sees. Both are
+captured with a forward hook on the projector during the forward that computes the LM loss.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .hf import HFAdapter
+from .hf import HFAdapter, TextBatch, capture_io
 from .preprocessing import CLIP_MEAN, CLIP_STD, ImagePreprocessing
 from .registry import register_family
 from .tiny import TinySpec, register_tiny
@@ -47,19 +47,22 @@ class LlavaStyleAdapter(HFAdapter):
         before, after = self.prompt_format.format(prompt=prompt).split("<image>", 1)
         return self.bos() + self.text_ids(before) + [self.image_token_id] * self.num_image_tokens(image_size) + self.text_ids(after)
 
+    def capture_vision(self, batch: TextBatch) -> Any:
+        return capture_io(self.model.model.multi_modal_projector, batch.input_ids.shape[0])
+
     def run_vision(self, pixel_values: torch.Tensor, image_size: tuple[int, int]) -> Any:
-        return self.model.model.get_image_features(pixel_values=pixel_values, return_dict=True)
+        with capture_io(self.model.model.multi_modal_projector, pixel_values.shape[0]) as box:
+            self.model.model.get_image_features(**self.forward_kwargs(pixel_values, self._vision_batch(image_size)))
+        return box
+
+    def _vision_batch(self, image_size: tuple[int, int]) -> TextBatch:
+        empty = torch.zeros(0, 0, dtype=torch.long, device=self.device)
+        return TextBatch(empty, empty, image_size=image_size)
 
     def select_features(self, image_outputs: Any, kind: str) -> torch.Tensor:
-        if kind == "projected":
-            return torch.stack(list(image_outputs.pooler_output))
-        cfg = self.model.config
-        layers = cfg.vision_feature_layer
-        layers = [layers] if isinstance(layers, int) else list(layers)
-        states = [image_outputs.hidden_states[i] for i in layers]
-        if cfg.vision_feature_select_strategy == "default":
-            states = [s[:, 1:] for s in states]
-        return torch.cat(states, dim=-1)
+        """The projector's input (``encoder``) or output (``projected``), as (B, N, D)."""
+        feats = image_outputs.input if kind == "encoder" else image_outputs.output
+        return feats.reshape(image_outputs.batch_size, -1, feats.shape[-1])
 
 
 @register_family("llava")

@@ -11,8 +11,10 @@ differentiably. A 224×224 prompt on llava-v1.6 (pinpoints from 336×672) gives 
 ``preprocessor_config.json``: base view + one tile.
 
 Prompt format: ``[INST] <image>\\n{prompt} [/INST]`` for Mistral-based checkpoints,
-``USER: <image>\\n{prompt} ASSISTANT:`` (LLaVA-1.5's) otherwise. ``encoder`` features are the
-selected tower states of all tiles, (B, tiles·N, D); ``projected`` the packed tokens the LLM sees.
+``USER: <image>\\n{prompt} ASSISTANT:`` (LLaVA-1.5's) otherwise. Features, captured at the projector
+in the forward that computes the loss: ``encoder`` = the selected tower states of the base view and
+all tiles, (B, tiles·N, D); ``projected`` = the projector output for them (the LLM sees these,
+minus the padding rows that unpadding drops, plus one newline token per row).
 """
 
 from __future__ import annotations
@@ -97,17 +99,6 @@ class LlavaNextAdapter(LlavaStyleAdapter):
         if pixel_values is None:
             return {}
         return {"pixel_values": pixel_values, "image_sizes": self._image_sizes(pixel_values.shape[0], batch.image_size)}
-
-    def run_vision(self, pixel_values: torch.Tensor, image_size: tuple[int, int]) -> Any:
-        sizes = self._image_sizes(pixel_values.shape[0], image_size)
-        return self.model.model.get_image_features(pixel_values=pixel_values, image_sizes=sizes, return_dict=True)
-
-    def select_features(self, image_outputs: Any, kind: str) -> torch.Tensor:
-        feats = super().select_features(image_outputs, kind)
-        if kind == "encoder":  # (B·tiles, N, D) -> (B, tiles·N, D)
-            batch = len(image_outputs.pooler_output)
-            feats = feats.reshape(batch, -1, feats.shape[-1])
-        return feats
 
 
 @register_tiny("llava_next", special_tokens={"image_token": "<image>"})

@@ -1,0 +1,80 @@
+import pytest
+
+from tvprompt.cli import build_parser
+from tvprompt.cli.train import flag_values
+from tvprompt.errors import UsageError
+from tvprompt.train_config import PRESETS, TrainConfig, load_config_file, resolve_config
+
+
+def test_presets_match_the_paper_defaults():
+    vp, evp, tvp = (resolve_config(m) for m in ("vp", "evp", "tvp"))
+    assert (vp.update, vp.lr, vp.momentum, vp.fca, vp.tse, vp.flip) == ("sgd", 40.0, 0.9, 0.0, 0.0, False)
+    assert (evp.update, evp.lr, evp.fca, evp.tse, evp.flip) == ("normalized", 70.0, 0.0, 0.0, True)
+    assert (tvp.update, tvp.lr, tvp.batch_size, tvp.fca, tvp.tse) == ("normalized", 10.0, 16, 0.005, 0.001)
+    assert all(c.lr_schedule == "cosine" and c.clamp and c.width == 30 and c.image_size == 224 for c in (vp, evp, tvp))
+    assert set(PRESETS) == {"vp", "evp", "tvp"}
+
+
+def test_preset_then_file_then_flags(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("method: evp\nbatch-size: 8\nlr: 50\nepochs: 2\nsource: hf:a\n")
+    values = load_config_file(f)
+    assert values == {"method": "evp", "batch_size": 8, "lr": 50, "epochs": 2, "sources": ["hf:a"]}
+    cfg = resolve_config(None, values, {"lr": 5.0, "steps": 100, "tse": None})
+    assert (cfg.method, cfg.batch_size, cfg.lr, cfg.steps, cfg.epochs) == ("evp", 8, 5.0, 100, None)
+    assert cfg.flip and cfg.sources == ["hf:a"]  # from the evp preset / the file
+    assert resolve_config("vp", values).update == "sgd"  # a --method flag beats the file's method
+
+
+def test_config_file_errors(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("learning_rate: 3\n")
+    with pytest.raises(UsageError, match=r"bad.yaml: unknown key 'learning_rate'"):
+        load_config_file(f)
+    f.write_text("- a\n- b\n")
+    with pytest.raises(UsageError, match="expected a mapping"):
+        load_config_file(f)
+    with pytest.raises(UsageError, match="no such config file"):
+        load_config_file(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"val_split": "test"}, "select on test data"),
+    ({"steps": 10, "epochs": 1.0}, "either --steps or --epochs"),
+    ({"fca_reference": "clean"}, "fca_reference"),
+    ({"lr": -1.0}, "field 'lr'"),
+    ({"batch_size": 0}, "field 'batch_size'"),
+    ({"method": "sgd"}, "field 'method'"),
+])
+def test_bad_values_are_usage_errors(kw, match):
+    with pytest.raises(UsageError, match=match):
+        TrainConfig(**kw)
+
+
+def test_check_runnable_names_what_is_missing():
+    with pytest.raises(UsageError, match="--source"):
+        resolve_config("evp").check_runnable()
+    cfg = resolve_config("tvp", flags={"sources": ["a"], "task": "t", "data": "d", "output": "o"})
+    with pytest.raises(UsageError, match="needs --guide"):
+        cfg.check_runnable()
+    resolve_config("tvp", flags={"sources": ["a"], "task": "t", "data": "d", "output": "o", "tse": 0.0}).check_runnable()
+
+
+def test_cli_flags_map_to_config_fields():
+    args = build_parser().parse_args([
+        "train", "--method", "vp", "--source", "hf:a", "--source", "hf:b", "--task", "t", "--data", "d",
+        "--output", "o", "--steps", "5", "--fca", "0.1", "--no-flip", "--no-clamp", "--val-split", "none",
+    ])
+    flags = flag_values(args)
+    assert flags["sources"] == ["hf:a", "hf:b"] and flags["flip"] is False and flags["clamp"] is False
+    assert "lr" not in flags and "resume" not in flags and "config" not in flags
+    cfg = resolve_config(args.method, {}, flags)
+    assert cfg.val_split is None and cfg.fca == 0.1 and cfg.lr == 40.0
+
+
+def test_cli_usage_errors_exit_2(tvp, tmp_path):
+    r = tvp("train", "--method", "evp", "--source", "hf:x", "--task", "t", "--data", "d", "--output", tmp_path,
+            "--val-split", "test")
+    assert r.returncode == 2 and "select on test data" in r.stderr
+    r = tvp("train", "--resume", "--output", tmp_path / "nothing")
+    assert r.returncode == 1 and "no checkpoint to resume from" in r.stderr
