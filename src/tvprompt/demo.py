@@ -1,0 +1,206 @@
+"""`tvp demo`: the paper's protocol in the embedded world, offline, on a CPU in minutes.
+
+1. generate a ShapeWorld *downstream* dataset (train / val / test tags);
+2. train VP, EVP and TVP prompts on one zoo model and on an ensemble of two;
+3. evaluate every prompt (and no prompt) on every zoo MLLM on the test split;
+4. print the Table-1-style transfer table and write a report folder: ``summary.json``,
+   ``table.md``, ``transfer.png`` and, per seed, the evaluator's own report (cells, plots,
+   prompt images).
+
+With ``seeds > 1`` every training run is repeated with another seed and the table shows
+mean ± sd over seeds. Training and evaluation are the library's own ``train`` and ``evaluate``:
+the demo only chooses small settings and collects the results.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UsageError
+from .files import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+METHODS = ("vp", "evp", "tvp")
+
+
+@dataclass
+class DemoConfig:
+    output: str = "tvp-demo"
+    task: str = "shape"  # a ShapeWorld task: shape | color | count | exist
+    source: str = "zoo:llava-p8"
+    ensemble: list[str] = field(default_factory=lambda: ["zoo:llava-p8", "zoo:blip2-opt"])
+    targets: list[str] | None = None  # default: every zoo MLLM
+    guide: str = "zoo:clip-guide"
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    seeds: int = 1
+    n_images: int = 600  # generated, then split 60/20/20 into train/val/test
+    steps: int = 60
+    batch_size: int = 16
+    val_max_samples: int = 64
+    eval_limit: int | None = 120
+    width: int = 30
+    data_seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        from .data.shapeworld import TASKS
+
+        if self.task not in TASKS:
+            raise UsageError(f"--task {self.task!r} is not a ShapeWorld task; choose one of {', '.join(TASKS)}")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise UsageError(f"--methods: choose among {', '.join(METHODS)}")
+        if self.seeds < 1 or self.steps < 1 or self.n_images < 20 or self.batch_size < 1:
+            raise UsageError("--seeds and --steps must be >= 1 and --n-images >= 20")
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> DemoConfig:
+        """CI-sized: a couple of minutes on two CPU cores."""
+        values = {"n_images": 160, "steps": 6, "batch_size": 8, "val_max_samples": 16, "eval_limit": 32}
+        values.update(overrides)
+        return cls(**values)
+
+
+def _short(model_id: str) -> str:
+    return model_id.split(":", 1)[-1].rstrip("/").split("/")[-1]
+
+
+def prompt_runs(cfg: DemoConfig) -> list[tuple[str, str, list[str]]]:
+    """(run name, method, sources) for every prompt the demo trains."""
+    source_sets = [[cfg.source]]
+    if cfg.ensemble and len(cfg.ensemble) > 1:
+        source_sets.append(list(cfg.ensemble))
+    runs = []
+    for sources in source_sets:
+        label = "+".join(_short(s) for s in sources)
+        for method in cfg.methods:
+            runs.append((f"{method}@{label}", method, sources))
+    return runs
+
+
+def run_demo(cfg: DemoConfig) -> dict[str, Any]:
+    """Run the whole demo into ``cfg.output``; returns the summary (also written as summary.json)."""
+    from .data.shapeworld import write_dataset
+    from .evaluate import EvalSetup, evaluate
+    from .models.zoo import mllm_names
+    from .report import write_report
+    from .train import resolve_config, train
+
+    t0 = time.time()
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    targets = cfg.targets or [f"zoo:{n}" for n in mllm_names()]
+    if not targets:
+        raise UsageError("the zoo is empty: run `tvp zoo build` (or pass --targets)")
+    task = f"shapeworld_{cfg.task}"
+    data = out / "data"
+    if not (data / "manifest.jsonl").is_file():
+        write_dataset(cfg.task, cfg.n_images, data, distribution="downstream", seed=cfg.data_seed, split_mix=True,
+                      overwrite=True, progress=cfg.progress)
+    runs = prompt_runs(cfg)
+    timings: dict[str, float] = {}
+    per_seed: list[dict[str, Any]] = []
+    for seed in range(cfg.seeds):
+        prompt_dirs, names = [], []
+        t_train = time.time()
+        for name, method, sources in runs:
+            run_dir = out / "runs" / f"seed{seed}" / name.replace("@", "_at_").replace("+", "_")
+            flags = {"sources": sources, "task": task, "data": str(data), "output": str(run_dir),
+                     "steps": cfg.steps, "batch_size": cfg.batch_size, "seed": seed, "width": cfg.width,
+                     "val_split": "val", "val_max_samples": cfg.val_max_samples, "ckpt_every": 0,
+                     "progress": cfg.progress, "device": "cpu", "dtype": "float32"}
+            if method == "tvp":
+                flags["guide"] = cfg.guide
+            log.info("seed %d: training %s", seed, name)
+            result = train(resolve_config(method, flags=flags))
+            prompt_dirs.append(str(result.output / "prompt" if result.output else run_dir / "prompt"))
+            names.append(name)
+        timings[f"train_seed{seed}"] = round(time.time() - t_train, 1)
+        t_eval = time.time()
+        eval_dir = out / "eval" / f"seed{seed}"
+        setup = EvalSetup(task=task, data=str(data), split="test", limit=cfg.eval_limit, seed=cfg.data_seed)
+        results = evaluate(prompt_dirs, targets, setup, eval_dir, names=names, command="tvp demo")
+        write_report(eval_dir)
+        timings[f"eval_seed{seed}"] = round(time.time() - t_eval, 1)
+        per_seed.append(results)
+    summary = summarize(cfg, per_seed, runs, targets)
+    summary["seconds"] = {**timings, "total": round(time.time() - t0, 1)}
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "table.md", render(summary))
+    plot(summary, out / "transfer.png")
+    return summary
+
+
+def _mean_sd(values: list[float]) -> dict[str, float]:
+    arr = np.asarray(values, dtype=float)
+    return {"mean": float(arr.mean()), "sd": float(arr.std(ddof=1)) if arr.size > 1 else 0.0, "n": int(arr.size)}
+
+
+def summarize(cfg: DemoConfig, per_seed: list[dict[str, Any]], runs: list[tuple[str, str, list[str]]],
+              targets: list[str]) -> dict[str, Any]:
+    """Primary metric per (prompt, model), mean ± sd over seeds; the clean row; mean Δ per prompt."""
+    metric = per_seed[0]["primary_metric"]
+    clean = {m: _mean_sd([r["clean"][m][metric] for r in per_seed]) for m in targets}
+    rows = {}
+    for name, method, sources in runs:
+        cells = {m: _mean_sd([r["transfer"][name][m]["prompted"][metric] for r in per_seed]) for m in targets}
+        deltas = [np.mean([r["transfer"][name][m]["delta"][metric] for m in targets]) for r in per_seed]
+        tgt = [m for m in targets if m not in sources]
+        tdeltas = [np.mean([r["transfer"][name][m]["delta"][metric] for m in tgt]) for r in per_seed] if tgt else []
+        rows[name] = {"method": method, "sources": sources, "cells": cells, "avg_delta": _mean_sd(deltas),
+                      "avg_delta_targets": _mean_sd(tdeltas) if tdeltas else None}
+    return {"task": per_seed[0]["task"]["name"], "metric": metric, "split": "test",
+            "n_test": per_seed[0]["cells"][0]["n"], "seeds": cfg.seeds, "targets": targets,
+            "clean": clean, "prompts": rows, "config": asdict(cfg)}
+
+
+def _fmt(stat: dict[str, float], signed: bool = False, with_sd: bool = True) -> str:
+    value = f"{100 * stat['mean']:+.1f}" if signed else f"{100 * stat['mean']:.1f}"
+    return f"{value} ± {100 * stat['sd']:.1f}" if with_sd and stat["n"] > 1 else value
+
+
+def render(summary: dict[str, Any]) -> str:
+    """The Table-1-style Markdown table (rows: prompts; columns: target models)."""
+    from .report import markdown_table
+
+    targets = summary["targets"]
+    header = ["prompt", "method", *[_short(m) for m in targets], "avg Δ", "avg Δ (targets)"]
+    rows = [["no prompt", "", *[_fmt(summary["clean"][m]) for m in targets], "", ""]]
+    for name, row in summary["prompts"].items():
+        cells = []
+        for m in targets:
+            text = _fmt(row["cells"][m])
+            cells.append(f"*{text}*" if m in row["sources"] else text)
+        tgt = row["avg_delta_targets"]
+        rows.append([name, row["method"], *cells, _fmt(row["avg_delta"], True), _fmt(tgt, True) if tgt else ""])
+    seeds = summary["seeds"]
+    lines = [
+        f"# tvp demo: {summary['task']} (ShapeWorld downstream)",
+        "",
+        f"{summary['metric']} in % on the test split ({summary['n_test']} images)"
+        + (f", mean ± sd over {seeds} seeds" if seeds > 1 else ", one seed")
+        + ". Prompts were trained on the model(s) after `@`; *italic* cells are those source models "
+          "(white-box), the others are transfers. avg Δ = mean change over all models; "
+          "avg Δ (targets) = over non-source models only.",
+        "",
+        markdown_table(header, rows),
+    ]
+    return "\n".join(lines)
+
+
+def plot(summary: dict[str, Any], path: Path) -> Path:
+    from .report import bar_chart
+
+    targets = summary["targets"]
+    series = {name: [100 * (row["cells"][m]["mean"] - summary["clean"][m]["mean"]) for m in targets]
+              for name, row in summary["prompts"].items()}
+    return bar_chart([_short(m) for m in targets], series, path,
+                     title=f"{summary['task']}: Δ {summary['metric']} per target model", ylabel="Δ (points)")

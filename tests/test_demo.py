@@ -1,0 +1,75 @@
+"""`tvp demo` end to end on the shipped zoo (or a smoke-built one when none is shipped)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tvprompt.demo import DemoConfig, prompt_runs, render
+from tvprompt.errors import UsageError
+from tvprompt.models import zoo
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+SHIPPED = [e for e in zoo.list_zoo(Path(SRC) / "tvprompt" / "zoo") if e.kind == "mllm"]
+
+
+@pytest.fixture(scope="module")
+def zoo_env(tmp_path_factory) -> dict[str, str]:
+    """Environment whose zoo is the shipped one, or a smoke build when this checkout ships none."""
+    env = {**os.environ, "PYTHONPATH": SRC}
+    if SHIPPED:
+        env.pop(zoo.ZOO_ENV, None)
+        return env
+    from tvprompt.models.zoo_build import build_zoo
+
+    root = tmp_path_factory.mktemp("zoo")
+    build_zoo(root, names=["llava-p8", "blip2-opt", "clip-guide"], n_per_task=12, eval_per_task=2, threads=1,
+              progress=False, scale=0.005)
+    env[zoo.ZOO_ENV] = str(root)
+    return env
+
+
+def test_runs_cover_methods_and_the_ensemble():
+    cfg = DemoConfig(ensemble=["zoo:a", "zoo:b"], source="zoo:a")
+    runs = prompt_runs(cfg)
+    assert [r[0] for r in runs] == ["vp@a", "evp@a", "tvp@a", "vp@a+b", "evp@a+b", "tvp@a+b"]
+    with pytest.raises(UsageError, match="ShapeWorld task"):
+        DemoConfig(task="cifar10")
+    with pytest.raises(UsageError, match="methods"):
+        DemoConfig(methods=["sgd"])
+
+
+def _run(env: dict[str, str], out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "tvprompt", "demo", "--quick", "--no-progress", "--output", str(out), *extra]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def test_demo_quick_end_to_end_small(zoo_env, tmp_path):
+    r = _run(zoo_env, tmp_path / "demo", "--methods", "vp", "tvp", "--targets", "zoo:llava-p8", "zoo:blip2-opt",
+             "--steps", "2", "--eval-limit", "10", "--n-images", "60")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "| no prompt |" in r.stdout and "tvp@llava-p8+blip2-opt" in r.stdout
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["targets"] == ["zoo:llava-p8", "zoo:blip2-opt"] and summary["metric"] == "top1"
+    assert set(summary["prompts"]) == {"vp@llava-p8", "tvp@llava-p8", "vp@llava-p8+blip2-opt", "tvp@llava-p8+blip2-opt"}
+    for row in summary["prompts"].values():
+        for cell in row["cells"].values():
+            assert 0.0 <= cell["mean"] <= 1.0 and cell["n"] == 1
+    for f in ("table.md", "transfer.png", "eval/seed0/results.json", "eval/seed0/table.md", "data/manifest.jsonl"):
+        assert (tmp_path / "demo" / f).is_file(), f
+    assert render(summary).splitlines()[0].startswith("# tvp demo: shapeworld_shape")
+    prompt = tmp_path / "demo" / "runs" / "seed0" / "tvp_at_llava-p8" / "prompt" / "prompt_config.json"
+    cfg = json.loads(prompt.read_text())
+    assert cfg["method"] == "tvp" and cfg["prompt_width"] == 30
+
+
+@pytest.mark.slow
+def test_demo_quick_default(zoo_env, tmp_path):
+    r = _run(zoo_env, tmp_path / "demo")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "report written" in r.stdout
