@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -83,6 +84,10 @@ def test_restart_fails_interrupted_jobs_and_kills_their_trainers(tmp_path):
     sessions = session_factory(open_engine(settings.db_url))
     trainer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--output",
                                 str(settings.jobs_dir / "j1" / "output")], start_new_session=True)
+    cmdline = Path(f"/proc/{trainer.pid}/cmdline")
+    deadline = time.monotonic() + 30
+    while b"--output" not in cmdline.read_bytes() and time.monotonic() < deadline:  # wait for the exec
+        time.sleep(0.05)
     with sessions.begin() as s:
         s.add(JobRow(id="j1", owner="a", state="running", request_json="{}", pid=trainer.pid))
         s.add(JobRow(id="j2", owner="a", state="succeeded", request_json="{}"))
