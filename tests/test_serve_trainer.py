@@ -1,45 +1,50 @@
-"""A job that runs the real trainer (`python -m tvprompt train`): slow, and wired to a tiny model + dataset.
+"""A job that runs the real trainer (`python -m tvprompt train`) on a shipped zoo model and
+ShapeWorld data; the result is pulled by a client that holds no model, and applied locally."""
 
-Skipped unless the tree has the train command and these are set:
-TVP_SERVE_TEST_SOURCE (model id), TVP_SERVE_TEST_TASK (task name), TVP_SERVE_TEST_DATA (dataset path).
-"""
-
-import os
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
+import torch
 
 from tvprompt.client import PromptClient
+from tvprompt.imageio import load_image
 from tvprompt.prompt import VisualPrompt
 from tvprompt.serve.auth import create_token
 from tvprompt.serve.db import open_engine, session_factory
 
+from .conftest import run_tvp
 from .service_utils import Server, env
 
 
-@pytest.mark.slow
-def test_job_with_the_real_trainer(tmp_path):
-    probe = subprocess.run([sys.executable, "-m", "tvprompt", "train", "--help"], capture_output=True, env=env())
-    if probe.returncode != 0:
-        pytest.skip("this tree has no `tvprompt train` command yet")
-    source, task, data = (os.environ.get(f"TVP_SERVE_TEST_{k}") for k in ("SOURCE", "TASK", "DATA"))
-    if not (source and task and data):
-        pytest.skip("set TVP_SERVE_TEST_SOURCE, TVP_SERVE_TEST_TASK and TVP_SERVE_TEST_DATA to a tiny model, task and dataset")
-    data = Path(data).resolve()
+def test_job_with_the_real_trainer_then_pull_and_apply(tmp_path):
+    data_root = tmp_path / "data"
+    made = subprocess.run([sys.executable, "-m", "tvprompt", "shapeworld", "--task", "shape", "--n", "24",
+                           "--output", str(data_root / "sw-shape"), "--split-mix"], capture_output=True, text=True,
+                          env=env())
+    assert made.returncode == 0, made.stderr
     store = tmp_path / "store"
     engine = open_engine(f"sqlite:///{store / 'registry.db'}")
     token = create_token(session_factory(engine), "trainer-test")[1]
     engine.dispose()
-    server = Server(tmp_path, settings={"store_dir": str(store), "data_root": str(data.parent)}).start()
+    server = Server(tmp_path, settings={"store_dir": str(store), "data_root": str(data_root)}).start()
     try:
         with PromptClient(server.url, token=token) as client:
-            job = client.submit_job(method="vp", sources=[source], task=task, dataset=data.name, steps=2, batch_size=2, seed=0)
-            done = client.wait_job(job["id"], timeout=1200, poll_s=1.0)
+            job = client.submit_job(method="evp", sources=["zoo:llava-p8"], task="shapeworld_shape",
+                                    dataset="sw-shape", steps=2, batch_size=4, seed=0)
+            done = client.wait_job(job["id"], timeout=600, poll_s=0.5)
             assert done["state"] == "succeeded", done
             assert done["step"] is not None and done["prompt_id"]
-            pulled = client.pull(done["prompt_id"], tmp_path / "pulled")
-            assert VisualPrompt.from_pretrained(pulled).config.task
+        # a user with no white-box model: `tvp pull`, then `tvp apply`
+        res = run_tvp("pull", server.url, done["prompt_id"], "--output", tmp_path / "pulled")
+        assert res.returncode == 0, res.stderr
     finally:
         server.stop()
+    prompt = VisualPrompt.from_pretrained(tmp_path / "pulled")
+    assert prompt.config.task == "shapeworld_shape" and prompt.config.method == "evp"
+    assert prompt.delta.abs().sum() > 0  # two real updates moved the border
+    image = next((data_root / "sw-shape" / "images").iterdir())
+    res = run_tvp("apply", "--prompt", tmp_path / "pulled", image, "--output", tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    out = load_image(tmp_path / "out" / (image.stem + ".png"))
+    expected = (prompt.apply(load_image(image)[None])[0].clamp(0, 1) * 255).round() / 255
+    assert torch.equal(out, expected)
