@@ -28,12 +28,8 @@ from .preprocessing import CLIP_MEAN, CLIP_STD, HALF, ImagePreprocessing
 from .registry import register_guide
 
 
-class HFGuide:
-    """A transformers dual encoder (CLIP, SigLIP) as a TSE guide; weights frozen, eval mode."""
-
-    model_class: ClassVar[str] = ""
-    text_padding: ClassVar[str] = "longest"  # SigLIP was trained on max_length-padded text
-    guide_type: ClassVar[str] = ""
+class FrozenGuide:
+    """What every guide holds: the model (frozen, eval mode), its tokenizer and preprocessing."""
 
     def __init__(self, model: Any, tokenizer: Any, preprocessing: ImagePreprocessing, model_id: str,
                  device: torch.device) -> None:
@@ -44,6 +40,14 @@ class HFGuide:
         self.device = device
         self.dtype = next(model.parameters()).dtype
         self.logit_scale = float(model.logit_scale.detach().float().exp().item())
+
+
+class HFGuide(FrozenGuide):
+    """A transformers dual encoder (CLIP, SigLIP) as a TSE guide; weights frozen, eval mode."""
+
+    model_class: ClassVar[str] = ""
+    text_padding: ClassVar[str] = "longest"  # SigLIP was trained on max_length-padded text
+    guide_type: ClassVar[str] = ""
 
     @classmethod
     def default_preprocessing(cls, config: Any) -> ImagePreprocessing:
@@ -115,20 +119,10 @@ class SiglipGuide(HFGuide):
 
 
 @register_guide("open_clip")
-class OpenClipGuide:
+class OpenClipGuide(FrozenGuide):
     """An open_clip model (optional extra). Model id: ``open_clip:<architecture>/<pretrained tag>``."""
 
     guide_type: ClassVar[str] = "open_clip"
-
-    def __init__(self, model: Any, tokenizer: Any, preprocessing: ImagePreprocessing, model_id: str,
-                 device: torch.device) -> None:
-        self.model = model.requires_grad_(False).eval()
-        self.tokenizer = tokenizer
-        self.preprocessing = preprocessing
-        self.model_id = model_id
-        self.device = device
-        self.dtype = next(model.parameters()).dtype
-        self.logit_scale = float(model.logit_scale.detach().float().exp().item())
 
     @classmethod
     def from_pretrained(cls, spec: str, *, model_id: str | None = None, device: str | torch.device | None = None,
