@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from tvprompt.data import shapeworld as sw
@@ -102,3 +103,16 @@ def test_smoke_build_is_deterministic_and_loads_as_zoo_id(tmp_path, monkeypatch)
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert "zoo:llava-p8" in r.stdout and "zoo:clip-guide" in r.stdout and "LlavaForConditionalGeneration" in r.stdout
+
+
+@needs_zoo
+@pytest.mark.slow
+def test_build_reproduces_the_shipped_weights_bit_for_bit(tmp_path):
+    """`tvp zoo build` with the recorded command rebuilds a shipped member exactly (same thread count)."""
+    entry = next(e for e in MLLMS if e.name == "llava-p8")
+    command = entry.manifest["build_command"].split()
+    threads = int(command[command.index("--threads") + 1])
+    build_zoo(tmp_path, names=["llava-p8"], n_per_task=1500, eval_per_task=100, threads=threads, progress=False)
+    shipped = load_file(Path(SRC) / "tvprompt" / "zoo" / "llava-p8" / "model.safetensors")
+    rebuilt = load_file(tmp_path / "llava-p8" / "model.safetensors")
+    assert shipped.keys() == rebuilt.keys() and all(torch.equal(shipped[k], rebuilt[k]) for k in shipped)
