@@ -48,6 +48,15 @@ class World:
 
             dist.barrier()
 
+    def close(self) -> None:
+        """Leave the process group. Without this, gloo's threads can outlive the interpreter's
+        shutdown and abort the process ("terminate called without an active exception")."""
+        if self.size > 1:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
     def shard(self, n: int) -> slice:
         """This process's contiguous slice of ``n`` items (sizes differ by at most one)."""
         base, extra = divmod(n, self.size)

@@ -127,6 +127,7 @@ def train(
     """Train a prompt. Models, task and data are loaded from ``config`` unless passed in (tests, notebooks)."""
     cfg = config
     out = Path(cfg.output) if cfg.output else None
+    own_world = world is None
     world = world or init_world()
 
     # ---- resume: the checkpoint's config wins; result-affecting fields must not change
@@ -339,6 +340,8 @@ def train(
         write_text_atomic(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         log.info("wrote %s (selected at step %s)", out / "prompt", state.best_step or state.step)
     world.barrier()
+    if own_world:
+        world.close()
     return TrainResult(out, state.step, state.best_metric, state.best_step, final, selected, history)
 
 
