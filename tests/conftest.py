@@ -28,3 +28,14 @@ def run_tvp(*args: str, cwd: str | os.PathLike | None = None, timeout: float = 3
 @pytest.fixture
 def tvp():
     return run_tvp
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one thread is fastest on a shared machine (no spin contention)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

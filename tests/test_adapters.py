@@ -32,13 +32,7 @@ CHOICES = ["circle", "red square", "3", "no"]
 PARITY_ATOL: dict[str, float] = {"default": 0.03}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread is fastest on a shared machine (no spin contention)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_every_family_has_a_tiny_builder_or_says_why_not():
