@@ -48,13 +48,10 @@ def test_shipped_zoo_has_four_architectures_and_a_guide():
 @needs_zoo
 @pytest.mark.parametrize("entry", MLLMS, ids=lambda e: e.name)
 def test_shipped_accuracies_beat_chance_and_drop_downstream(entry):
-    pre, down, chance = entry.accuracy["pretrain"], entry.accuracy["downstream"], entry.manifest["chance"]
-    for task in ("shape", "color", "count"):
-        assert pre[task] >= chance[task] + 0.1, (task, pre[task])
-    # exist: only InstructBLIP (its Q-Former reads the question) learns to bind the asked colour
-    # to the image within the build budget; the others answer at the majority rate
-    # (docs/shapeworld-and-zoo.md reports it).
-    assert pre["exist"] >= chance["exist"]
+    pre, down = entry.accuracy["pretrain"], entry.accuracy["downstream"]
+    chance, majority = entry.manifest["chance"], entry.manifest["majority"]["pretrain"]
+    for task in sw.TASKS:  # clearly above both chance and always giving the most frequent answer
+        assert pre[task] >= max(chance[task], majority[task]) + 0.1, (task, pre[task], majority[task])
     assert sum(down.values()) < sum(pre.values())
 
 

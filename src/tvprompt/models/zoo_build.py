@@ -284,6 +284,14 @@ def chance() -> dict[str, float]:
     return {t: round(1 / len(sw.CHOICES[t]), 4) for t in sw.TASKS}
 
 
+def majority(eval_data: dict[str, tuple]) -> dict[str, float]:
+    """Per task, the accuracy of always answering the most frequent answer (a floor above chance)."""
+    from collections import Counter
+
+    return {t: round(Counter(answers).most_common(1)[0][1] / len(answers), 4)
+            for t, (_, _, answers, _) in eval_data.items()}
+
+
 def _versions() -> dict[str, str]:
     import transformers
 
@@ -316,6 +324,7 @@ def build_member(recipe: Recipe, data: ZooData, evals: dict[str, dict], output: 
                      "n_per_task": data.images.shape[0] // len(sw.TASKS), "augment": "flip + padded layout"},
             "recipe": asdict(recipe), "final_losses": losses,
             "accuracy": acc, "accuracy_quick": quick, "chance": chance(),
+            "majority": {dist: majority(ev) for dist, ev in evals.items()},
             "eval": {"n_per_task": next(iter(next(iter(evals.values())).values()))[0].shape[0],
                      "start_index": EVAL_START, "seed": TRAIN_SEED, "image_size": sw.IMAGE_SIZE,
                      "method": "score_choices top-1"},

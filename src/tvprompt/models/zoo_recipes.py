@@ -67,19 +67,19 @@ RECIPES: list[Recipe] = [
     Recipe(
         name="blip2-opt", family="blip2", seed=2,
         overrides={"image_size": 48, "patch_size": 8, "hidden": 96, "num_query_tokens": 16, "llm": "opt"},
-        edits={**_layers(), **_QFORMER}, lm_steps=600, stage2_aux="projected",
+        edits={**_layers(), **_QFORMER}, vision_steps=500, lm_steps=1500, exist_share=0.6, stage2_aux="projected",
         description="BLIP-2 architecture: BLIP ViT (48 px, patch 8) + Q-Former (16 queries) + OPT",
     ),
     Recipe(
         name="instructblip-p12", family="instructblip", seed=3,
         overrides={"image_size": 48, "patch_size": 12, "hidden": 96, "num_query_tokens": 16, "llm": "llama"},
-        edits={**_layers(), **_QFORMER, **_LLAMA_KV}, lm_steps=600, stage2_aux="projected",
+        edits={**_layers(), **_QFORMER, **_LLAMA_KV}, lm_steps=1000, exist_share=0.5, stage2_aux="projected",
         description="InstructBLIP architecture: BLIP ViT (48 px, patch 12) + instruction-aware Q-Former + Llama",
     ),
     Recipe(
         name="llava-next-p6", family="llava_next", seed=4,
         overrides={"image_size": 36, "patch_size": 6, "hidden": 96, "pinpoints": [[36, 36]]},
-        edits={**_layers(), **_LLAMA_KV, "vision_feature_layer": -1},
+        edits={**_layers(), **_LLAMA_KV, "vision_feature_layer": -1}, lm_steps=1000, exist_share=0.5,
         description="LLaVA-NeXT architecture: CLIP ViT (36 px, patch 6) + one any-res tile + MLP projector + Llama",
     ),
 ]
