@@ -3,7 +3,8 @@
 :class:`HFAdapter` implements the :class:`~tvprompt.models.base.MLLMAdapter` protocol once:
 loading (dtype, device / device_map, attention implementation with an eager fallback, gradient
 checkpointing), freezing, differentiable preprocessing, ``lm_loss`` (CE on the answer tokens + EOS),
-FCA features taken from the same forward that feeds the LLM, KV-cached ``score_choices`` and greedy
+FCA features taken from the same forward that feeds the LLM, KV-cached ``score_choices`` (choices
+packed after one copy of the prefix, see ``ranking.py``) and greedy
 ``generate`` — for decoder-only and encoder-decoder (Flan-T5) language models.
 
 A family module subclasses it, sets a few class attributes and overrides small hooks:
@@ -18,6 +19,7 @@ decoder-only families
     ``run_vision(pixel_values, image_size)``  a vision-only pass returning the same kind of object
     ``select_features(image_outputs, kind)``  (B, N, D) ``encoder`` or ``projected`` features
     ``continuation_kwargs(prefix, ids, mask)``  inputs for tokens that follow a cached prefix
+    ``continuation_positions(prefix, offsets)``  their position ids (packed ranking restarts them per choice)
     ``continuation_module()``        the module those tokens go through (default: the whole model)
     ``cache_of(outputs)``            the KV cache inside a forward output
 
