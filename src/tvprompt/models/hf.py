@@ -163,7 +163,7 @@ class HFAdapter:
     score_rows_per_pass: int = 512
     # packed scoring also starts a new chunk before the packed choice tokens pass this many (attention
     # over the packed tokens grows with their square)
-    score_tokens_per_pass: int = 1024
+    score_tokens_per_pass: int = 512
 
     # ---- construction ---------------------------------------------------------------------------
     def __init__(self, model: Any, tokenizer: Any, preprocessing: ImagePreprocessing, model_id: str,
