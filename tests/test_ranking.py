@@ -137,5 +137,6 @@ def test_bf16_packed_scores_follow_per_row(source):
     images = _images()
     packed = adapter.score_choices(images, PROMPTS, CHOICES)
     assert packed.dtype == torch.float32 and torch.isfinite(packed).all()
-    # bf16 rounds differently when the same keys sit in one packed row; the ranking must agree
-    torch.testing.assert_close(packed, _per_row(adapter, images), atol=0.05, rtol=0.02)
+    # bf16 may round differently when the keys sit in one packed row (measured <= 5e-4); a mask that
+    # lets choices see each other moves the scores by 0.03-0.14 on these models
+    torch.testing.assert_close(packed, _per_row(adapter, images), atol=2e-3, rtol=0)
