@@ -29,5 +29,5 @@ def test_prompt_step_benchmark_tiny(tmp_path):
     assert result["careless_step"]["seconds"] > 0
     rank = result["ranking"]["4"]
     assert rank["max_abs_diff"] < 1e-4  # KV-cached ranking equals one forward per choice
-    assert rank["speedup"] > 0
-    assert "| llm+fca+tse |" in md.read_text()
+    assert rank["speedup"] > 0 and rank["per_row_s"] > 0
+    assert "| llm+fca+tse |" in md.read_text() and "| unpacked ms |" in md.read_text()

@@ -44,6 +44,9 @@ class Gemma3Adapter(ProjectorFeatures, HFAdapter):
     llm = "Gemma 3"
     answer_prefix = ""  # the answer follows "model\n" directly
     notes = "single view, no pan-and-scan; Gemma 3 chat format; token_type_ids 1 = image tokens"
+    # sliding-window layers: their cache keeps only the last window, and one 4-D mask would serve
+    # both layer kinds, so choices are ranked one cache row each
+    packed_choices = False
 
     @classmethod
     def default_preprocessing(cls, config: Any) -> ImagePreprocessing:

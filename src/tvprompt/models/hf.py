@@ -3,7 +3,8 @@
 :class:`HFAdapter` implements the :class:`~tvprompt.models.base.MLLMAdapter` protocol once:
 loading (dtype, device / device_map, attention implementation with an eager fallback, gradient
 checkpointing), freezing, differentiable preprocessing, ``lm_loss`` (CE on the answer tokens + EOS),
-FCA features taken from the same forward that feeds the LLM, KV-cached ``score_choices`` and greedy
+FCA features taken from the same forward that feeds the LLM, KV-cached ``score_choices`` (choices
+packed after one copy of the prefix, see ``ranking.py``) and greedy
 ``generate`` — for decoder-only and encoder-decoder (Flan-T5) language models.
 
 A family module subclasses it, sets a few class attributes and overrides small hooks:
@@ -18,6 +19,7 @@ decoder-only families
     ``run_vision(pixel_values, image_size)``  a vision-only pass returning the same kind of object
     ``select_features(image_outputs, kind)``  (B, N, D) ``encoder`` or ``projected`` features
     ``continuation_kwargs(prefix, ids, mask)``  inputs for tokens that follow a cached prefix
+    ``continuation_positions(prefix, offsets)``  their position ids (packed ranking restarts them per choice)
     ``continuation_module()``        the module those tokens go through (default: the whole model)
     ``cache_of(outputs)``            the KV cache inside a forward output
 
@@ -45,6 +47,13 @@ import torch.nn.functional as F
 from ..errors import TvpError, UsageError
 from .base import FEATURE_KINDS
 from .preprocessing import ImagePreprocessing, read_processor_config
+from .ranking import (
+    is_full_attention_cache,
+    pack_choices,
+    packed_attention_mask,
+    packed_chunks,
+    packed_scores,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +153,17 @@ class HFAdapter:
     extra: ClassVar[str | None] = None  # pip extra needed beyond the core install
     notes: ClassVar[str] = ""
     untested: ClassVar[str | None] = None  # why a family has no offline tiny checkpoint / contract tests
+    # score_choices packs all choices after ONE copy of each image's cached prefix (see ranking.py):
+    # exact wherever the model uses a 4-D attention mask as given and the KV cache is plain full
+    # attention; False (or a sliding-window cache) falls back to one expanded cache row per (image, choice)
+    packed_choices: ClassVar[bool] = True
     # score_choices runs at most this many (image, choice) continuations at once; more choices are
-    # scored in chunks, each from a copy of the prefix cache (bounds the expanded KV cache's memory)
+    # scored in chunks (packed: the cache is cropped back to the prefix between chunks; fallback: each
+    # chunk expands a copy of the prefix cache)
     score_rows_per_pass: int = 512
+    # packed scoring also starts a new chunk before the packed choice tokens pass this many (attention
+    # over the packed tokens grows with their square)
+    score_tokens_per_pass: int = 512
 
     # ---- construction ---------------------------------------------------------------------------
     def __init__(self, model: Any, tokenizer: Any, preprocessing: ImagePreprocessing, model_id: str,
@@ -301,10 +318,17 @@ class HFAdapter:
     def continuation_kwargs(self, prefix: TextBatch, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
         """Inputs for ``ids`` (N, T) that continue the cached ``prefix`` rows (already expanded to N)."""
         out: dict[str, Any] = {"attention_mask": torch.cat([prefix.attention_mask, mask], dim=1)}
-        if self.explicit_positions:
-            start = prefix.lengths.unsqueeze(1)
-            out["position_ids"] = start + positions_from_mask(mask)
+        positions = self.continuation_positions(prefix, positions_from_mask(mask))
+        if positions is not None:
+            out["position_ids"] = positions
         return out
+
+    def continuation_positions(self, prefix: TextBatch, offsets: torch.Tensor) -> torch.Tensor | None:
+        """``position_ids`` of tokens ``offsets`` (N, T) steps after the end of each cached ``prefix`` row
+        (offset 0 = the first token after the prefix); None lets the model count positions itself."""
+        if not self.explicit_positions:
+            return None
+        return prefix.lengths.unsqueeze(1) + offsets
 
     def continuation_module(self) -> Any:
         """The module that runs tokens after a cached prefix (text only, no pixels)."""
@@ -432,19 +456,53 @@ class HFAdapter:
         first = out.logits[:, -1].float().log_softmax(-1)  # (B, V): predicts each choice's first token
         cache = self.cache_of(out)
         per_pass = max(1, self.score_rows_per_pass // len(prompts))
+        answers = [self.answer_ids(c) for c in choices]
+        if self._can_pack(prefix, cache):
+            chunks = packed_chunks([len(a) for a in answers], per_pass, self.score_tokens_per_pass)
+            parts = []
+            for start, stop in chunks:
+                if parts:  # back to the prefix: the previous chunk's tokens are in the cache
+                    cache.crop(prefix.input_ids.shape[1] - cache.get_seq_length())
+                parts.append(self._score_packed(prefix, first, cache, answers[start:stop]))
+            return torch.cat(parts, dim=1)
         if per_pass >= len(choices):
-            return self._score_continuations(prefix, first, cache, choices)
+            return self._score_continuations(prefix, first, cache, answers)
         parts = [  # many choices: bound the expanded cache, re-expanding a copy of the prefix cache
-            self._score_continuations(prefix, first, copy.deepcopy(cache), choices[i : i + per_pass])
+            self._score_continuations(prefix, first, copy.deepcopy(cache), answers[i : i + per_pass])
             for i in range(0, len(choices), per_pass)
         ]
         return torch.cat(parts, dim=1)
 
-    def _score_continuations(self, prefix: TextBatch, first: torch.Tensor, cache: Any, choices: list[str]) -> torch.Tensor:
-        """(B, C) scores of ``choices`` after the cached ``prefix``; ``cache`` is expanded in place."""
-        n_choices, batch_size = len(choices), prefix.input_ids.shape[0]
+    def _can_pack(self, prefix: TextBatch, cache: Any) -> bool:
+        """Packed scoring is exact for plain full-attention caches holding exactly the prefix."""
+        if not self.packed_choices or not is_full_attention_cache(cache):
+            return False
+        if cache.get_seq_length() != prefix.input_ids.shape[1]:
+            return False
+        offsets = torch.zeros_like(prefix.input_ids[:, :1])
+        return self.continuation_positions(prefix, offsets) is not None
+
+    def _score_packed(self, prefix: TextBatch, first: torch.Tensor, cache: Any, answers: list[list[int]]) -> torch.Tensor:
+        """(B, C) scores of the token sequences ``answers``, packed back to back after one copy of each
+        cached ``prefix`` row; the cache grows by the packed tokens (the caller crops it)."""
+        batch_size = prefix.input_ids.shape[0]
+        packed = pack_choices(answers)
+        ids = packed.ids.to(self.device).expand(batch_size, -1)
+        mask = packed_attention_mask(prefix.attention_mask, packed.segment.to(self.device),
+                                     packed.offsets.to(self.device), self.dtype)
+        kwargs = {"attention_mask": mask,
+                  "position_ids": self.continuation_positions(prefix, packed.offsets.to(self.device).expand(batch_size, -1))}
+        out = self._call(TextBatch(ids, torch.ones_like(ids), image_size=prefix.image_size), kwargs,
+                         module=self.continuation_module(), cache=cache, use_cache=True)
+        return packed_scores(out.logits, first, packed)
+
+    def _score_continuations(self, prefix: TextBatch, first: torch.Tensor, cache: Any,
+                             answers: list[list[int]]) -> torch.Tensor:
+        """(B, C) scores of the token sequences ``answers`` after the cached ``prefix``, one row per
+        (image, choice); ``cache`` is expanded in place."""
+        n_choices, batch_size = len(answers), prefix.input_ids.shape[0]
         cache.batch_repeat_interleave(n_choices)
-        ids, mask = pad_sequences([self.answer_ids(c) for c in choices], self.pad_id, "right")
+        ids, mask = pad_sequences(answers, self.pad_id, "right")
         ids, mask = ids.to(self.device).repeat(batch_size, 1), mask.to(self.device).repeat(batch_size, 1)
         expanded = _expand_batch(prefix, n_choices)
         out = self._call(

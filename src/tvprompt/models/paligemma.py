@@ -61,12 +61,11 @@ class PaliGemmaAdapter(ProjectorFeatures, HFAdapter):
             out["pixel_values"] = pixel_values
         return out
 
-    def continuation_kwargs(self, prefix: TextBatch, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
-        # Tokens after the cached prefix are suffix tokens: causal, which is what the model does for
-        # a cached call without token_type_ids.
-        out = super().continuation_kwargs(prefix, ids, mask)
-        out["position_ids"] = out["position_ids"] + 1
-        return out
+    # Tokens after the cached prefix are suffix tokens: causal, which is what the model does for a
+    # cached call without token_type_ids (and what a packed 4-D mask spells out).
+    def continuation_positions(self, prefix: TextBatch, offsets: torch.Tensor) -> torch.Tensor | None:
+        positions = super().continuation_positions(prefix, offsets)
+        return None if positions is None else positions + 1  # PaliGemma positions are 1-indexed
 
 
 

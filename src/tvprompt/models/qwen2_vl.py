@@ -35,7 +35,7 @@ import torch
 
 from ..errors import TvpError
 from .chat import turn_end_id
-from .hf import HFAdapter, TextBatch, capture_io, positions_from_mask, read_local_or_hub_processor_config
+from .hf import HFAdapter, TextBatch, capture_io, read_local_or_hub_processor_config
 from .preprocessing import CLIP_MEAN, CLIP_STD, ImagePreprocessing
 from .registry import register_family
 from .tiny import TinySpec, register_tiny
@@ -109,7 +109,7 @@ class Qwen2VLAdapter(HFAdapter):
     llm = "Qwen2"
     add_bos = False  # Qwen's chat format has no BOS
     answer_prefix = ""  # the answer follows "assistant\n" directly
-    explicit_positions = False  # 3-D positions come from forward_kwargs / continuation_kwargs
+    explicit_positions = False  # 3-D positions come from forward_kwargs / continuation_positions
     notes = "one grid per canvas (the processor's size for HxW), Qwen chat format, no video"
     system_prompt: ClassVar[str | None] = SYSTEM_PROMPT
 
@@ -182,11 +182,9 @@ class Qwen2VLAdapter(HFAdapter):
                        mm_token_type_ids=(batch.input_ids == self.image_token_id).int())
         return out
 
-    def continuation_kwargs(self, prefix: TextBatch, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
+    def continuation_positions(self, prefix: TextBatch, offsets: torch.Tensor) -> torch.Tensor:
         start = self.positions(prefix).amax(dim=(0, 2)) + 1  # (N,) next position after each cached row
-        pos = start[:, None] + positions_from_mask(mask)
-        return {"attention_mask": torch.cat([prefix.attention_mask, mask], dim=1),
-                "position_ids": pos.unsqueeze(0).expand(3, -1, -1)}
+        return (start[:, None] + offsets).unsqueeze(0).expand(3, -1, -1)  # text tokens: same t, h, w
 
     # ---- features ---------------------------------------------------------------------------------
     # The patch merger's input is the ``encoder`` feature, its output the ``projected`` one; forward
