@@ -3,11 +3,14 @@
 Random-init weights cost exactly what pretrained ones cost, so speed measured on them holds for
 the real checkpoints. ``tiny`` uses the test builders (seconds on a CPU), ``small`` a CPU-sized
 model with a 224-px ViT (196 patches) for ratios, ``7b`` the real LLaVA-1.5-7B shape
-(CLIP ViT-L/14-336 + Llama-2-7B; GPU only).
+(CLIP ViT-L/14-336 + Llama-2-7B) or InstructBLIP-Vicuna-7B shape (EVA ViT-g/14 + 32-query Q-Former +
+Vicuna-7B); GPU only.
 """
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +31,21 @@ def _llava_7b(tokenizer: Any) -> Any:
                        vision_feature_layer=-2, vision_feature_select_strategy="default")
 
 
+def _instructblip_7b(tokenizer: Any) -> Any:
+    from transformers import InstructBlipConfig
+
+    vision = dict(hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16,
+                  image_size=224, patch_size=14, qkv_bias=True)
+    qformer = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                   encoder_hidden_size=1408, vocab_size=30523)
+    text = dict(model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                num_attention_heads=32, num_key_value_heads=32, vocab_size=32001, max_position_embeddings=2048,
+                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id)
+    return InstructBlipConfig(vision_config=vision, qformer_config=qformer, text_config=text, num_query_tokens=32,
+                              image_token_id=tokenizer.convert_tokens_to_ids("<image>"))
+
+
 def _llava_small(tokenizer: Any) -> Any:
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
@@ -41,11 +59,17 @@ def _llava_small(tokenizer: Any) -> Any:
                        vision_feature_layer=-2, vision_feature_select_strategy="default")
 
 
+CONFIGS = {  # (family, size) -> (config builder, model class); every family also has "tiny"
+    ("llava", "small"): (_llava_small, "LlavaForConditionalGeneration"),
+    ("llava", "7b"): (_llava_7b, "LlavaForConditionalGeneration"),
+    ("instructblip", "7b"): (_instructblip_7b, "InstructBlipForConditionalGeneration"),
+}
+
+
 def build_adapter(family: str, size: str, *, device: str, dtype: torch.dtype, attn: str, seed: int = 0) -> Any:
     """An adapter over a random-init model of ``family`` at ``size``, frozen, on ``device``."""
     import transformers
 
-    from tvprompt.models.preprocessing import CLIP_MEAN, CLIP_STD, ImagePreprocessing
     from tvprompt.models.registry import get_family
     from tvprompt.models.tiny import _entry, tiny_tokenizer
 
@@ -54,14 +78,13 @@ def build_adapter(family: str, size: str, *, device: str, dtype: torch.dtype, at
     if size == "tiny":
         spec = _entry(family).builder(tokenizer)
         config, model_class, pre = spec.config, spec.model_class, spec.preprocessing
-    elif family == "llava":
-        config = _llava_small(tokenizer) if size == "small" else _llava_7b(tokenizer)
-        model_class = "LlavaForConditionalGeneration"
-        px = config.vision_config.image_size
-        pre = ImagePreprocessing(size=(px, px), mean=CLIP_MEAN, std=CLIP_STD, resample="bicubic", shortest_edge=px)
-        spec = None
+    elif (family, size) in CONFIGS:
+        build_config, model_class = CONFIGS[(family, size)]
+        config, spec = build_config(tokenizer), None
+        pre = cls.default_preprocessing(config)
     else:
-        raise SystemExit(f"size {size!r} is defined for llava only; use --size tiny for {family}")
+        known = ", ".join(f"{f} {s}" for f, s in CONFIGS)
+        raise SystemExit(f"--family {family} --size {size} is not defined (known: {known}; any family with --size tiny)")
     config._attn_implementation = attn
     if hasattr(config, "text_config"):
         config.text_config._attn_implementation = attn
@@ -78,7 +101,12 @@ def build_adapter(family: str, size: str, *, device: str, dtype: torch.dtype, at
     if spec is not None and spec.init is not None:
         with torch.no_grad():
             spec.init(model)
-    return cls(model, tokenizer, pre, model_id=f"random:{family}-{size}", device=torch.device(device))
+    adapter = cls(model, tokenizer, pre, model_id=f"random:{family}-{size}", device=torch.device(device))
+    with tempfile.TemporaryDirectory() as files:  # the family's setup hook reads extra files (e.g. a
+        if spec is not None and spec.save_extra is not None:  # Q-Former tokenizer) from the checkpoint folder
+            spec.save_extra(Path(files))
+        adapter.setup(files)
+    return adapter
 
 
 def build_guide(size: str, *, device: str, dtype: torch.dtype, seed: int = 0) -> Any:

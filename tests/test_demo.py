@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tvprompt.demo import DemoConfig, prompt_runs, render
+from tvprompt.demo import TUNED, DemoConfig, method_flags, prompt_runs, render
 from tvprompt.errors import UsageError
 from tvprompt.models import zoo
 
@@ -44,6 +44,18 @@ def test_runs_cover_methods_and_the_ensemble():
         DemoConfig(methods=["sgd"])
 
 
+def test_tuned_hyperparameters_and_paper_defaults():
+    from tvprompt.train import resolve_config
+
+    tuned, paper = DemoConfig(), DemoConfig(paper_defaults=True)
+    assert method_flags(tuned, "tvp") == method_flags(paper, "tvp") == {"guide": "zoo:clip-guide"}
+    assert method_flags(tuned, "evp") == TUNED["evp"] and method_flags(paper, "evp") == {}
+    base = {"sources": ["zoo:a"], "task": "shapeworld_shape", "steps": 1}
+    assert resolve_config("evp", flags={**base, **method_flags(tuned, "evp")}).lr == 10.0
+    assert resolve_config("evp", flags={**base, **method_flags(paper, "evp")}).lr == 70.0
+    assert resolve_config("tvp", flags={**base, **method_flags(paper, "tvp")}).fca == 0.005
+
+
 def _run(env: dict[str, str], out: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "tvprompt", "demo", "--quick", "--no-progress", "--output", str(out), *extra]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
@@ -56,7 +68,11 @@ def test_demo_quick_end_to_end_small(zoo_env, tmp_path):
     assert "| no prompt |" in r.stdout and "tvp@llava-p8+blip2-opt" in r.stdout
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["targets"] == ["zoo:llava-p8", "zoo:blip2-opt"] and summary["metric"] == "top1"
-    assert set(summary["prompts"]) == {"vp@llava-p8", "tvp@llava-p8", "vp@llava-p8+blip2-opt", "tvp@llava-p8+blip2-opt"}
+    assert list(summary["prompts"]) == ["pad-only", "vp@llava-p8", "tvp@llava-p8", "vp@llava-p8+blip2-opt",
+                                        "tvp@llava-p8+blip2-opt"]
+    assert summary["prompts"]["pad-only"]["sources"] == []
+    pad = json.loads((tmp_path / "demo" / "runs" / "pad-only" / "prompt" / "prompt_config.json").read_text())
+    assert pad["prompt_width"] == 30 and pad["method"] == "none"
     for row in summary["prompts"].values():
         for cell in row["cells"].values():
             assert 0.0 <= cell["mean"] <= 1.0 and cell["n"] == 1

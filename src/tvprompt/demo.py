@@ -29,6 +29,15 @@ from .files import write_text_atomic
 log = logging.getLogger(__name__)
 
 METHODS = ("vp", "evp", "tvp")
+# Hyper-parameters for this world, chosen on the source model's validation split
+# (docs/shapeworld-and-zoo.md): in 300 updates EVP's released step size γ = 70 overshoots, γ = 10 does
+# not. TVP keeps its released λ1 = 0.005 although λ1 = 0.0005 scored higher on that split: FCA is
+# there for transfer, which a source-model validation split does not measure (the weaker λ1
+# transferred far worse). ``paper_defaults=True`` keeps every released value.
+TUNED: dict[str, dict[str, float]] = {"vp": {}, "evp": {"lr": 10.0}, "tvp": {}}
+# The reference row "padding only": the image shrunk inside a black border (δ = 0), untrained. It
+# separates what shrinking the image costs each model from what the learned border adds.
+PAD_ONLY = ("pad-only", "δ = 0", [])
 
 
 @dataclass
@@ -41,11 +50,12 @@ class DemoConfig:
     guide: str = "zoo:clip-guide"
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     seeds: int = 1
-    n_images: int = 600  # generated, then split 60/20/20 into train/val/test
-    steps: int = 60
+    n_images: int = 2000  # generated, then split 60/20/20 into train/val/test
+    steps: int = 300
     batch_size: int = 16
     val_max_samples: int = 64
-    eval_limit: int | None = 120
+    eval_limit: int | None = None  # the whole test split
+    paper_defaults: bool = False  # the presets' released hyper-parameters instead of TUNED
     width: int = 30
     data_seed: int = 0
     progress: bool = True
@@ -86,11 +96,18 @@ def prompt_runs(cfg: DemoConfig) -> list[tuple[str, str, list[str]]]:
     return runs
 
 
+def method_flags(cfg: DemoConfig, method: str) -> dict[str, Any]:
+    """What a method's run adds to the shared training flags: the guide, and the tuned values."""
+    flags: dict[str, Any] = {"guide": cfg.guide} if method == "tvp" else {}
+    return flags if cfg.paper_defaults else {**flags, **TUNED[method]}
+
+
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the whole demo into ``cfg.output``; returns the summary (also written as summary.json)."""
     from .data.shapeworld import write_dataset
     from .evaluate import EvalSetup, evaluate
     from .models.zoo import mllm_names
+    from .prompt import PromptConfig, VisualPrompt
     from .report import write_report
     from .train import resolve_config, train
 
@@ -106,10 +123,12 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         write_dataset(cfg.task, cfg.n_images, data, distribution="downstream", seed=cfg.data_seed, split_mix=True,
                       overwrite=True, progress=cfg.progress)
     runs = prompt_runs(cfg)
+    pad_only = out / "runs" / PAD_ONLY[0] / "prompt"
+    VisualPrompt(PromptConfig(prompt_width=cfg.width, method="none", task=task)).save_pretrained(pad_only)
     timings: dict[str, float] = {}
     per_seed: list[dict[str, Any]] = []
     for seed in range(cfg.seeds):
-        prompt_dirs, names = [], []
+        prompt_dirs, names = [str(pad_only)], [PAD_ONLY[0]]
         t_train = time.time()
         for name, method, sources in runs:
             run_dir = out / "runs" / f"seed{seed}" / name.replace("@", "_at_").replace("+", "_")
@@ -117,8 +136,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                      "steps": cfg.steps, "batch_size": cfg.batch_size, "seed": seed, "width": cfg.width,
                      "val_split": "val", "val_max_samples": cfg.val_max_samples, "ckpt_every": 0,
                      "progress": cfg.progress, "device": "cpu", "dtype": "float32"}
-            if method == "tvp":
-                flags["guide"] = cfg.guide
+            flags.update(method_flags(cfg, method))
             log.info("seed %d: training %s", seed, name)
             result = train(resolve_config(method, flags=flags))
             prompt_dirs.append(str(result.output / "prompt" if result.output else run_dir / "prompt"))
@@ -131,7 +149,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         write_report(eval_dir)
         timings[f"eval_seed{seed}"] = round(time.time() - t_eval, 1)
         per_seed.append(results)
-    summary = summarize(cfg, per_seed, runs, targets)
+    summary = summarize(cfg, per_seed, [PAD_ONLY, *runs], targets)
     summary["seconds"] = {**timings, "total": round(time.time() - t0, 1)}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_text_atomic(out / "table.md", render(summary))

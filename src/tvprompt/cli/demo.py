@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="prompt updates per run")
     p.add_argument("--n-images", type=int, help="ShapeWorld images generated (split 60/20/20)")
     p.add_argument("--eval-limit", type=int, help="test images per evaluation")
+    p.add_argument("--paper-defaults", action="store_true",
+                   help="use the released hyper-parameters (EVP γ=70, TVP λ1=0.005) instead of the demo's tuned ones")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     p.set_defaults(func=cmd_demo)
 
@@ -31,7 +33,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import DemoConfig, render, run_demo
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    overrides = {"output": args.output, "seeds": args.seeds, "task": args.task, "progress": args.progress}
+    overrides = {"output": args.output, "seeds": args.seeds, "task": args.task, "progress": args.progress,
+                 "paper_defaults": args.paper_defaults}
     for key in ("source", "ensemble", "targets", "methods", "steps", "n_images", "eval_limit"):
         value = getattr(args, key)
         if value is not None:
