@@ -104,12 +104,12 @@ def test_smoke_build_is_deterministic_and_loads_as_zoo_id(tmp_path, monkeypatch)
 
 @needs_zoo
 @pytest.mark.slow
-def test_build_reproduces_the_shipped_weights_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("entry", MLLMS, ids=lambda e: e.name)
+def test_build_reproduces_the_shipped_weights_bit_for_bit(tmp_path, entry):
     """`tvp zoo build` with the recorded command rebuilds a shipped member exactly (same thread count)."""
-    entry = next(e for e in MLLMS if e.name == "llava-p8")
     command = entry.manifest["build_command"].split()
     threads = int(command[command.index("--threads") + 1])
-    build_zoo(tmp_path, names=["llava-p8"], n_per_task=1500, eval_per_task=100, threads=threads, progress=False)
-    shipped = load_file(Path(SRC) / "tvprompt" / "zoo" / "llava-p8" / "model.safetensors")
-    rebuilt = load_file(tmp_path / "llava-p8" / "model.safetensors")
+    build_zoo(tmp_path, names=[entry.name], n_per_task=1500, eval_per_task=100, threads=threads, progress=False)
+    shipped = load_file(entry.path / "model.safetensors")
+    rebuilt = load_file(tmp_path / entry.name / "model.safetensors")
     assert shipped.keys() == rebuilt.keys() and all(torch.equal(shipped[k], rebuilt[k]) for k in shipped)
