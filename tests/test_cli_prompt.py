@@ -149,3 +149,21 @@ def test_apply_uses_full_size_outputs_for_tiny_inputs(tmp_path, prompt_dir, tvp)
     Image.fromarray(np.zeros((2, 3, 3), np.uint8)).save(tmp_path / "tiny.png")
     assert tvp("apply", "--prompt", pdir, tmp_path / "tiny.png", "--output", tmp_path / "o").returncode == 0
     assert Image.open(tmp_path / "o" / "tiny.png").size == (64, 64)
+
+
+def test_help_and_the_parser_do_not_import_torch():
+    """`tvp --help`, `tvp X --help` and argument errors answer without loading torch (0.2 s, not 2 s)."""
+    import subprocess
+    import sys
+
+    from .conftest import SRC
+
+    code = ("import sys; from tvprompt.cli import build_parser; build_parser(); import tvprompt, tvprompt.data; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(SRC)}, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+    r = subprocess.run([sys.executable, "-c", "import tvprompt; print(tvprompt.VisualPrompt.__name__)"],
+                       env={"PYTHONPATH": str(SRC)}, capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "VisualPrompt"

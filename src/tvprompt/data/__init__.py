@@ -7,12 +7,34 @@
 
 from __future__ import annotations
 
-from .batching import Batch, iter_batches
-from .dataset import TaskDataset, open_dataset
-from .readers import RawSplit, Reader, detect_format, get_reader, list_formats, register_reader
-from .sample import ArrayImage, ImageRef, Sample, load_sample_image
+from typing import TYPE_CHECKING, Any
 
-Dataset = TaskDataset
+if TYPE_CHECKING:
+    from .batching import Batch, iter_batches
+    from .dataset import TaskDataset, open_dataset
+    from .readers import RawSplit, Reader, detect_format, get_reader, list_formats, register_reader
+    from .sample import ArrayImage, ImageRef, Sample, load_sample_image
+
+# Names resolve on first use: light submodules (e.g. ``shapeworld``, which the CLI reads while
+# building its parser) then load without importing torch.
+_LAZY = {
+    "Batch": ".batching", "iter_batches": ".batching",
+    "TaskDataset": ".dataset", "Dataset": ".dataset", "open_dataset": ".dataset",
+    "RawSplit": ".readers", "Reader": ".readers", "detect_format": ".readers", "get_reader": ".readers",
+    "list_formats": ".readers", "register_reader": ".readers",
+    "ArrayImage": ".sample", "ImageRef": ".sample", "Sample": ".sample", "load_sample_image": ".sample",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from importlib import import_module
+
+        value = getattr(import_module(_LAZY[name], __name__), "TaskDataset" if name == "Dataset" else name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ArrayImage",
