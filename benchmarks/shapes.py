@@ -71,12 +71,12 @@ def build_adapter(family: str, size: str, *, device: str, dtype: torch.dtype, at
     import transformers
 
     from tvprompt.models.registry import get_family
-    from tvprompt.models.tiny import _entry, tiny_tokenizer
+    from tvprompt.models.tiny import tiny_spec, tiny_tokenizer
 
     cls = get_family(family)
     tokenizer = tiny_tokenizer(family)
     if size == "tiny":
-        spec = _entry(family).builder(tokenizer)
+        spec = tiny_spec(family, tokenizer)
         config, model_class, pre = spec.config, spec.model_class, spec.preprocessing
     elif (family, size) in CONFIGS:
         build_config, model_class = CONFIGS[(family, size)]

@@ -145,11 +145,16 @@ def tiny_tokenizer(family: str, corpus: Iterable[str] | None = None) -> Any:
     return build_tokenizer(entry.special_tokens, corpus=corpus, chat_template=entry.chat_template)
 
 
+def tiny_spec(family: str, tokenizer: Any | None = None, **overrides: Any) -> TinySpec:
+    """What the tiny builder of ``family`` makes (config, model class, preprocessing, fix-ups);
+    ``overrides`` go to the builder (e.g. ``image_size=48, hidden=96``)."""
+    tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer(family)
+    return _entry(family).builder(tokenizer, **overrides)
+
+
 def tiny_config(family: str, tokenizer: Any | None = None, **overrides: Any) -> Any:
     """The tiny config of ``family`` (a transformers config object); ``overrides`` go to its builder."""
-    entry = _entry(family)
-    tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer(family)
-    return entry.builder(tokenizer, **overrides).config
+    return tiny_spec(family, tokenizer, **overrides).config
 
 
 def build_tiny_model(family: str, directory: str | os.PathLike, seed: int = 0,
@@ -157,9 +162,8 @@ def build_tiny_model(family: str, directory: str | os.PathLike, seed: int = 0,
     """Write a tiny random checkpoint of ``family`` to ``directory`` and return the path."""
     from .hf import resolve_model_class
 
-    entry = _entry(family)
     tokenizer = tiny_tokenizer(family, corpus=corpus)
-    spec = entry.builder(tokenizer, **overrides)
+    spec = tiny_spec(family, tokenizer, **overrides)
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:

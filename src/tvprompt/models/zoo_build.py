@@ -176,10 +176,10 @@ def init_checkpoint(recipe: Recipe, directory: Path) -> None:
     """A randomly initialised checkpoint of ``recipe`` written like a downloaded one."""
     import transformers
 
-    from .tiny import _entry, init_normal_, tiny_tokenizer
+    from .tiny import init_normal_, tiny_spec, tiny_tokenizer
 
     tokenizer = tiny_tokenizer(recipe.family, corpus=corpus())
-    spec = _entry(recipe.family).builder(tokenizer, **recipe.overrides)
+    spec = tiny_spec(recipe.family, tokenizer, **recipe.overrides)
     for key, value in recipe.edits.items():
         _set(spec.config, key, value)
     torch.manual_seed(recipe.seed)
