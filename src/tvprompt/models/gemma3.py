@@ -57,10 +57,6 @@ class Gemma3Adapter(ProjectorFeatures, HFAdapter):
     def end_id(self) -> int:
         return turn_end_id(self.tokenizer, "<end_of_turn>")
 
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
     def prompt_ids(self, prompt: str, image_size: tuple[int, int]) -> list[int]:
         cfg = self.model.config
         image = [int(cfg.boi_token_id)] + [self.image_token_id] * int(cfg.mm_tokens_per_image) + [int(cfg.eoi_token_id)]

@@ -261,6 +261,11 @@ class HFAdapter:
     def setup(self, source: str) -> None:
         """Family hook run after loading (e.g. load a second tokenizer)."""
 
+    @property
+    def image_token_id(self) -> int:
+        """The placeholder token the processor expands into image tokens (most configs name it so)."""
+        return int(self.model.config.image_token_id)
+
     def _is_encoder_decoder(self) -> bool:
         text = self.model.config.get_text_config(decoder=True) if hasattr(self.model.config, "get_text_config") else None
         return bool(getattr(text, "is_encoder_decoder", False))

@@ -93,10 +93,6 @@ class Idefics3Adapter(HFAdapter):
     def end_id(self) -> int:
         return turn_end_id(self.tokenizer, "<end_of_utterance>")
 
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
     def num_image_tokens(self) -> int:
         cfg = self.model.config
         side = int(cfg.vision_config.image_size) // int(cfg.vision_config.patch_size)

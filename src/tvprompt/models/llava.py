@@ -34,10 +34,6 @@ class LlavaStyleAdapter(HFAdapter):
         size = int(config.vision_config.image_size)
         return ImagePreprocessing(size=(size, size), mean=CLIP_MEAN, std=CLIP_STD, resample="bicubic", shortest_edge=size)
 
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
     def num_image_tokens(self, image_size: tuple[int, int]) -> int:
         vc = self.model.config.vision_config
         n = (int(vc.image_size) // int(vc.patch_size)) ** 2

@@ -41,10 +41,6 @@ class PaliGemmaAdapter(ProjectorFeatures, HFAdapter):
         size = int(config.vision_config.image_size)
         return ImagePreprocessing(size=(size, size), mean=HALF, std=HALF, resample="bicubic")
 
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
     def num_image_tokens(self) -> int:
         vc = self.model.config.vision_config
         return (int(vc.image_size) // int(vc.patch_size)) ** 2

@@ -157,10 +157,6 @@ class Qwen2VLAdapter(HFAdapter):
     def end_id(self) -> int:
         return turn_end_id(self.tokenizer, "<|im_end|>")
 
-    @property
-    def image_token_id(self) -> int:
-        return int(self.model.config.image_token_id)
-
     def prompt_ids(self, prompt: str, image_size: tuple[int, int]) -> list[int]:
         cfg = self.model.config
         h, w = self.llm_grid(image_size)

@@ -28,14 +28,19 @@ class RawSplit:
 
 
 class Reader:
-    """Base class. Subclasses set ``name`` and implement ``detect``, ``splits`` and ``read``."""
+    """Base class. Subclasses set ``name`` and implement ``_root`` (or ``detect``), ``splits`` and ``read``."""
 
     name: ClassVar[str] = ""
     priority: ClassVar[int] = 50  # lower is tried first by detect_format (specific before generic)
     download_hint: ClassVar[str] = ""
 
-    def detect(self, path: Path) -> bool:
+    def _root(self, path: Path) -> Path | None:
+        """Where this reader's layout starts inside ``path`` (``path`` itself or a known sub-folder)."""
         raise NotImplementedError
+
+    def detect(self, path: Path) -> bool:
+        """Whether ``path`` holds this reader's layout; by default, whether ``_root`` finds it."""
+        return path.is_dir() and self._root(path) is not None
 
     def splits(self, path: Path, options: dict[str, Any]) -> list[str]:
         raise NotImplementedError

@@ -87,9 +87,6 @@ class _Cifar(Reader):
                 return cand
         return None
 
-    def detect(self, path: Path) -> bool:
-        return path.is_dir() and self._root(path) is not None
-
     def splits(self, path: Path, options: dict[str, Any]) -> list[str]:
         return ["train", "test"]
 
@@ -153,9 +150,6 @@ class SvhnReader(Reader):
     def _root(self, path: Path) -> Path | None:
         return find_child(path, ("svhn", "SVHN"), "test_32x32.mat") or find_child(path, ("svhn",), "train_32x32.mat")
 
-    def detect(self, path: Path) -> bool:
-        return path.is_dir() and self._root(path) is not None
-
     def splits(self, path: Path, options: dict[str, Any]) -> list[str]:
         root = self._root(path)
         return [s for s in ("train", "test", "extra") if root and (root / f"{s}_32x32.mat").exists()]
@@ -202,9 +196,6 @@ class OxfordPetsReader(Reader):
     def _root(self, path: Path) -> Path | None:
         return find_child(path, ("oxford-iiit-pet",), "annotations/trainval.txt")
 
-    def detect(self, path: Path) -> bool:
-        return path.is_dir() and self._root(path) is not None
-
     def splits(self, path: Path, options: dict[str, Any]) -> list[str]:
         return ["trainval", "test"]
 
@@ -239,9 +230,6 @@ class FgvcAircraftReader(Reader):
         found = find_child(path, ("fgvc-aircraft-2013b",), "data/variants.txt")
         return found / "data" if found else None
 
-    def detect(self, path: Path) -> bool:
-        return path.is_dir() and self._root(path) is not None
-
     def splits(self, path: Path, options: dict[str, Any]) -> list[str]:
         root = self._root(path)
         return [s for s in ("train", "val", "trainval", "test") if root and (root / f"images_variant_{s}.txt").exists()]
@@ -274,9 +262,6 @@ class Food101Reader(Reader):
 
     def _root(self, path: Path) -> Path | None:
         return find_child(path, ("food-101",), "meta/classes.txt")
-
-    def detect(self, path: Path) -> bool:
-        return path.is_dir() and self._root(path) is not None
 
     def splits(self, path: Path, options: dict[str, Any]) -> list[str]:
         return ["train", "test"]

@@ -60,9 +60,6 @@ class ClevrReader(Reader):
                 return cand
         return None
 
-    def detect(self, path: Path) -> bool:
-        return path.is_dir() and self._root(path) is not None
-
     def splits(self, path: Path, options: dict[str, Any]) -> list[str]:
         root = self._root(path)
         if root is None:
@@ -113,9 +110,6 @@ class HatefulMemesReader(Reader):
             if (cand / "img").is_dir() and (cand / "train.jsonl").exists():
                 return cand
         return None
-
-    def detect(self, path: Path) -> bool:
-        return path.is_dir() and self._root(path) is not None
 
     def splits(self, path: Path, options: dict[str, Any]) -> list[str]:
         root = self._root(path)
