@@ -102,8 +102,9 @@ def build_adapter(family: str, size: str, *, device: str, dtype: torch.dtype, at
         with torch.no_grad():
             spec.init(model)
     adapter = cls(model, tokenizer, pre, model_id=f"random:{family}-{size}", device=torch.device(device))
-    with tempfile.TemporaryDirectory() as files:  # the family's setup hook reads extra files (e.g. a
-        if spec is not None and spec.save_extra is not None:  # Q-Former tokenizer) from the checkpoint folder
+    # the family's setup hook reads extra files (e.g. a Q-Former tokenizer) from the checkpoint folder
+    with tempfile.TemporaryDirectory() as files:
+        if spec is not None and spec.save_extra is not None:
             spec.save_extra(Path(files))
         adapter.setup(files)
     return adapter

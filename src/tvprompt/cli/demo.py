@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-images", type=int, help="ShapeWorld images generated (split 60/20/20)")
     p.add_argument("--eval-limit", type=int, help="test images per evaluation")
     p.add_argument("--paper-defaults", action="store_true",
-                   help="use the released hyper-parameters (EVP γ=70, TVP λ1=0.005) instead of the demo's tuned ones")
+                   help="use every released hyper-parameter (EVP step size γ=70 instead of the demo's 10)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     p.set_defaults(func=cmd_demo)
 

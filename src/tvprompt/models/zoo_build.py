@@ -22,6 +22,7 @@ import logging
 import math
 import platform
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -286,8 +287,6 @@ def chance() -> dict[str, float]:
 
 def majority(eval_data: dict[str, tuple]) -> dict[str, float]:
     """Per task, the accuracy of always answering the most frequent answer (a floor above chance)."""
-    from collections import Counter
-
     return {t: round(Counter(answers).most_common(1)[0][1] / len(answers), 4)
             for t, (_, _, answers, _) in eval_data.items()}
 
