@@ -88,6 +88,14 @@ def test_tvp_eval_usage_errors(tvp, tmp_path):
     assert r.returncode == 2 and "--limit" in r.stderr
 
 
+def test_eval_takes_several_models_and_prompts_per_flag():
+    from tvprompt.cli import build_parser
+
+    args = build_parser().parse_args(["eval", "--model", "zoo:a", "zoo:b", "--model", "zoo:c", "--prompt", "p1", "p2",
+                                      "--task", "t", "--data", "d", "--output", "o"])
+    assert args.model == ["zoo:a", "zoo:b", "zoo:c"] and args.prompt == ["p1", "p2"]
+
+
 # --------------------------------------------------- binary tasks: AUC and POPE through the real metrics
 def binary_backends(spec, calls):
     g = torch.Generator().manual_seed(0)

@@ -155,3 +155,11 @@ def test_cli_end_to_end_kill_and_resume_identical(world, tmp_path):
     cfg = json.loads((tmp_path / "full" / "prompt" / "prompt_config.json").read_text())
     assert cfg["method"] == "evp" and cfg["hyperparameters"]["steps"] == 8 and cfg["hyperparameters"]["lr"] == 70.0
     assert (tmp_path / "full" / "prompt" / "preview.png").is_file()
+
+
+def test_tse_on_a_task_without_tse_text_is_a_one_line_usage_error(tmp_path, tvp):
+    r = tvp("train", "--method", "tvp", "--source", "zoo:llava-p8", "--guide", "zoo:clip-guide",
+            "--task", "shapeworld_exist", "--data", tmp_path, "--output", tmp_path / "run")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "'shapeworld_exist' has no tse_text" in r.stderr and "--tse 0" in r.stderr
+    assert not (tmp_path / "run").exists()

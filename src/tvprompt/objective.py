@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from .augment import Augmentation
+from .errors import UsageError
 from .losses import fca_loss, total_loss, tse_loss
 from .prompt import VisualPrompt, resize
 
@@ -80,7 +81,7 @@ class TaskTexts:
     def __init__(self, guide: Any, texts: Sequence[str], chunk: int = 256) -> None:
         self.texts = sorted(set(texts))
         if not self.texts:
-            raise ValueError("no task texts for TSE")
+            raise UsageError("the task gives no TSE texts (no tse_text): pass --tse 0 or give the task a tse_text")
         self.row = {t: i for i, t in enumerate(self.texts)}
         with torch.no_grad():
             parts = [guide.encode_text(self.texts[i : i + chunk]) for i in range(0, len(self.texts), chunk)]

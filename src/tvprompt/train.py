@@ -147,6 +147,9 @@ def train(
         from .tasks import load_task
 
         spec = load_task(cfg.task)
+        if cfg.tse > 0 and not spec.tse_text:  # fail before loading any model
+            raise UsageError(f"task {spec.name!r} has no tse_text, so TSE (--tse {cfg.tse:g}) has nothing to match: "
+                             "pass --tse 0 (TVP with FCA only) or give the task a tse_text")
     if train_set is None:
         from .data import open_dataset
 

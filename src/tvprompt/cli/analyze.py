@@ -22,7 +22,8 @@ def _train_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _eval_args(p: argparse.ArgumentParser, data_required: bool = True) -> None:
-    p.add_argument("--model", action="append", required=True, metavar="MODEL", help="target model (repeatable)")
+    p.add_argument("--model", action="extend", nargs="+", required=True, metavar="MODEL",
+                   help="target models (several after one flag, or the flag repeated)")
     p.add_argument("--task", required=data_required, help="task name or YAML")
     p.add_argument("--data", required=data_required, metavar="PATH", help="dataset path")
     p.add_argument("--split", default="test", help="evaluation split (default test)")

@@ -11,9 +11,10 @@ ORDER = 60  # `tvp --help` lists commands by ORDER
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate prompts (and no prompt) on models; write results, table and plots")
-    p.add_argument("--prompt", action="append", default=[], metavar="DIR", help="prompt directory (repeatable)")
-    p.add_argument("--model", action="append", required=True, metavar="MODEL",
-                   help="model id: hf:<id or dir> or zoo:<name> (repeatable)")
+    p.add_argument("--prompt", action="extend", nargs="+", default=[], metavar="DIR",
+                   help="prompt directories (several after one flag, or the flag repeated)")
+    p.add_argument("--model", action="extend", nargs="+", required=True, metavar="MODEL",
+                   help="model ids: hf:<id or dir> or zoo:<name> (several after one flag, or the flag repeated)")
     p.add_argument("--task", required=True, help="built-in task name or task YAML file")
     p.add_argument("--data", required=True, metavar="PATH", help="dataset folder or file")
     p.add_argument("--split", default="test", help="dataset split (default: test)")
