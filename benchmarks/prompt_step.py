@@ -138,6 +138,7 @@ def make_step(adapter: Any, guide: Any, images: torch.Tensor, terms: str, *, car
             prompt.delta.copy_(normalized_step(prompt.delta, prompt.delta.grad, prompt.mask, 1.0))
         prompt.project_()
 
+    step.prompt = prompt  # type: ignore[attr-defined]  # its gradient is checked after the timing
     return step
 
 
@@ -157,94 +158,158 @@ def choice_names(n: int) -> list[str]:
     return [f"{words[i % 10]} {shapes[(i // 10) % 10]}" + (f" {i // 100}" if i >= 100 else "") for i in range(n)]
 
 
+def make_hf_step(adapter: Any, batch: int):
+    """The plain transformers step of the design's anchors: ``model(**inputs, labels=...)`` and a
+    backward to the model's own pixel input (already resized and normalised: no prompt, no
+    differentiable preprocessing, full logits). None for encoder-decoder language models, whose
+    inputs the adapter builds differently."""
+    from tvprompt.models.hf import pad_sequences
+
+    if adapter.is_encoder_decoder:
+        return None
+    size = (224, 224)  # the prompted images' size, as in the trainer's step
+    with torch.no_grad():
+        pixels = adapter.preprocess(torch.rand(batch, 3, *size, device=adapter.device))
+    pixels.requires_grad_(True)
+    answer = adapter.answer_ids(ANSWER)
+    ids, mask = pad_sequences([adapter.prompt_ids(INSTRUCTION, size) + answer] * batch, adapter.pad_id)
+    text = adapter._finish_batch(ids, mask, size)
+    text.prompts = [INSTRUCTION] * batch
+    labels = text.input_ids.clone()
+    labels[:, : -len(answer)] = -100
+
+    def step() -> None:
+        pixels.grad = None
+        adapter._call(text, adapter.forward_kwargs(pixels, text), labels=labels, use_cache=False).loss.backward()
+
+    return step
+
+
+def measure_step(step, batch: int, device: torch.device, args: argparse.Namespace, peak: float | None) -> dict[str, Any]:
+    secs = timed(step, device, args.warmup, args.iters)
+    flops = count_flops(step)
+    row = {"seconds": secs, "images_per_s": batch / secs, "flops": flops, "flop_per_s": flops / secs,
+           "peak_gib": peak_memory(step, device)}
+    if peak:
+        row["mfu"] = flops / secs / peak
+    return row
+
+
+def build_careless(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The careless baseline's models: fp32 weights that require grad, eager attention."""
+    slow = build_adapter(args.family, args.size, device=args.device, dtype=torch.float32, attn="eager")
+    slow_guide = build_guide(args.size, device=args.device, dtype=torch.float32)
+    slow.model.requires_grad_(True)
+    slow_guide.model.requires_grad_(True)
+    return slow, slow_guide
+
+
+def run_batch(adapter: Any, guide: Any, batch: int, args: argparse.Namespace,
+              careless: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """Every step row at one batch size: the trainer's step for each set of loss terms, the plain HF
+    anchor step, and the careless step when its models are given."""
+    device = torch.device(args.device)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else None
+    images = torch.rand(batch, 3, 224, 224, device=device, generator=torch.Generator(device).manual_seed(batch))
+    out: dict[str, Any] = {"batch": batch, "steps": {}}
+    steps = {terms: make_step(adapter, guide, images, terms) for terms in ("llm", "llm+fca", "llm+fca+tse")}
+    hf = make_hf_step(adapter, batch)
+    if hf is not None:
+        steps["hf"] = hf
+    for terms, step in steps.items():
+        row = out["steps"][terms] = measure_step(step, batch, device, args, peak)
+        print(f"batch {batch:>3} step {terms:<12} {row['images_per_s']:8.2f} img/s  {row['flops'] / 1e9:10.2f} GFLOP"
+              + (f"  MFU {row['mfu']:.3f}" if peak else ""), file=sys.stderr)
+    for terms in ("llm", "llm+fca+tse"):
+        grad = steps[terms].prompt.delta.grad
+        if not (torch.isfinite(grad).all() and grad.abs().sum() > 0):
+            raise SystemExit(f"the {terms} step gave no finite, non-zero gradient on the prompt")
+    base = out["steps"]["llm"]["seconds"]
+    out["fca_tse_overhead"] = out["steps"]["llm+fca+tse"]["seconds"] / base - 1
+    if careless is not None:
+        step = make_step(*careless, images, "llm+fca+tse", careless=True)
+        secs = timed(step, device, min(args.warmup, 1), max(1, args.iters // 2))
+        out["careless_step"] = {"seconds": secs, "images_per_s": batch / secs, "peak_gib": peak_memory(step, device)}
+        out["step_speedup_vs_careless"] = secs / out["steps"]["llm+fca+tse"]["seconds"]
+        print(f"careless step     {batch / secs:8.2f} img/s  -> ours is "
+              f"{out['step_speedup_vs_careless']:.1f}x faster", file=sys.stderr)
+    return out
+
+
+def run_ranking(adapter: Any, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Packed KV-cached ranking against the unpacked path and one forward per (image, choice)."""
+    device = torch.device(args.device)
+    pixels = torch.rand(args.rank_batch, 3, 224, 224, device=device, generator=torch.Generator(device).manual_seed(0))
+    prompts, choices = [INSTRUCTION] * args.rank_batch, choice_names(n)
+
+    def score() -> torch.Tensor:
+        return adapter.score_choices(pixels, prompts, choices)
+
+    cached = timed(score, device, 1, args.iters)
+    adapter.packed_choices = False  # the unpacked path: one copy of the prefix cache per choice
+    try:
+        per_row = timed(score, device, 1, args.iters)
+    finally:
+        del adapter.packed_choices
+    brute = timed(lambda: brute_force_scores(adapter, pixels, prompts, choices), device, 0, 1)
+    diff = (score().float().cpu() - brute_force_scores(adapter, pixels, prompts, choices)).abs().max()
+    row = {"kv_cached_s": cached, "per_row_s": per_row, "per_choice_s": brute, "speedup": brute / cached,
+           "max_abs_diff": float(diff)}
+    print(f"rank {n:>4} choices: cached {cached * 1e3:8.1f} ms (unpacked {per_row * 1e3:8.1f} ms), "
+          f"per-choice {brute * 1e3:9.1f} ms -> {brute / cached:6.1f}x (max |diff| {diff:.2e})", file=sys.stderr)
+    return row
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     fast_dtype = torch.bfloat16 if (device.type == "cuda" and args.dtype == "auto") else (
         torch.float32 if args.dtype in ("auto", "float32") else getattr(torch, args.dtype))
-    torch.manual_seed(0)
+    t0 = time.perf_counter()
     adapter = build_adapter(args.family, args.size, device=args.device, dtype=fast_dtype, attn="sdpa")
     guide = build_guide(args.size, device=args.device, dtype=fast_dtype)
-    images = torch.rand(args.batch, 3, 224, 224, device=device)
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else None
     result: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
         "command": "python -m benchmarks.prompt_step " + " ".join(sys.argv[1:]),
-        "family": args.family, "size": args.size, "batch": args.batch, "dtype": str(fast_dtype).removeprefix("torch."),
-        "steps": {}, "ranking": {},
+        "family": args.family, "size": args.size, "dtype": str(fast_dtype).removeprefix("torch."),
+        "parameters": sum(p.numel() for p in adapter.model.parameters()),
+        "build_s": time.perf_counter() - t0,
     }
-    for terms in ("llm", "llm+fca", "llm+fca+tse"):
-        step = make_step(adapter, guide, images, terms)
-        secs = timed(step, device, args.warmup, args.iters)
-        flops = count_flops(step)
-        row = {"seconds": secs, "images_per_s": args.batch / secs, "flops": flops, "flop_per_s": flops / secs,
-               "peak_gib": peak_memory(step, device)}
-        if peak:
-            row["mfu"] = flops / secs / peak
-        result["steps"][terms] = row
-        print(f"step {terms:<12} {row['images_per_s']:8.2f} img/s  {flops / 1e9:10.2f} GFLOP"
-              + (f"  MFU {row['mfu']:.3f}" if peak else ""), file=sys.stderr)
-    base = result["steps"]["llm"]["seconds"]
-    result["fca_tse_overhead"] = result["steps"]["llm+fca+tse"]["seconds"] / base - 1
-
-    if args.careless:
-        slow = build_adapter(args.family, args.size, device=args.device, dtype=torch.float32, attn="eager")
-        slow.model.requires_grad_(True)
-        slow_guide = build_guide(args.size, device=args.device, dtype=torch.float32)
-        slow_guide_model = getattr(slow_guide, "model", None)
-        if slow_guide_model is not None:
-            slow_guide_model.requires_grad_(True)
-        step = make_step(slow, slow_guide, images, "llm+fca+tse", careless=True)
-        secs = timed(step, device, min(args.warmup, 1), max(1, args.iters // 2))
-        result["careless_step"] = {"seconds": secs, "images_per_s": args.batch / secs,
-                                   "peak_gib": peak_memory(step, device)}
-        result["step_speedup_vs_careless"] = secs / result["steps"]["llm+fca+tse"]["seconds"]
-        print(f"careless step     {args.batch / secs:8.2f} img/s  -> ours is "
-              f"{result['step_speedup_vs_careless']:.1f}x faster", file=sys.stderr)
-        del slow, slow_guide
-
-    prompts = [INSTRUCTION] * args.rank_batch
-    pixels = images[: args.rank_batch]
-    for n in args.choices:
-        choices = choice_names(n)
-        cached = timed(lambda c=choices: adapter.score_choices(pixels, prompts, c), device, 1, args.iters)
-        adapter.packed_choices = False  # the unpacked path: one copy of the prefix cache per choice
-        try:
-            per_row = timed(lambda c=choices: adapter.score_choices(pixels, prompts, c), device, 1, args.iters)
-        finally:
-            del adapter.packed_choices
-        brute = timed(lambda c=choices: brute_force_scores(adapter, pixels, prompts, c), device, 0, 1)
-        a = adapter.score_choices(pixels, prompts, choices).float().cpu()
-        b = brute_force_scores(adapter, pixels, prompts, choices)
-        result["ranking"][str(n)] = {"kv_cached_s": cached, "per_row_s": per_row, "per_choice_s": brute,
-                                     "speedup": brute / cached, "max_abs_diff": float((a - b).abs().max())}
-        print(f"rank {n:>4} choices: cached {cached * 1e3:8.1f} ms (unpacked {per_row * 1e3:8.1f} ms), "
-              f"per-choice {brute * 1e3:9.1f} ms -> {brute / cached:6.1f}x "
-              f"(max |diff| {result['ranking'][str(n)]['max_abs_diff']:.2e})", file=sys.stderr)
+    careless = build_careless(args) if args.careless else None
+    result["batches"] = [run_batch(adapter, guide, b, args, careless) for b in args.batch]
+    del careless
+    result["ranking"] = {str(n): run_ranking(adapter, n, args) for n in args.choices}
     return result
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = [f"**{result['family']} {result['size']}**, batch {result['batch']}, {result['dtype']}, "
-             f"{result['device']}, torch {result['torch']}, transformers {result['transformers']}, "
-             f"{result['date']}: `{result['command']}`", "",
-             "| step | img/s | GFLOP/step | MFU | peak GiB |", "|---|---|---|---|---|"]
-    for terms, row in result["steps"].items():
-        mfu = f"{row['mfu']:.3f}" if "mfu" in row else "-"
-        mem = f"{row['peak_gib']:.1f}" if row["peak_gib"] is not None else "-"
-        lines.append(f"| {terms} | {row['images_per_s']:.2f} | {row['flops'] / 1e9:.2f} | {mfu} | {mem} |")
-    if "careless_step" in result:
-        c = result["careless_step"]
-        lines.append(f"| careless llm+fca+tse | {c['images_per_s']:.2f} | - | - | "
-                     f"{c['peak_gib']:.1f} |" if c["peak_gib"] is not None else
-                     f"| careless llm+fca+tse | {c['images_per_s']:.2f} | - | - | - |")
-    lines += ["", f"FCA+TSE overhead over L_LLM alone: {result['fca_tse_overhead'] * 100:+.1f} %"]
-    if "step_speedup_vs_careless" in result:
-        lines.append(f"TVP step vs careless loop: {result['step_speedup_vs_careless']:.1f}x")
+    batches = ", ".join(str(b["batch"]) for b in result["batches"])
+    lines = [f"**{result['family']} {result['size']}** ({result['parameters'] / 1e9:.2f} B parameters), "
+             f"batch {batches}, {result['dtype']}, {result['device']}, torch {result['torch']}, "
+             f"transformers {result['transformers']}, {result['date']}: `{result['command']}`", "",
+             "| batch | step | img/s | GFLOP/step | MFU | peak GiB |", "|---|---|---|---|---|---|"]
+    notes = []
+    for b in result["batches"]:
+        rows = dict(b["steps"])
+        if "careless_step" in b:
+            rows["careless llm+fca+tse"] = b["careless_step"]
+        for terms, row in rows.items():
+            mfu = f"{row['mfu']:.3f}" if "mfu" in row else "-"
+            mem = f"{row['peak_gib']:.1f}" if row["peak_gib"] is not None else "-"
+            flops = f"{row['flops'] / 1e9:.2f}" if "flops" in row else "-"
+            lines.append(f"| {b['batch']} | {terms} | {row['images_per_s']:.2f} | {flops} | {mfu} | {mem} |")
+        note = f"batch {b['batch']}: FCA+TSE overhead over L_LLM alone {b['fca_tse_overhead'] * 100:+.1f} %"
+        if "hf" in b["steps"]:
+            note += f"; TVP step / plain HF step time {b['steps']['hf']['images_per_s'] / b['steps']['llm+fca+tse']['images_per_s']:.2f}"
+        if "step_speedup_vs_careless" in b:
+            note += f"; TVP step vs careless loop {b['step_speedup_vs_careless']:.1f}x"
+        notes.append(note)
+    lines += [""] + [f"- {n}" for n in notes]
+    lines.append("- `hf` = the plain transformers forward + backward to the model's own (preprocessed) pixel input: the design's anchor recipe")
     if result["ranking"]:
-        lines += ["", "| choices | KV-cached ms | unpacked ms | per-choice ms | speed-up | max abs diff |",
+        lines += ["", "| choices | packed ms | unpacked ms | per-choice ms | speed-up | max abs diff |",
                   "|---|---|---|---|---|---|"]
         for n, r in result["ranking"].items():
             lines.append(f"| {n} | {r['kv_cached_s'] * 1e3:.1f} | {r['per_row_s'] * 1e3:.1f} | "
@@ -256,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.prompt_step", description=__doc__.split("\n\n")[0])
     p.add_argument("--family", default="llava")
     p.add_argument("--size", choices=SIZES, default="small")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, nargs="+", default=[8], help="one or more batch sizes (the model is built once)")
     p.add_argument("--rank-batch", type=int, default=2, help="images for the ranking benchmark")
     p.add_argument("--choices", type=int, nargs="*", default=[10, 100])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
