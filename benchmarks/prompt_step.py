@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from .shapes import SIZES, build_adapter, build_guide
@@ -79,6 +80,37 @@ def count_flops(fn) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
     return int(counter.get_total_flops())
+
+
+_SYNCING = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::is_nonzero",
+            "aten::equal", "aten::unique_consecutive", "aten::_unique2"}
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts dispatched ATen operators, and those that make the host wait for the device: reading a
+    value (``.item()``, ``if tensor``) or producing a data-dependent shape (``nonzero``, boolean indexing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops = 0
+        self.syncs: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops += 1
+        name = func._schema.name
+        bool_index = name in ("aten::index", "aten::index_put_", "aten::index_put") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else ()) or ())
+        if name in _SYNCING or bool_index:
+            self.syncs[name] = self.syncs.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(fn) -> tuple[int, dict[str, int]]:
+    """ATen operators one call dispatches, forward and backward (about one kernel launch each on a
+    GPU), and the device-to-host synchronisations among them, by operator."""
+    with _OpCounter() as counter:
+        fn()
+    return counter.ops, counter.syncs
 
 
 def peak_memory(fn, device: torch.device) -> float | None:
@@ -190,6 +222,7 @@ def measure_step(step, batch: int, device: torch.device, args: argparse.Namespac
     flops = count_flops(step)
     row = {"seconds": secs, "images_per_s": batch / secs, "flops": flops, "flop_per_s": flops / secs,
            "peak_gib": peak_memory(step, device)}
+    row["ops"], row["syncs"] = count_ops(step)
     if peak:
         row["mfu"] = flops / secs / peak
     return row
@@ -197,8 +230,9 @@ def measure_step(step, batch: int, device: torch.device, args: argparse.Namespac
 
 def build_careless(args: argparse.Namespace) -> tuple[Any, Any]:
     """The careless baseline's models: fp32 weights that require grad, eager attention."""
-    slow = build_adapter(args.family, args.size, device=args.device, dtype=torch.float32, attn="eager")
-    slow_guide = build_guide(args.size, device=args.device, dtype=torch.float32)
+    slow = build_adapter(args.family, args.size, device=args.device, dtype=torch.float32, attn="eager",
+                         narrowed=args.narrow)
+    slow_guide = build_guide("tiny" if args.narrow else args.size, device=args.device, dtype=torch.float32)
     slow.model.requires_grad_(True)
     slow_guide.model.requires_grad_(True)
     return slow, slow_guide
@@ -265,15 +299,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     fast_dtype = torch.bfloat16 if (device.type == "cuda" and args.dtype == "auto") else (
         torch.float32 if args.dtype in ("auto", "float32") else getattr(torch, args.dtype))
     t0 = time.perf_counter()
-    adapter = build_adapter(args.family, args.size, device=args.device, dtype=fast_dtype, attn="sdpa")
-    guide = build_guide(args.size, device=args.device, dtype=fast_dtype)
+    adapter = build_adapter(args.family, args.size, device=args.device, dtype=fast_dtype, narrowed=args.narrow)
+    guide = build_guide("tiny" if args.narrow else args.size, device=args.device, dtype=fast_dtype)
     result: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
         "command": "python -m benchmarks.prompt_step " + " ".join(sys.argv[1:]),
-        "family": args.family, "size": args.size, "dtype": str(fast_dtype).removeprefix("torch."),
+        "family": args.family, "size": args.size + (" narrowed" if args.narrow else ""),
+        "dtype": str(fast_dtype).removeprefix("torch."),
         "parameters": sum(p.numel() for p in adapter.model.parameters()),
         "build_s": time.perf_counter() - t0,
     }
@@ -289,7 +324,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"**{result['family']} {result['size']}** ({result['parameters'] / 1e9:.2f} B parameters), "
              f"batch {batches}, {result['dtype']}, {result['device']}, torch {result['torch']}, "
              f"transformers {result['transformers']}, {result['date']}: `{result['command']}`", "",
-             "| batch | step | img/s | GFLOP/step | MFU | peak GiB |", "|---|---|---|---|---|---|"]
+             "| batch | step | img/s | ms/step | GFLOP/step | ATen ops/step | host syncs/step | MFU | peak GiB |",
+             "|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for b in result["batches"]:
         rows = dict(b["steps"])
@@ -299,7 +335,10 @@ def markdown(result: dict[str, Any]) -> str:
             mfu = f"{row['mfu']:.3f}" if "mfu" in row else "-"
             mem = f"{row['peak_gib']:.1f}" if row["peak_gib"] is not None else "-"
             flops = f"{row['flops'] / 1e9:.2f}" if "flops" in row else "-"
-            lines.append(f"| {b['batch']} | {terms} | {row['images_per_s']:.2f} | {flops} | {mfu} | {mem} |")
+            ops = f"{row['ops']}" if "ops" in row else "-"
+            syncs = f"{sum(row['syncs'].values())}" if "syncs" in row else "-"
+            lines.append(f"| {b['batch']} | {terms} | {row['images_per_s']:.2f} | {row['seconds'] * 1e3:.1f} | {flops} | "
+                         f"{ops} | {syncs} | {mfu} | {mem} |")
         note = f"batch {b['batch']}: FCA+TSE overhead over L_LLM alone {b['fca_tse_overhead'] * 100:+.1f} %"
         if "hf" in b["steps"]:
             note += f"; TVP step / plain HF step time {b['steps']['hf']['images_per_s'] / b['steps']['llm+fca+tse']['images_per_s']:.2f}"
@@ -327,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="auto", help="auto = bf16 on CUDA, fp32 on CPU")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak dense FLOP/s (TFLOP/s) for MFU")
+    p.add_argument("--narrow", action="store_true",
+                   help="the --size depth with tiny widths: measures the host's fixed cost per step (see shapes.narrow)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--no-careless", dest="careless", action="store_false", help="skip the careless baseline")

@@ -156,9 +156,27 @@ CONFIGS = {
 SIZES = ("tiny", *dict.fromkeys(size for _, size in CONFIGS))
 
 
+def narrow(config: Any) -> Any:
+    """The same depth with every width shrunk (hidden 64, 2 heads, a 28-px image): the arithmetic all
+    but vanishes and a step costs what the host spends on it (Python, dispatch, autograd, one call
+    per kernel), the fixed per-step cost that dominates a GPU step at small batch."""
+    for name in ("vision_config", "qformer_config", "text_config"):
+        sub = getattr(config, name, None)
+        if sub is None:
+            continue
+        for key, value in dict(hidden_size=64, intermediate_size=128, num_attention_heads=2, num_key_value_heads=2,
+                               encoder_hidden_size=64, projection_dim=64, head_dim=32).items():
+            if getattr(sub, key, None) is not None:
+                setattr(sub, key, value)
+        if getattr(sub, "image_size", None) is not None:
+            sub.image_size = 2 * sub.patch_size
+    return config
+
+
 def build_model(family: str, size: str, *, device: str, dtype: torch.dtype, attn: str = "sdpa",
-                seed: int = 0) -> tuple[Any, Any, Any, Any]:
-    """(model, tokenizer, preprocessing, tiny spec or None): a random-init ``family`` model at ``size``."""
+                seed: int = 0, narrowed: bool = False) -> tuple[Any, Any, Any, Any]:
+    """(model, tokenizer, preprocessing, tiny spec or None): a random-init ``family`` model at ``size``
+    (``narrowed``: at its depth but tiny widths, see :func:`narrow`)."""
     from tvprompt.models.hf import resolve_model_class
     from tvprompt.models.registry import get_family
     from tvprompt.models.tiny import tiny_spec, tiny_tokenizer
@@ -170,6 +188,8 @@ def build_model(family: str, size: str, *, device: str, dtype: torch.dtype, attn
         config, pre = spec.config, spec.preprocessing
     elif (family, size) in CONFIGS:
         config, spec = CONFIGS[(family, size)](tokenizer), None
+        if narrowed:
+            config = narrow(config)
         pre = cls.default_preprocessing(config)
     else:
         known = ", ".join(f"{f} {s}" for f, s in CONFIGS)
@@ -196,11 +216,12 @@ def build_model(family: str, size: str, *, device: str, dtype: torch.dtype, attn
 
 
 def build_adapter(family: str, size: str, *, device: str, dtype: torch.dtype, attn: str = "sdpa",
-                  seed: int = 0) -> Any:
+                  seed: int = 0, narrowed: bool = False) -> Any:
     """An adapter over a random-init model of ``family`` at ``size``, frozen, on ``device``."""
     from tvprompt.models.registry import get_family
 
-    model, tokenizer, pre, spec = build_model(family, size, device=device, dtype=dtype, attn=attn, seed=seed)
+    model, tokenizer, pre, spec = build_model(family, size, device=device, dtype=dtype, attn=attn, seed=seed,
+                                              narrowed=narrowed)
     adapter = get_family(family)(model, tokenizer, pre, model_id=f"random:{family}-{size}", device=torch.device(device))
     # the family's setup hook reads extra files (e.g. a Q-Former tokenizer) from the checkpoint folder
     with tempfile.TemporaryDirectory() as files:

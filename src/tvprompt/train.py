@@ -99,10 +99,8 @@ def normalized_step(delta: torch.Tensor, grad: torch.Tensor, mask: torch.Tensor,
     content under the interior; here the norm covers the prompt's own pixels only.
     """
     g = grad * mask
-    norm = g.norm()
-    if norm == 0:
-        return delta.clone()
-    return delta - lr * g / norm
+    # a zero gradient leaves δ as it is (0 / tiny = 0) without reading the norm back to the host
+    return delta - lr * g / g.norm().clamp_min(torch.finfo(g.dtype).tiny)
 
 
 def _seed_for(*parts: object) -> int:

@@ -117,16 +117,14 @@ def resolve_device(device: str | torch.device | None) -> tuple[torch.device, str
 def pad_sequences(seqs: list[list[int]], pad_id: int, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, mask) of shape (N, max_len), padded on ``side``."""
     width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if side == "left":
-            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-            mask[i, width - len(s) :] = 1
-        else:
-            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-            mask[i, : len(s)] = 1
-    return ids, mask
+    pads = [width - len(s) for s in seqs]
+    if side == "left":
+        ids = [[pad_id] * n + list(s) for s, n in zip(seqs, pads, strict=True)]
+        mask = [[0] * n + [1] * len(s) for s, n in zip(seqs, pads, strict=True)]
+    else:
+        ids = [list(s) + [pad_id] * n for s, n in zip(seqs, pads, strict=True)]
+        mask = [[1] * len(s) + [0] * n for s, n in zip(seqs, pads, strict=True)]
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
 
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -712,8 +710,9 @@ def _hw(pixels01: torch.Tensor) -> tuple[int, int]:
 
 def _masked_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over the masked positions of the batch (token mean, like HF ``labels``)."""
-    mask = mask.to(logits.device)  # with device_map="auto" the logits live on the last device
-    return F.cross_entropy(logits[mask].float(), targets.to(logits.device)[mask])
+    # ignore_index instead of boolean indexing: no data-dependent shape, so no wait for the device
+    targets = targets.to(logits.device).masked_fill(~mask.to(logits.device), -100)  # device_map="auto": last device
+    return F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), ignore_index=-100)
 
 
 def _expand_batch(batch: TextBatch, n: int) -> TextBatch:
