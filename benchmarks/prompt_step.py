@@ -12,7 +12,11 @@ Measures, in one run and on the same device:
   second vision pass plus an uncached reference pass, TSE text re-encoded every step;
 - choice ranking: ``score_choices`` (shared prefix once, KV cache, all choices packed after it)
   against the unpacked path (one copy of the prefix cache per choice, ``packed_choices = False``)
-  and one forward per (image, choice), for each ``--choices`` count.
+  and one forward per (image, choice), for each ``--choices`` count;
+- with ``--compile MODE``: the three step rows again after regional ``torch.compile`` of the adapter's
+  and the guide's transformer blocks (rows ``<terms> compiled``), their first call (compile time)
+  apart from the steady state, and the eager/compiled time ratio. Measured last, so the eager rows
+  and the ranking above run on uncompiled models.
 Absolute CPU times are noise on a loaded machine; the ratios measured in one run are not.
 """
 
@@ -223,7 +227,42 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"rank {n:>4} choices: cached {cached * 1e3:8.1f} ms (unpacked {per_row * 1e3:8.1f} ms), "
               f"per-choice {brute * 1e3:9.1f} ms -> {brute / cached:6.1f}x "
               f"(max |diff| {result['ranking'][str(n)]['max_abs_diff']:.2e})", file=sys.stderr)
+    if args.compile and args.compile != "off":
+        compiled_rows(adapter, guide, images, args, result)
     return result
+
+
+def compiled_rows(adapter: Any, guide: Any, images: torch.Tensor, args: argparse.Namespace,
+                  result: dict[str, Any]) -> None:
+    """Add ``<terms> compiled`` rows: the same steps after regional compilation of adapter and guide."""
+    device = images.device
+    dynamic = {"true": True, "auto": None}[args.compile_dynamic]
+    blocks = adapter.compile(args.compile, dynamic=dynamic) + guide.compile(args.compile, dynamic=dynamic)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else None
+    compile_total = 0.0
+    for terms in ("llm", "llm+fca", "llm+fca+tse"):
+        eager_row = result["steps"][terms]
+        step = make_step(adapter, guide, images, terms)
+        _sync(device)
+        t0 = time.perf_counter()
+        step()  # compiles whatever this row adds (grad graphs, the no-grad FCA reference, the guide)
+        _sync(device)
+        first = time.perf_counter() - t0
+        secs = timed(step, device, args.warmup, args.iters)
+        compile_total += max(first - secs, 0.0)
+        row = {"seconds": secs, "images_per_s": args.batch / secs, "flops": eager_row["flops"],
+               "flop_per_s": eager_row["flops"] / secs, "peak_gib": peak_memory(step, device),
+               "first_call_s": first, "compile_s": max(first - secs, 0.0),
+               "speedup_vs_eager": eager_row["seconds"] / secs}
+        if peak:
+            row["mfu"] = eager_row["flops"] / secs / peak
+        result["steps"][f"{terms} compiled"] = row
+        print(f"step {terms + ' compiled':<21} {row['images_per_s']:8.2f} img/s  first call {first:7.1f} s  "
+              f"{row['speedup_vs_eager']:.2f}x eager", file=sys.stderr)
+    result["compile"] = {"mode": args.compile, "dynamic": args.compile_dynamic, "blocks": blocks,
+                         "compile_s": compile_total,
+                         "fca_tse_overhead": result["steps"]["llm+fca+tse compiled"]["seconds"]
+                         / result["steps"]["llm compiled"]["seconds"] - 1}
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -243,6 +282,12 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", f"FCA+TSE overhead over L_LLM alone: {result['fca_tse_overhead'] * 100:+.1f} %"]
     if "step_speedup_vs_careless" in result:
         lines.append(f"TVP step vs careless loop: {result['step_speedup_vs_careless']:.1f}x")
+    if "compile" in result:
+        c, steps = result["compile"], result["steps"]
+        ratios = ", ".join(f"{t} {steps[t + ' compiled']['speedup_vs_eager']:.2f}x" for t in ("llm", "llm+fca", "llm+fca+tse"))
+        lines.append(f"torch.compile ({c['mode']}, dynamic {c['dynamic']}, {c['blocks']} blocks): eager/compiled step "
+                     f"time {ratios}; compile time {c['compile_s']:.1f} s (first calls); compiled FCA+TSE overhead "
+                     f"{c['fca_tse_overhead'] * 100:+.1f} %")
     if result["ranking"]:
         lines += ["", "| choices | KV-cached ms | unpacked ms | per-choice ms | speed-up | max abs diff |",
                   "|---|---|---|---|---|---|"]
@@ -265,6 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--no-careless", dest="careless", action="store_false", help="skip the careless baseline")
+    p.add_argument("--compile", choices=["off", "default", "reduce-overhead", "max-autotune"], default="off",
+                   help="also measure the steps after regional torch.compile in this mode (rows '<terms> compiled')")
+    p.add_argument("--compile-dynamic", choices=["true", "auto"], default="true",
+                   help="dynamic shapes of the compiled blocks: true (symbolic from the start) | auto (torch's default)")
     p.add_argument("--json", type=Path, help="write the result as JSON here")
     p.add_argument("--markdown", type=Path, help="append a Markdown block here (e.g. benchmarks/RESULTS.md)")
     args = p.parse_args(argv)
