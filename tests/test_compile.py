@@ -43,10 +43,6 @@ def _graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
-def _recompiles() -> int:
-    return sum(counters["recompiles"].values()) if "recompiles" in counters else 0
-
-
 def _step(adapter, prompt, images, prompts, answers):
     """FCA-style objective through the adapter: (loss, features, δ gradient)."""
     prompt.delta.grad = None
@@ -76,6 +72,7 @@ class _Net(torch.nn.Module):
 
 def test_repeated_blocks_takes_outermost_same_class_stacks_only():
     net = _Net()
+    assert regional.repeated_stacks(net) == [net.layers]
     assert regional.repeated_blocks(net) == list(net.layers)
 
 
@@ -149,7 +146,7 @@ def test_compiled_llava_matches_eager_and_does_not_recompile_per_text_length(tmp
         assert (c_grad.abs().sum(0)[~border] == 0).all() and (c_grad.abs().sum(0)[border] > 0).any()
     assert len(lengths) == 3  # three text lengths went through the compiled blocks ...
     graphs = _graphs()
-    assert 0 < graphs <= 2 and _recompiles() == 0  # ... with one graph per block class, never recompiled
+    assert 0 < graphs <= 2  # ... with one graph per block class (vision, LLM), never recompiled
 
     # evaluation runs the blocks eagerly: same scores and text, nothing compiled for the KV-cached steps
     torch.testing.assert_close(adapter.score_choices(prompt.apply(images), PROMPTS, CHOICES), scores,
@@ -180,15 +177,17 @@ def test_every_family_compiles_to_the_eager_gradient(variant, tmp_path):
         assert count == 0
         return
     assert count == len(regional.repeated_blocks(adapter.model)) >= 4
-    for i, ((p, a), (loss, feats, grad)) in enumerate(zip(batches, eager, strict=True)):
+    graphs = []
+    for (p, a), (loss, feats, grad) in zip(batches, eager, strict=True):
         c_loss, c_feats, c_grad = _step(adapter, prompt, images, p, a)
         torch.testing.assert_close(c_loss, loss, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(c_feats, feats, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(c_grad, grad, atol=1e-7, rtol=1e-4)
         assert (c_grad.abs().sum(0)[~prompt.mask[0].bool()] == 0).all()
-        if i == 0:
-            graphs = _graphs()
-    assert _graphs() == graphs and _recompiles() <= 1  # later text lengths reuse the graphs
+        graphs.append(_graphs())
+    # later text lengths recompile each stack at most once in all: a size specialised on the first call
+    # (1, or equal to a fixed size of the model) turns symbolic; T5's 1-token decoder inputs, for one
+    assert graphs[2] - graphs[0] <= len(regional.repeated_stacks(adapter.model))
     torch.testing.assert_close(adapter.score_choices(prompt.apply(images), PROMPTS, CHOICES), scores,
                                atol=1e-5, rtol=1e-5)
 
