@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Every GPU measurement of the performance work in one run, most important first, each under its
-# own time limit (about 10 minutes in all on one H100/H200; 7B shapes need ~60 GB at batch 32).
+# own time limit. On one H100/H200: about 5 minutes for PART=core, about 10 for PART=all.
 #
-#   bash benchmarks/gpu_all.sh [OUT] [PEAK_TFLOPS]
+#   bash benchmarks/gpu_all.sh [OUT] [PEAK_TFLOPS] [PART]
 #
+# PART core: the targets: the LLaVA-1.5-7B and InstructBLIP-Vicuna-7B shapes, each built once and
+#   measured at batch 8, 16 (the trainer's default) and 32: L_LLM / +FCA / +TSE step rows with
+#   FLOPs, MFU and peak memory, the plain HF anchor step, packed ranking at 10 and 100 choices.
+# PART all (default): core, then the other families at their released shapes and the adapter
+#   contract tests on the GPU (pytest -m gpu).
 # OUT (default gpu-results/) gets one JSON and one log per measurement and RESULTS-gpu.md, the
 # Markdown blocks to paste into benchmarks/RESULTS.md. PEAK_TFLOPS is the dense bf16 peak used for
 # MFU (default 790, as in the design's anchors). The careless baseline is a CPU measurement (fp32
@@ -13,8 +18,9 @@
 set -u
 out=${1:-gpu-results}
 peak=${2:-790}
+part=${3:-all}
 device=${DEVICE:-cuda}
-size=${SIZE:-7b}
+size=${SIZE:-}
 py=${PYTHON:-python}
 mkdir -p "$out"
 md="$out/RESULTS-gpu.md"
@@ -33,24 +39,27 @@ run() {  # run NAME SECONDS COMMAND...: log to OUT/NAME.log, note a failure or t
     fi
 }
 
+step() {  # step FAMILY SIZE SECONDS ARGS...: one prompt_step run (SIZE=tiny overrides the size)
+    local family=$1 fsize=${size:-$2} limit=$3
+    shift 3
+    local extra=()
+    [ "$fsize" = tiny ] && extra=(--warmup 0 --iters 1)
+    run "$family" "$limit" "$py" -m benchmarks.prompt_step --family "$family" --size "$fsize" --device "$device" \
+        --peak-tflops "$peak" --no-careless "${extra[@]}" "$@" --json "$out/$family.json" --markdown "$md"
+}
+
 if [ "$device" = cuda ]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 fi
-tiny=()
-[ "$size" = tiny ] && tiny=(--tiny)
-step=("$py" -m benchmarks.prompt_step --size "$size" --device "$device" --peak-tflops "$peak" --no-careless)
-[ "$size" = tiny ] && step+=(--warmup 0 --iters 1)
-
-# the targets: full TVP step MFU at the trainer's default batch and at a large micro-batch, the
-# L_LLM / FCA / TSE split, and packed ranking at 10 and 100 choices
-for family in llava instructblip; do
-    run "$family-b8" 240 "${step[@]}" --family "$family" --batch 8 --choices 10 100 \
-        --json "$out/$family-b8.json" --markdown "$md"
-    run "$family-b32" 240 "${step[@]}" --family "$family" --batch 32 --choices 100 \
-        --json "$out/$family-b32.json" --markdown "$md"
-done
-# the adapter step against the raw HF step, then the other families at real shapes
-run adapter-step 180 "$py" benchmarks/adapter_step.py "${tiny[@]}" --batch 8 32
-run extra-families 180 "$py" benchmarks/extra_families_step.py "${tiny[@]}"
+step llava 7b 300 --batch 8 16 32 --choices 10 100
+step instructblip 7b 300 --batch 8 16 32 --choices 10 100
+if [ "$part" = all ]; then
+    for family_size in "minigpt4 7b" "qwen2_vl 2b" "qwen2_5_vl 3b" "smolvlm 256m" "paligemma 3b" "gemma3 4b"; do
+        # shellcheck disable=SC2086  # two words on purpose
+        step $family_size 150 --batch 8 --choices 10
+    done
+    TVP_TEST_DEVICE=$device run gpu-tests 300 "$py" -m pytest -m gpu -p no:cacheprovider \
+        tests/test_adapters_gpu.py tests/test_train_gpu.py
+fi
 echo "results in $out/ ($failed failed)"
 exit "$failed"

@@ -13,10 +13,10 @@ Measures, in one run and on the same device:
 - choice ranking: ``score_choices`` (shared prefix once, KV cache, all choices packed after it)
   against the unpacked path (one copy of the prefix cache per choice, ``packed_choices = False``)
   and one forward per (image, choice), for each ``--choices`` count;
-- with ``--compile MODE``: the three step rows again after regional ``torch.compile`` of the adapter's
-  and the guide's transformer blocks (rows ``<terms> compiled``), their first call (compile time)
-  apart from the steady state, and the eager/compiled time ratio. Measured last, so the eager rows
-  and the ranking above run on uncompiled models.
+- with ``--compile MODE``: every step row again after regional ``torch.compile`` of the adapter's and
+  the guide's transformer blocks (rows ``<terms> compiled``), the first call (compile time) apart
+  from the steady state, and the eager/compiled time ratio. Measured last, so the eager rows and the
+  ranking run on uncompiled models.
 Absolute CPU times are noise on a loaded machine; the ratios measured in one run are not.
 """
 
@@ -142,6 +142,7 @@ def make_step(adapter: Any, guide: Any, images: torch.Tensor, terms: str, *, car
             prompt.delta.copy_(normalized_step(prompt.delta, prompt.delta.grad, prompt.mask, 1.0))
         prompt.project_()
 
+    step.prompt = prompt  # type: ignore[attr-defined]  # its gradient is checked after the timing
     return step
 
 
@@ -161,135 +162,206 @@ def choice_names(n: int) -> list[str]:
     return [f"{words[i % 10]} {shapes[(i // 10) % 10]}" + (f" {i // 100}" if i >= 100 else "") for i in range(n)]
 
 
+def make_hf_step(adapter: Any, batch: int):
+    """The plain transformers step of the design's anchors: ``model(**inputs, labels=...)`` and a
+    backward to the model's own pixel input (already resized and normalised: no prompt, no
+    differentiable preprocessing, full logits). None for encoder-decoder language models, whose
+    inputs the adapter builds differently."""
+    from tvprompt.models.hf import pad_sequences
+
+    if adapter.is_encoder_decoder:
+        return None
+    size = (224, 224)  # the prompted images' size, as in the trainer's step
+    with torch.no_grad():
+        pixels = adapter.preprocess(torch.rand(batch, 3, *size, device=adapter.device))
+    pixels.requires_grad_(True)
+    answer = adapter.answer_ids(ANSWER)
+    ids, mask = pad_sequences([adapter.prompt_ids(INSTRUCTION, size) + answer] * batch, adapter.pad_id)
+    text = adapter._finish_batch(ids, mask, size)
+    text.prompts = [INSTRUCTION] * batch
+    labels = text.input_ids.clone()
+    labels[:, : -len(answer)] = -100
+
+    def step() -> None:
+        pixels.grad = None
+        adapter._call(text, adapter.forward_kwargs(pixels, text), labels=labels, use_cache=False).loss.backward()
+
+    return step
+
+
+def measure_step(step, batch: int, device: torch.device, args: argparse.Namespace, peak: float | None) -> dict[str, Any]:
+    secs = timed(step, device, args.warmup, args.iters)
+    flops = count_flops(step)
+    row = {"seconds": secs, "images_per_s": batch / secs, "flops": flops, "flop_per_s": flops / secs,
+           "peak_gib": peak_memory(step, device)}
+    if peak:
+        row["mfu"] = flops / secs / peak
+    return row
+
+
+def build_careless(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The careless baseline's models: fp32 weights that require grad, eager attention."""
+    slow = build_adapter(args.family, args.size, device=args.device, dtype=torch.float32, attn="eager")
+    slow_guide = build_guide(args.size, device=args.device, dtype=torch.float32)
+    slow.model.requires_grad_(True)
+    slow_guide.model.requires_grad_(True)
+    return slow, slow_guide
+
+
+def run_batch(adapter: Any, guide: Any, batch: int, args: argparse.Namespace,
+              careless: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """Every step row at one batch size: the trainer's step for each set of loss terms, the plain HF
+    anchor step, and the careless step when its models are given."""
+    device = torch.device(args.device)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else None
+    images = torch.rand(batch, 3, 224, 224, device=device, generator=torch.Generator(device).manual_seed(batch))
+    out: dict[str, Any] = {"batch": batch, "steps": {}}
+    steps = {terms: make_step(adapter, guide, images, terms) for terms in ("llm", "llm+fca", "llm+fca+tse")}
+    hf = make_hf_step(adapter, batch)
+    if hf is not None:
+        steps["hf"] = hf
+    for terms, step in steps.items():
+        row = out["steps"][terms] = measure_step(step, batch, device, args, peak)
+        print(f"batch {batch:>3} step {terms:<12} {row['images_per_s']:8.2f} img/s  {row['flops'] / 1e9:10.2f} GFLOP"
+              + (f"  MFU {row['mfu']:.3f}" if peak else ""), file=sys.stderr)
+    for terms in ("llm", "llm+fca+tse"):
+        grad = steps[terms].prompt.delta.grad
+        if not (torch.isfinite(grad).all() and grad.abs().sum() > 0):
+            raise SystemExit(f"the {terms} step gave no finite, non-zero gradient on the prompt")
+    base = out["steps"]["llm"]["seconds"]
+    out["fca_tse_overhead"] = out["steps"]["llm+fca+tse"]["seconds"] / base - 1
+    if careless is not None:
+        step = make_step(*careless, images, "llm+fca+tse", careless=True)
+        secs = timed(step, device, min(args.warmup, 1), max(1, args.iters // 2))
+        out["careless_step"] = {"seconds": secs, "images_per_s": batch / secs, "peak_gib": peak_memory(step, device)}
+        out["step_speedup_vs_careless"] = secs / out["steps"]["llm+fca+tse"]["seconds"]
+        print(f"careless step     {batch / secs:8.2f} img/s  -> ours is "
+              f"{out['step_speedup_vs_careless']:.1f}x faster", file=sys.stderr)
+    return out
+
+
+def run_ranking(adapter: Any, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    """Packed KV-cached ranking against the unpacked path and one forward per (image, choice)."""
+    device = torch.device(args.device)
+    pixels = torch.rand(args.rank_batch, 3, 224, 224, device=device, generator=torch.Generator(device).manual_seed(0))
+    prompts, choices = [INSTRUCTION] * args.rank_batch, choice_names(n)
+
+    def score() -> torch.Tensor:
+        return adapter.score_choices(pixels, prompts, choices)
+
+    cached = timed(score, device, 1, args.iters)
+    adapter.packed_choices = False  # the unpacked path: one copy of the prefix cache per choice
+    try:
+        per_row = timed(score, device, 1, args.iters)
+    finally:
+        del adapter.packed_choices
+    brute = timed(lambda: brute_force_scores(adapter, pixels, prompts, choices), device, 0, 1)
+    diff = (score().float().cpu() - brute_force_scores(adapter, pixels, prompts, choices)).abs().max()
+    row = {"kv_cached_s": cached, "per_row_s": per_row, "per_choice_s": brute, "speedup": brute / cached,
+           "max_abs_diff": float(diff)}
+    print(f"rank {n:>4} choices: cached {cached * 1e3:8.1f} ms (unpacked {per_row * 1e3:8.1f} ms), "
+          f"per-choice {brute * 1e3:9.1f} ms -> {brute / cached:6.1f}x (max |diff| {diff:.2e})", file=sys.stderr)
+    return row
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     fast_dtype = torch.bfloat16 if (device.type == "cuda" and args.dtype == "auto") else (
         torch.float32 if args.dtype in ("auto", "float32") else getattr(torch, args.dtype))
-    torch.manual_seed(0)
+    t0 = time.perf_counter()
     adapter = build_adapter(args.family, args.size, device=args.device, dtype=fast_dtype, attn="sdpa")
     guide = build_guide(args.size, device=args.device, dtype=fast_dtype)
-    images = torch.rand(args.batch, 3, 224, 224, device=device)
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else None
     result: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
         "command": "python -m benchmarks.prompt_step " + " ".join(sys.argv[1:]),
-        "family": args.family, "size": args.size, "batch": args.batch, "dtype": str(fast_dtype).removeprefix("torch."),
-        "steps": {}, "ranking": {},
+        "family": args.family, "size": args.size, "dtype": str(fast_dtype).removeprefix("torch."),
+        "parameters": sum(p.numel() for p in adapter.model.parameters()),
+        "build_s": time.perf_counter() - t0,
     }
-    for terms in ("llm", "llm+fca", "llm+fca+tse"):
-        step = make_step(adapter, guide, images, terms)
-        secs = timed(step, device, args.warmup, args.iters)
-        flops = count_flops(step)
-        row = {"seconds": secs, "images_per_s": args.batch / secs, "flops": flops, "flop_per_s": flops / secs,
-               "peak_gib": peak_memory(step, device)}
-        if peak:
-            row["mfu"] = flops / secs / peak
-        result["steps"][terms] = row
-        print(f"step {terms:<12} {row['images_per_s']:8.2f} img/s  {flops / 1e9:10.2f} GFLOP"
-              + (f"  MFU {row['mfu']:.3f}" if peak else ""), file=sys.stderr)
-    base = result["steps"]["llm"]["seconds"]
-    result["fca_tse_overhead"] = result["steps"]["llm+fca+tse"]["seconds"] / base - 1
-
-    if args.careless:
-        slow = build_adapter(args.family, args.size, device=args.device, dtype=torch.float32, attn="eager")
-        slow.model.requires_grad_(True)
-        slow_guide = build_guide(args.size, device=args.device, dtype=torch.float32)
-        slow_guide_model = getattr(slow_guide, "model", None)
-        if slow_guide_model is not None:
-            slow_guide_model.requires_grad_(True)
-        step = make_step(slow, slow_guide, images, "llm+fca+tse", careless=True)
-        secs = timed(step, device, min(args.warmup, 1), max(1, args.iters // 2))
-        result["careless_step"] = {"seconds": secs, "images_per_s": args.batch / secs,
-                                   "peak_gib": peak_memory(step, device)}
-        result["step_speedup_vs_careless"] = secs / result["steps"]["llm+fca+tse"]["seconds"]
-        print(f"careless step     {args.batch / secs:8.2f} img/s  -> ours is "
-              f"{result['step_speedup_vs_careless']:.1f}x faster", file=sys.stderr)
-        del slow, slow_guide
-
-    prompts = [INSTRUCTION] * args.rank_batch
-    pixels = images[: args.rank_batch]
-    for n in args.choices:
-        choices = choice_names(n)
-        cached = timed(lambda c=choices: adapter.score_choices(pixels, prompts, c), device, 1, args.iters)
-        adapter.packed_choices = False  # the unpacked path: one copy of the prefix cache per choice
-        try:
-            per_row = timed(lambda c=choices: adapter.score_choices(pixels, prompts, c), device, 1, args.iters)
-        finally:
-            del adapter.packed_choices
-        brute = timed(lambda c=choices: brute_force_scores(adapter, pixels, prompts, c), device, 0, 1)
-        a = adapter.score_choices(pixels, prompts, choices).float().cpu()
-        b = brute_force_scores(adapter, pixels, prompts, choices)
-        result["ranking"][str(n)] = {"kv_cached_s": cached, "per_row_s": per_row, "per_choice_s": brute,
-                                     "speedup": brute / cached, "max_abs_diff": float((a - b).abs().max())}
-        print(f"rank {n:>4} choices: cached {cached * 1e3:8.1f} ms (unpacked {per_row * 1e3:8.1f} ms), "
-              f"per-choice {brute * 1e3:9.1f} ms -> {brute / cached:6.1f}x "
-              f"(max |diff| {result['ranking'][str(n)]['max_abs_diff']:.2e})", file=sys.stderr)
-    if args.compile and args.compile != "off":
-        compiled_rows(adapter, guide, images, args, result)
+    careless = build_careless(args) if args.careless else None
+    result["batches"] = [run_batch(adapter, guide, b, args, careless) for b in args.batch]
+    del careless
+    result["ranking"] = {str(n): run_ranking(adapter, n, args) for n in args.choices}
+    if args.compile != "off":
+        run_compiled(adapter, guide, result, args)
     return result
 
 
-def compiled_rows(adapter: Any, guide: Any, images: torch.Tensor, args: argparse.Namespace,
-                  result: dict[str, Any]) -> None:
-    """Add ``<terms> compiled`` rows: the same steps after regional compilation of adapter and guide."""
-    device = images.device
+def run_compiled(adapter: Any, guide: Any, result: dict[str, Any], args: argparse.Namespace) -> None:
+    """Compile the blocks of adapter and guide, then add a ``<terms> compiled`` row beside every eager
+    step row of every batch: steady-state time, first-call time (compiling), eager/compiled ratio."""
+    device = torch.device(args.device)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else None
     dynamic = {"true": True, "auto": None}[args.compile_dynamic]
     blocks = adapter.compile(args.compile, dynamic=dynamic) + guide.compile(args.compile, dynamic=dynamic)
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else None
-    compile_total = 0.0
-    for terms in ("llm", "llm+fca", "llm+fca+tse"):
-        eager_row = result["steps"][terms]
-        step = make_step(adapter, guide, images, terms)
-        _sync(device)
-        t0 = time.perf_counter()
-        step()  # compiles whatever this row adds (grad graphs, the no-grad FCA reference, the guide)
-        _sync(device)
-        first = time.perf_counter() - t0
-        secs = timed(step, device, args.warmup, args.iters)
-        compile_total += max(first - secs, 0.0)
-        row = {"seconds": secs, "images_per_s": args.batch / secs, "flops": eager_row["flops"],
-               "flop_per_s": eager_row["flops"] / secs, "peak_gib": peak_memory(step, device),
-               "first_call_s": first, "compile_s": max(first - secs, 0.0),
-               "speedup_vs_eager": eager_row["seconds"] / secs}
-        if peak:
-            row["mfu"] = eager_row["flops"] / secs / peak
-        result["steps"][f"{terms} compiled"] = row
-        print(f"step {terms + ' compiled':<21} {row['images_per_s']:8.2f} img/s  first call {first:7.1f} s  "
-              f"{row['speedup_vs_eager']:.2f}x eager", file=sys.stderr)
-    result["compile"] = {"mode": args.compile, "dynamic": args.compile_dynamic, "blocks": blocks,
-                         "compile_s": compile_total,
-                         "fca_tse_overhead": result["steps"]["llm+fca+tse compiled"]["seconds"]
-                         / result["steps"]["llm compiled"]["seconds"] - 1}
+    result["compile"] = {"mode": args.compile, "dynamic": args.compile_dynamic, "blocks": blocks}
+    for b in result["batches"]:
+        batch = b["batch"]
+        images = torch.rand(batch, 3, 224, 224, device=device, generator=torch.Generator(device).manual_seed(batch))
+        steps = {terms: make_step(adapter, guide, images, terms) for terms in ("llm", "llm+fca", "llm+fca+tse")}
+        if "hf" in b["steps"]:
+            steps["hf"] = make_hf_step(adapter, batch)
+        b["compile_s"] = 0.0
+        for terms, step in steps.items():
+            eager = b["steps"][terms]
+            _sync(device)
+            t0 = time.perf_counter()
+            step()  # compiles what this row adds: grad graphs, the no-grad FCA reference pass, the guide
+            _sync(device)
+            first = time.perf_counter() - t0
+            secs = timed(step, device, args.warmup, args.iters)
+            row = {"seconds": secs, "images_per_s": batch / secs, "flops": eager["flops"],
+                   "flop_per_s": eager["flops"] / secs, "peak_gib": peak_memory(step, device), "first_call_s": first,
+                   "compile_s": max(first - secs, 0.0), "speedup_vs_eager": eager["seconds"] / secs}
+            if peak:
+                row["mfu"] = eager["flops"] / secs / peak
+            b["steps"][f"{terms} compiled"] = row
+            b["compile_s"] += row["compile_s"]
+            print(f"batch {batch:>3} step {terms + ' compiled':<21} {row['images_per_s']:8.2f} img/s  first call "
+                  f"{first:7.1f} s  {row['speedup_vs_eager']:.2f}x eager", file=sys.stderr)
+        for terms in ("llm", "llm+fca+tse"):
+            grad = steps[terms].prompt.delta.grad
+            if not (torch.isfinite(grad).all() and grad.abs().sum() > 0):
+                raise SystemExit(f"the compiled {terms} step gave no finite, non-zero gradient on the prompt")
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = [f"**{result['family']} {result['size']}**, batch {result['batch']}, {result['dtype']}, "
-             f"{result['device']}, torch {result['torch']}, transformers {result['transformers']}, "
-             f"{result['date']}: `{result['command']}`", "",
-             "| step | img/s | GFLOP/step | MFU | peak GiB |", "|---|---|---|---|---|"]
-    for terms, row in result["steps"].items():
-        mfu = f"{row['mfu']:.3f}" if "mfu" in row else "-"
-        mem = f"{row['peak_gib']:.1f}" if row["peak_gib"] is not None else "-"
-        lines.append(f"| {terms} | {row['images_per_s']:.2f} | {row['flops'] / 1e9:.2f} | {mfu} | {mem} |")
-    if "careless_step" in result:
-        c = result["careless_step"]
-        lines.append(f"| careless llm+fca+tse | {c['images_per_s']:.2f} | - | - | "
-                     f"{c['peak_gib']:.1f} |" if c["peak_gib"] is not None else
-                     f"| careless llm+fca+tse | {c['images_per_s']:.2f} | - | - | - |")
-    lines += ["", f"FCA+TSE overhead over L_LLM alone: {result['fca_tse_overhead'] * 100:+.1f} %"]
-    if "step_speedup_vs_careless" in result:
-        lines.append(f"TVP step vs careless loop: {result['step_speedup_vs_careless']:.1f}x")
+    batches = ", ".join(str(b["batch"]) for b in result["batches"])
+    lines = [f"**{result['family']} {result['size']}** ({result['parameters'] / 1e9:.2f} B parameters), "
+             f"batch {batches}, {result['dtype']}, {result['device']}, torch {result['torch']}, "
+             f"transformers {result['transformers']}, {result['date']}: `{result['command']}`", "",
+             "| batch | step | img/s | GFLOP/step | MFU | peak GiB |", "|---|---|---|---|---|---|"]
+    notes = []
+    for b in result["batches"]:
+        rows = dict(b["steps"])
+        if "careless_step" in b:
+            rows["careless llm+fca+tse"] = b["careless_step"]
+        for terms, row in rows.items():
+            mfu = f"{row['mfu']:.3f}" if "mfu" in row else "-"
+            mem = f"{row['peak_gib']:.1f}" if row["peak_gib"] is not None else "-"
+            flops = f"{row['flops'] / 1e9:.2f}" if "flops" in row else "-"
+            lines.append(f"| {b['batch']} | {terms} | {row['images_per_s']:.2f} | {flops} | {mfu} | {mem} |")
+        note = f"batch {b['batch']}: FCA+TSE overhead over L_LLM alone {b['fca_tse_overhead'] * 100:+.1f} %"
+        if "hf" in b["steps"]:
+            note += f"; TVP step / plain HF step time {b['steps']['hf']['images_per_s'] / b['steps']['llm+fca+tse']['images_per_s']:.2f}"
+        if "step_speedup_vs_careless" in b:
+            note += f"; TVP step vs careless loop {b['step_speedup_vs_careless']:.1f}x"
+        if "compile_s" in b:
+            ratios = ", ".join(f"{t} {b['steps'][t + ' compiled']['speedup_vs_eager']:.2f}x"
+                               for t in b["steps"] if t + " compiled" in b["steps"])
+            note += f"; eager/compiled step time {ratios}; compiling {b['compile_s']:.1f} s (first calls)"
+        notes.append(note)
+    lines += [""] + [f"- {n}" for n in notes]
+    lines.append("- `hf` = the plain transformers forward + backward to the model's own (preprocessed) pixel input: the design's anchor recipe")
     if "compile" in result:
-        c, steps = result["compile"], result["steps"]
-        ratios = ", ".join(f"{t} {steps[t + ' compiled']['speedup_vs_eager']:.2f}x" for t in ("llm", "llm+fca", "llm+fca+tse"))
-        lines.append(f"torch.compile ({c['mode']}, dynamic {c['dynamic']}, {c['blocks']} blocks): eager/compiled step "
-                     f"time {ratios}; compile time {c['compile_s']:.1f} s (first calls); compiled FCA+TSE overhead "
-                     f"{c['fca_tse_overhead'] * 100:+.1f} %")
+        c = result["compile"]
+        lines.append(f"- `compiled` = after regional torch.compile ({c['mode']}, dynamic {c['dynamic']}) of "
+                     f"{c['blocks']} transformer blocks of the model and the guide")
     if result["ranking"]:
-        lines += ["", "| choices | KV-cached ms | unpacked ms | per-choice ms | speed-up | max abs diff |",
+        lines += ["", "| choices | packed ms | unpacked ms | per-choice ms | speed-up | max abs diff |",
                   "|---|---|---|---|---|---|"]
         for n, r in result["ranking"].items():
             lines.append(f"| {n} | {r['kv_cached_s'] * 1e3:.1f} | {r['per_row_s'] * 1e3:.1f} | "
@@ -301,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.prompt_step", description=__doc__.split("\n\n")[0])
     p.add_argument("--family", default="llava")
     p.add_argument("--size", choices=SIZES, default="small")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, nargs="+", default=[8], help="one or more batch sizes (the model is built once)")
     p.add_argument("--rank-batch", type=int, default=2, help="images for the ranking benchmark")
     p.add_argument("--choices", type=int, nargs="*", default=[10, 100])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -311,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--no-careless", dest="careless", action="store_false", help="skip the careless baseline")
     p.add_argument("--compile", choices=["off", "default", "reduce-overhead", "max-autotune"], default="off",
-                   help="also measure the steps after regional torch.compile in this mode (rows '<terms> compiled')")
+                   help="also measure every step after regional torch.compile in this mode (rows '<terms> compiled')")
     p.add_argument("--compile-dynamic", choices=["true", "auto"], default="true",
                    help="dynamic shapes of the compiled blocks: true (symbolic from the start) | auto (torch's default)")
     p.add_argument("--json", type=Path, help="write the result as JSON here")

@@ -17,43 +17,63 @@ def test_prompt_step_benchmark_tiny(tmp_path, family):
     out = tmp_path / "r.json"
     md = tmp_path / "RESULTS.md"
     res = subprocess.run(
-        [sys.executable, "-m", "benchmarks.prompt_step", "--family", family, "--size", "tiny", "--batch", "2", "--choices", "4",
-         "--warmup", "0", "--iters", "1", "--json", str(out), "--markdown", str(md)],
+        [sys.executable, "-m", "benchmarks.prompt_step", "--family", family, "--size", "tiny", "--batch", "2", "3",
+         "--choices", "4", "--warmup", "0", "--iters", "1", "--json", str(out), "--markdown", str(md)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert set(result["steps"]) == {"llm", "llm+fca", "llm+fca+tse"}
-    for row in result["steps"].values():
-        assert row["seconds"] > 0 and row["flops"] > 0
-        assert abs(row["images_per_s"] - 2 / row["seconds"]) < 1e-6
-    # the TVP step does strictly more arithmetic than the L_LLM step (FCA, guide forward + backward)
-    assert result["steps"]["llm+fca+tse"]["flops"] > result["steps"]["llm"]["flops"]
-    assert result["careless_step"]["seconds"] > 0
+    assert [b["batch"] for b in result["batches"]] == [2, 3]  # one model, several batch sizes
+    for b in result["batches"]:
+        assert set(b["steps"]) == {"llm", "llm+fca", "llm+fca+tse", "hf"}
+        for row in b["steps"].values():
+            assert row["seconds"] > 0 and row["flops"] > 0
+            assert abs(row["images_per_s"] - b["batch"] / row["seconds"]) < 1e-6
+        # the TVP step does strictly more arithmetic than the L_LLM step (FCA, guide forward + backward)
+        assert b["steps"]["llm+fca+tse"]["flops"] > b["steps"]["llm"]["flops"]
+        assert b["careless_step"]["seconds"] > 0
+    # FLOPs grow with the batch
+    assert result["batches"][1]["steps"]["llm"]["flops"] > result["batches"][0]["steps"]["llm"]["flops"]
     rank = result["ranking"]["4"]
     assert rank["max_abs_diff"] < 1e-4  # KV-cached ranking equals one forward per choice
     assert rank["speedup"] > 0 and rank["per_row_s"] > 0
-    assert "| llm+fca+tse |" in md.read_text() and "| unpacked ms |" in md.read_text()
+    text = md.read_text()
+    assert "| 3 | llm+fca+tse |" in text and "| 2 | hf |" in text and "| unpacked ms |" in text
 
 
-def test_real_shapes_have_the_released_parameter_counts(monkeypatch):
-    """`--size 7b` builds the released architectures (counted on the meta device: no memory, no GPU)."""
+RELEASED = {  # parameters of the released checkpoints whose shapes --size builds
+    ("llava", "7b"): 7.06e9, ("instructblip", "7b"): 7.91e9, ("minigpt4", "7b"): 7.83e9,
+    ("qwen2_vl", "2b"): 2.21e9, ("qwen2_5_vl", "3b"): 3.75e9, ("smolvlm", "256m"): 0.256e9,
+    ("paligemma", "3b"): 2.92e9, ("gemma3", "4b"): 4.30e9,
+}
+
+
+@pytest.mark.parametrize("key", list(RELEASED), ids=[f"{f}-{s}" for f, s in RELEASED])
+def test_real_shapes_have_the_released_parameter_counts(monkeypatch, key):
+    """`--size` builds the released architectures (counted on the meta device: no memory, no GPU)."""
     import torch
-    import transformers
 
     monkeypatch.syspath_prepend(str(ROOT))
-    from benchmarks.shapes import CONFIGS, build_adapter
+    from benchmarks.shapes import CONFIGS
 
+    from tvprompt.models.hf import resolve_model_class
+    from tvprompt.models.registry import get_family
     from tvprompt.models.tiny import tiny_tokenizer
 
-    expected = {("llava", "7b"): 7.06e9, ("instructblip", "7b"): 7.91e9}  # LLaVA-1.5-7B, InstructBLIP-Vicuna-7B
-    for key, n in expected.items():
-        build_config, model_class = CONFIGS[key]
-        with torch.device("meta"):
-            model = getattr(transformers, model_class)(build_config(tiny_tokenizer(key[0])))
-        assert abs(sum(p.numel() for p in model.parameters()) - n) / n < 0.01, key
-    with pytest.raises(SystemExit, match="known: llava small, llava 7b, instructblip 7b"):
-        build_adapter("qwen2_vl", "7b", device="cpu", dtype=torch.float32, attn="sdpa")
+    with torch.device("meta"):
+        model = resolve_model_class(get_family(key[0]).model_class)(CONFIGS[key](tiny_tokenizer(key[0])))
+    n = RELEASED[key]
+    assert abs(sum(p.numel() for p in model.parameters()) - n) / n < 0.01, key
+
+
+def test_unknown_shape_names_the_known_ones(monkeypatch):
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.shapes import build_adapter
+
+    with pytest.raises(SystemExit, match="known: llava small, llava 1b, llava 7b, instructblip 7b"):
+        build_adapter("qwen2_vl", "7b", device="cpu", dtype=torch.float32)
 
 
 @pytest.mark.slow
@@ -63,11 +83,16 @@ def test_gpu_script_runs_every_measurement_in_tiny_cpu_mode(tmp_path):
     res = subprocess.run(["bash", "benchmarks/gpu_all.sh", str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=1500)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
-    for name in ("llava-b8", "llava-b32", "instructblip-b8", "instructblip-b32"):
-        result = json.loads((tmp_path / f"{name}.json").read_text())
-        assert result["steps"]["llm+fca+tse"]["flops"] > result["steps"]["llm"]["flops"], name
-    assert (tmp_path / "RESULTS-gpu.md").read_text().count("| llm+fca+tse |") == 4
-    assert "failed" not in (tmp_path / "RESULTS-gpu.md").read_text()
+    families = ["llava", "instructblip", "minigpt4", "qwen2_vl", "qwen2_5_vl", "smolvlm", "paligemma", "gemma3"]
+    for family in families:
+        result = json.loads((tmp_path / f"{family}.json").read_text())
+        for b in result["batches"]:
+            assert b["steps"]["llm+fca+tse"]["flops"] > b["steps"]["llm"]["flops"], family
+    assert [b["batch"] for b in json.loads((tmp_path / "llava.json").read_text())["batches"]] == [8, 16, 32]
+    text = (tmp_path / "RESULTS-gpu.md").read_text()
+    assert text.count("| llm+fca+tse |") == 2 * 3 + 6
+    assert "failed" not in text
+    assert " passed" in (tmp_path / "gpu-tests.log").read_text()
 
 
 @pytest.mark.slow
@@ -82,11 +107,13 @@ def test_prompt_step_benchmark_compiled_rows(tmp_path):
     )
     assert res.returncode == 0, res.stderr[-2000:]
     result = json.loads(out.read_text())
-    terms = ("llm", "llm+fca", "llm+fca+tse")
-    assert set(result["steps"]) == {*terms, *(f"{t} compiled" for t in terms)}
+    (b,) = result["batches"]
+    terms = ("llm", "llm+fca", "llm+fca+tse", "hf")
+    assert set(b["steps"]) == {*terms, *(f"{t} compiled" for t in terms)}
     for t in terms:
-        eager, compiled = result["steps"][t], result["steps"][f"{t} compiled"]
+        eager, compiled = b["steps"][t], b["steps"][f"{t} compiled"]
         assert compiled["first_call_s"] >= compiled["compile_s"] >= 0 and compiled["flops"] == eager["flops"]
         assert abs(compiled["speedup_vs_eager"] - eager["seconds"] / compiled["seconds"]) < 1e-9
     assert result["compile"]["blocks"] == 8  # tiny LLaVA: 2 vision + 2 LLM layers; tiny CLIP guide: 2 + 2
-    assert "| llm+fca+tse compiled |" in md.read_text() and "torch.compile (default" in md.read_text()
+    text = md.read_text()
+    assert "| 2 | llm+fca+tse compiled |" in text and "eager/compiled step time llm " in text

@@ -324,6 +324,19 @@ class HFAdapter:
         bos = self.tokenizer.bos_token_id
         return [bos] if self.add_bos and bos is not None else []
 
+    def _tokens(self, text: str, image_size: tuple[int, int] | None = None) -> list[int]:
+        """``prompt_ids(text, image_size)``, or ``answer_ids(text)`` without a size, memoised: training
+        tokenises the same few instructions and answers every step (callers must not mutate the list)."""
+        cache = self.__dict__.setdefault("_token_cache", {})
+        key = (text, image_size)
+        ids = cache.get(key)
+        if ids is None:
+            ids = self.prompt_ids(text, image_size) if image_size is not None else self.answer_ids(text)
+            if len(cache) >= 16384:
+                cache.clear()
+            cache[key] = ids
+        return ids
+
     def text_ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False).input_ids)
 
@@ -426,7 +439,7 @@ class HFAdapter:
             raise UsageError(f"batch mismatch: {pixels01.shape[0]} images, {len(prompts)} prompts{n_ans}")
 
     def _prefix_batch(self, prompts: list[str], image_size: tuple[int, int], multiple: int = 1) -> TextBatch:
-        seqs = [self.prompt_ids(p, image_size) for p in prompts]
+        seqs = [self._tokens(p, image_size) for p in prompts]
         ids, mask = pad_sequences(seqs, self.pad_id, "left", multiple)
         batch = self._finish_batch(ids, mask, image_size)
         batch.prompts = list(prompts)
@@ -455,7 +468,7 @@ class HFAdapter:
                  kind: str | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         self._check_batch(pixels01, prompts, answers)
         pixel_values = self.preprocess(pixels01)
-        answer_ids = [self.answer_ids(a) for a in answers]
+        answer_ids = [self._tokens(a) for a in answers]
         hw = _hw(pixels01)
         if self.is_encoder_decoder:
             state = self.encode(pixel_values, self._prefix_batch(prompts, hw, self.text_multiple))
@@ -465,11 +478,10 @@ class HFAdapter:
             loss = _masked_ce(logits, ids, mask.bool())
             feats = None if kind is None else self.select_features(state.image_outputs, kind)
             return loss, feats
-        seqs = [self.prompt_ids(p, hw) + a for p, a in zip(prompts, answer_ids, strict=True)]
+        seqs = [self._tokens(p, hw) + a for p, a in zip(prompts, answer_ids, strict=True)]
         ids, mask = pad_sequences(seqs, self.pad_id, "left", self.text_multiple)
-        target = torch.zeros_like(mask)
-        for i, a in enumerate(answer_ids):
-            target[i, ids.shape[1] - len(a) :] = 1
+        answer_len = torch.tensor([len(a) for a in answer_ids])
+        target = (torch.arange(ids.shape[1]) >= ids.shape[1] - answer_len[:, None]).to(mask.dtype)
         batch = self._finish_batch(ids, mask, hw, target)
         batch.prompts = list(prompts)
         keep = max(len(a) for a in answer_ids) + 1  # answers sit at the right end (left padding)
@@ -488,7 +500,7 @@ class HFAdapter:
         first = out.logits[:, -1].float().log_softmax(-1)  # (B, V): predicts each choice's first token
         cache = self.cache_of(out)
         per_pass = max(1, self.score_rows_per_pass // len(prompts))
-        answers = [self.answer_ids(c) for c in choices]
+        answers = [self._tokens(c) for c in choices]
         if self._can_pack(prefix, cache):
             chunks = packed_chunks([len(a) for a in answers], per_pass, self.score_tokens_per_pass)
             parts = []
@@ -590,7 +602,7 @@ class HFAdapter:
         n_choices, batch_size = len(choices), len(prompts)
         state = self.encode(self.preprocess(pixels01), self._prefix_batch(prompts, _hw(pixels01)))
         state = EncoderState(state.hidden.repeat_interleave(n_choices, 0), state.mask.repeat_interleave(n_choices, 0))
-        ids, mask = pad_sequences([self.answer_ids(c) for c in choices], self.pad_id, "right")
+        ids, mask = pad_sequences([self._tokens(c) for c in choices], self.pad_id, "right")
         ids, mask = ids.to(self.device).repeat(batch_size, 1), mask.to(self.device).repeat(batch_size, 1)
         logits = self.decode(state, self._shift_right(ids), self._shift_right_mask(mask))
         ids, mask = ids.to(logits.device), mask.to(logits.device)
