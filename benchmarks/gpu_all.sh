@@ -13,6 +13,8 @@
 # Markdown blocks to paste into benchmarks/RESULTS.md. PEAK_TFLOPS is the dense bf16 peak used for
 # MFU (default 790, as in the design's anchors). The careless baseline is a CPU measurement (fp32
 # weights with gradients do not fit a 7B model next to its activations), so it is skipped here.
+# COMPILE=default (or max-autotune, reduce-overhead) also measures every step after regional
+# torch.compile, in the same runs (rows "<terms> compiled", first call apart; allow a few minutes more).
 # A CPU smoke run of the script itself: DEVICE=cpu SIZE=tiny bash benchmarks/gpu_all.sh smoke-out
 # (PYTHON picks the interpreter; default: python).
 set -u
@@ -44,6 +46,10 @@ step() {  # step FAMILY SIZE SECONDS ARGS...: one prompt_step run (SIZE=tiny ove
     shift 3
     local extra=()
     [ "$fsize" = tiny ] && extra=(--warmup 0 --iters 1)
+    if [ -n "${COMPILE:-}" ]; then
+        extra+=(--compile "$COMPILE")
+        limit=$((limit + 240))  # compiling the blocks of a 7B model and the guide, fwd + bwd
+    fi
     run "$family" "$limit" "$py" -m benchmarks.prompt_step --family "$family" --size "$fsize" --device "$device" \
         --peak-tflops "$peak" --no-careless "${extra[@]}" "$@" --json "$out/$family.json" --markdown "$md"
 }

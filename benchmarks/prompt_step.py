@@ -12,7 +12,11 @@ Measures, in one run and on the same device:
   second vision pass plus an uncached reference pass, TSE text re-encoded every step;
 - choice ranking: ``score_choices`` (shared prefix once, KV cache, all choices packed after it)
   against the unpacked path (one copy of the prefix cache per choice, ``packed_choices = False``)
-  and one forward per (image, choice), for each ``--choices`` count.
+  and one forward per (image, choice), for each ``--choices`` count;
+- with ``--compile MODE``: every step row again after regional ``torch.compile`` of the adapter's and
+  the guide's transformer blocks (rows ``<terms> compiled``), the first call (compile time) apart
+  from the steady state, and the eager/compiled time ratio. Measured last, so the eager rows and the
+  ranking run on uncompiled models.
 Absolute CPU times are noise on a loaded machine; the ratios measured in one run are not.
 """
 
@@ -316,7 +320,47 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["batches"] = [run_batch(adapter, guide, b, args, careless) for b in args.batch]
     del careless
     result["ranking"] = {str(n): run_ranking(adapter, n, args) for n in args.choices}
+    if args.compile != "off":
+        run_compiled(adapter, guide, result, args)
     return result
+
+
+def run_compiled(adapter: Any, guide: Any, result: dict[str, Any], args: argparse.Namespace) -> None:
+    """Compile the blocks of adapter and guide, then add a ``<terms> compiled`` row beside every eager
+    step row of every batch: steady-state time, first-call time (compiling), eager/compiled ratio."""
+    device = torch.device(args.device)
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else None
+    dynamic = {"true": True, "auto": None}[args.compile_dynamic]
+    blocks = adapter.compile(args.compile, dynamic=dynamic) + guide.compile(args.compile, dynamic=dynamic)
+    result["compile"] = {"mode": args.compile, "dynamic": args.compile_dynamic, "blocks": blocks}
+    for b in result["batches"]:
+        batch = b["batch"]
+        images = torch.rand(batch, 3, 224, 224, device=device, generator=torch.Generator(device).manual_seed(batch))
+        steps = {terms: make_step(adapter, guide, images, terms) for terms in ("llm", "llm+fca", "llm+fca+tse")}
+        if "hf" in b["steps"]:
+            steps["hf"] = make_hf_step(adapter, batch)
+        b["compile_s"] = 0.0
+        for terms, step in steps.items():
+            eager = b["steps"][terms]
+            _sync(device)
+            t0 = time.perf_counter()
+            step()  # compiles what this row adds: grad graphs, the no-grad FCA reference pass, the guide
+            _sync(device)
+            first = time.perf_counter() - t0
+            secs = timed(step, device, args.warmup, args.iters)
+            row = {"seconds": secs, "images_per_s": batch / secs, "flops": eager["flops"],
+                   "flop_per_s": eager["flops"] / secs, "peak_gib": peak_memory(step, device), "first_call_s": first,
+                   "compile_s": max(first - secs, 0.0), "speedup_vs_eager": eager["seconds"] / secs}
+            if peak:
+                row["mfu"] = eager["flops"] / secs / peak
+            b["steps"][f"{terms} compiled"] = row
+            b["compile_s"] += row["compile_s"]
+            print(f"batch {batch:>3} step {terms + ' compiled':<21} {row['images_per_s']:8.2f} img/s  first call "
+                  f"{first:7.1f} s  {row['speedup_vs_eager']:.2f}x eager", file=sys.stderr)
+        for terms in ("llm", "llm+fca+tse"):
+            grad = steps[terms].prompt.delta.grad
+            if not (torch.isfinite(grad).all() and grad.abs().sum() > 0):
+                raise SystemExit(f"the compiled {terms} step gave no finite, non-zero gradient on the prompt")
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -344,9 +388,17 @@ def markdown(result: dict[str, Any]) -> str:
             note += f"; TVP step / plain HF step time {b['steps']['hf']['images_per_s'] / b['steps']['llm+fca+tse']['images_per_s']:.2f}"
         if "step_speedup_vs_careless" in b:
             note += f"; TVP step vs careless loop {b['step_speedup_vs_careless']:.1f}x"
+        if "compile_s" in b:
+            ratios = ", ".join(f"{t} {b['steps'][t + ' compiled']['speedup_vs_eager']:.2f}x"
+                               for t in b["steps"] if t + " compiled" in b["steps"])
+            note += f"; eager/compiled step time {ratios}; compiling {b['compile_s']:.1f} s (first calls)"
         notes.append(note)
     lines += [""] + [f"- {n}" for n in notes]
     lines.append("- `hf` = the plain transformers forward + backward to the model's own (preprocessed) pixel input: the design's anchor recipe")
+    if "compile" in result:
+        c = result["compile"]
+        lines.append(f"- `compiled` = after regional torch.compile ({c['mode']}, dynamic {c['dynamic']}) of "
+                     f"{c['blocks']} transformer blocks of the model and the guide")
     if result["ranking"]:
         lines += ["", "| choices | packed ms | unpacked ms | per-choice ms | speed-up | max abs diff |",
                   "|---|---|---|---|---|---|"]
@@ -371,6 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--no-careless", dest="careless", action="store_false", help="skip the careless baseline")
+    p.add_argument("--compile", choices=["off", "default", "reduce-overhead", "max-autotune"], default="off",
+                   help="also measure every step after regional torch.compile in this mode (rows '<terms> compiled')")
+    p.add_argument("--compile-dynamic", choices=["true", "auto"], default="true",
+                   help="dynamic shapes of the compiled blocks: true (symbolic from the start) | auto (torch's default)")
     p.add_argument("--json", type=Path, help="write the result as JSON here")
     p.add_argument("--markdown", type=Path, help="append a Markdown block here (e.g. benchmarks/RESULTS.md)")
     args = p.parse_args(argv)

@@ -99,3 +99,27 @@ def test_gpu_script_runs_every_measurement_in_tiny_cpu_mode(tmp_path):
     assert text.count("| llm+fca+tse |") == 2 * 3 + 6
     assert "failed" not in text
     assert " passed" in (tmp_path / "gpu-tests.log").read_text()
+
+
+@pytest.mark.slow
+def test_prompt_step_benchmark_compiled_rows(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
+    out, md = tmp_path / "r.json", tmp_path / "RESULTS.md"
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks.prompt_step", "--family", "llava", "--size", "tiny", "--batch", "2",
+         "--choices", "--no-careless", "--warmup", "0", "--iters", "1", "--compile", "default",
+         "--json", str(out), "--markdown", str(md)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads(out.read_text())
+    (b,) = result["batches"]
+    terms = ("llm", "llm+fca", "llm+fca+tse", "hf")
+    assert set(b["steps"]) == {*terms, *(f"{t} compiled" for t in terms)}
+    for t in terms:
+        eager, compiled = b["steps"][t], b["steps"][f"{t} compiled"]
+        assert compiled["first_call_s"] >= compiled["compile_s"] >= 0 and compiled["flops"] == eager["flops"]
+        assert abs(compiled["speedup_vs_eager"] - eager["seconds"] / compiled["seconds"]) < 1e-9
+    assert result["compile"]["blocks"] == 8  # tiny LLaVA: 2 vision + 2 LLM layers; tiny CLIP guide: 2 + 2
+    text = md.read_text()
+    assert "| 2 | llm+fca+tse compiled |" in text and "eager/compiled step time llm " in text

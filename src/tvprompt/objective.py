@@ -66,7 +66,9 @@ class FcaReferences:
             for j, f in zip(missing, feats, strict=True):
                 size = f.numel() * f.element_size()
                 if self.used + size <= self.budget:
-                    self.cache[keys[j]] = f
+                    # a copy: a row view would keep the whole batch alive (the budget counts rows), and
+                    # under CUDA graphs (--compile reduce-overhead) the batch's memory is reused next replay
+                    self.cache[keys[j]] = f.clone()
                     self.used += size
             if len(missing) == len(keys):
                 return feats

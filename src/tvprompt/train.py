@@ -181,6 +181,8 @@ def train(
         from .models.registry import load_guide
 
         guide = load_guide(cfg.guide, device=cfg.device or world.device or sources[0].device, dtype=cfg.dtype)
+    if cfg.compile != "off":
+        _compile_models(cfg.compile, sources, guide if cfg.tse > 0 else None)
     device = torch.device(cfg.device) if cfg.device else (world.device or sources[0].device)
 
     # ---- init (scratch | resume)
@@ -477,6 +479,17 @@ def _merge_resumed(flags_cfg: TrainConfig, saved: dict[str, Any]) -> TrainConfig
     saved_cfg = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
     runtime = {k: getattr(flags_cfg, k) for k in RUNTIME_FIELDS if getattr(flags_cfg, k) not in (None, [])}
     return replace(saved_cfg, **runtime)
+
+
+def _compile_models(mode: str, sources: Sequence[Any], guide: Any) -> None:
+    """Regional torch.compile of each source (and the guide) that supports it; the others stay eager."""
+    for k, model in enumerate([*sources, *([guide] if guide is not None else [])]):
+        name = getattr(model, "model_id", None) or f"source{k}"
+        if not callable(getattr(model, "compile", None)):
+            log.warning("%s: has no compile(); runs eagerly", name)
+            continue
+        count = model.compile(mode)
+        log.info("%s: compiled %d transformer blocks (mode %s); the first steps include compile time", name, count, mode)
 
 
 def _load_sources(cfg: TrainConfig, world: World) -> list[Any]:

@@ -22,6 +22,9 @@ from .errors import UsageError
 METHODS = ("vp", "evp", "tvp")
 UPDATES = ("sgd", "normalized")
 SCHEDULES = ("cosine", "constant")
+# torch.compile modes of the source models and the guide (= tvprompt.models.compile.COMPILE_MODES,
+# repeated here so that reading a config does not import torch)
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "vp": {"update": "sgd", "lr": 40.0, "momentum": 0.9, "fca": 0.0, "tse": 0.0, "flip": False},
@@ -32,7 +35,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Options that change how a run executes but not its result: they may differ on --resume and
 # are not part of the hyper-parameters saved with the prompt.
 RUNTIME_FIELDS = frozenset(
-    {"output", "device", "source_devices", "tensorboard", "progress", "num_workers", "gradient_checkpointing"}
+    {"output", "device", "source_devices", "tensorboard", "progress", "num_workers", "gradient_checkpointing", "compile"}
 )
 
 
@@ -95,6 +98,8 @@ class TrainConfig:
     source_devices: list[str] = _f([], "one device per source (ensembles over several GPUs)")
     dtype: str = _f("auto", "model dtype: auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
     gradient_checkpointing: bool = _f(False, "trade compute for memory in the source models")
+    compile: str = _f("off", "torch.compile the transformer blocks of the sources and the guide: off | default | "
+                      "reduce-overhead (CUDA graphs) | max-autotune; GPU, large batches; first steps pay compile time")
     num_workers: int = _f(0, "data-loading worker processes")
     tensorboard: bool = _f(False, "also log to OUTPUT/tensorboard (needs the tensorboard package)")
     progress: bool = _f(True, "show a progress bar")
@@ -113,6 +118,7 @@ class TrainConfig:
             ("fca_features", ("encoder", "projected")),
             ("fca_reference", ("shrunk", "original")),
             ("tse_form", ("similarity", "contrastive")),
+            ("compile", COMPILE_MODES),
         ):
             if getattr(self, name) not in allowed:
                 raise bad(name, f"{getattr(self, name)!r} is not one of {', '.join(allowed)}")

@@ -73,6 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--source-device", action="append", metavar="DEVICE", help="device per --source, in order")
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="model dtype (auto: bf16 on GPU)")
     g.add_argument("--gradient-checkpointing", action="store_const", const=True, help="save memory in the models")
+    g.add_argument("--compile", choices=["off", "default", "reduce-overhead", "max-autotune"],
+                   help="torch.compile the models' transformer blocks (off; try default on a GPU at batch >= 16)")
     g.add_argument("--num-workers", type=int, help="data-loading worker processes (0)")
     g.add_argument("--tensorboard", action="store_const", const=True, help="also log to OUTPUT/tensorboard")
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="hide the progress bar")

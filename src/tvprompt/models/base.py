@@ -4,6 +4,10 @@ The rest of tvprompt talks to models only through these methods. Pixels are alwa
 prompted images: float (B, 3, H, W) in [0, 1], on any device; the adapter resizes and
 normalises them itself, differentiably. Weights are frozen and in eval mode, so a backward
 pass computes gradients for the pixels (and so for the prompt) only.
+
+Optional on both: ``compile(mode) -> int`` (regional ``torch.compile`` of the training path,
+``tvprompt.models.compile``); the trainer calls it when ``--compile`` is on and warns for models
+that lack it.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ..errors import TvpError
 from ..files import atomic_dir
+from .compile import check_mode, compile_blocks, eager
 from .hf import read_local_or_hub_processor_config, resolve_device, resolve_dtype
 from .preprocessing import CLIP_MEAN, CLIP_STD, HALF, ImagePreprocessing
 from .registry import register_guide
@@ -40,6 +41,18 @@ class FrozenGuide:
         self.device = device
         self.dtype = next(model.parameters()).dtype
         self.logit_scale = float(model.logit_scale.detach().float().exp().item())
+        self.compile_mode: str | None = None
+
+    def compile(self, mode: str = "default", dynamic: bool | None = True) -> int:
+        """Regional ``torch.compile`` of the repeated blocks (``tvprompt.models.compile``) for
+        ``encode_image``; ``encode_text`` (run once per run, without gradients) stays eager.
+        Returns the number of compiled blocks (0 for ``off``)."""
+        check_mode(mode, "compile")
+        if mode == "off":
+            return 0
+        count = compile_blocks(self.model, mode, dynamic=dynamic)
+        self.compile_mode = mode
+        return count
 
 
 class HFGuide(FrozenGuide):
@@ -84,7 +97,7 @@ class HFGuide(FrozenGuide):
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         if not texts:
             raise TvpError("encode_text: no texts given")
-        with torch.no_grad():
+        with torch.no_grad(), eager(self.compile_mode is not None):
             out = self.model.get_text_features(**self.tokenize(texts))
         return F.normalize(_pooled(out).float(), dim=-1)
 
@@ -147,7 +160,7 @@ class OpenClipGuide(FrozenGuide):
         return cls(model, open_clip.get_tokenizer(arch), pre, model_id or f"open_clip:{spec}", dev)
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        with torch.no_grad():
+        with torch.no_grad(), eager(self.compile_mode is not None):
             feats = self.model.encode_text(self.tokenizer(list(texts)).to(self.device))
         return F.normalize(feats.float(), dim=-1)
 

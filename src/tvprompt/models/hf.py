@@ -46,6 +46,7 @@ import torch.nn.functional as F
 
 from ..errors import TvpError, UsageError
 from .base import FEATURE_KINDS
+from .compile import check_mode, compile_blocks, eager
 from .preprocessing import ImagePreprocessing, read_processor_config
 from .ranking import (
     is_full_attention_cache,
@@ -114,9 +115,10 @@ def resolve_device(device: str | torch.device | None) -> tuple[torch.device, str
         raise UsageError(f"device {device!r} is not a torch device (try cpu, cuda, cuda:1 or auto)") from None
 
 
-def pad_sequences(seqs: list[list[int]], pad_id: int, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, mask) of shape (N, max_len), padded on ``side``."""
-    width = max(len(s) for s in seqs)
+def pad_sequences(seqs: list[list[int]], pad_id: int, side: str = "left",
+                  multiple: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask) of shape (N, width), padded on ``side``; width = max length rounded up to ``multiple``."""
+    width = -(-max(len(s) for s in seqs) // multiple) * multiple
     pads = [width - len(s) for s in seqs]
     if side == "left":
         ids = [[pad_id] * n + list(s) for s, n in zip(seqs, pads, strict=True)]
@@ -162,6 +164,13 @@ class HFAdapter:
     # packed scoring also starts a new chunk before the packed choice tokens pass this many (attention
     # over the packed tokens grows with their square)
     score_tokens_per_pass: int = 512
+    # why regional torch.compile does not work for a family (``compile`` then warns and compiles nothing)
+    compile_unsupported: ClassVar[str | None] = None
+    # the torch.compile mode of the training path (see ``compile``); None = eager
+    compile_mode: str | None = None
+    # training text is padded to a multiple of this many tokens (``compile("reduce-overhead")`` sets 16:
+    # CUDA graphs record one graph per shape, so the number of distinct lengths must stay small)
+    text_multiple: int = 1
 
     # ---- construction ---------------------------------------------------------------------------
     def __init__(self, model: Any, tokenizer: Any, preprocessing: ImagePreprocessing, model_id: str,
@@ -258,6 +267,24 @@ class HFAdapter:
 
     def setup(self, source: str) -> None:
         """Family hook run after loading (e.g. load a second tokenizer)."""
+
+    def compile(self, mode: str = "default", dynamic: bool | None = True) -> int:
+        """Regional ``torch.compile`` of the model's repeated blocks (``tvprompt.models.compile``), for the
+        training path: ``lm_loss``, ``lm_loss_with_features``, ``vision_features``. ``score_choices`` and
+        ``generate`` keep running eagerly (their KV cache changes shape every step). Returns the number
+        of compiled blocks; 0 for ``off`` and for families that cannot be compiled (with a warning).
+        ``reduce-overhead`` (CUDA graphs) also pads training text to a multiple of 16 tokens."""
+        check_mode(mode, "compile")
+        if mode == "off":
+            return 0
+        if self.compile_unsupported:
+            log.warning("%s: not compiled, runs eagerly (%s)", self.model_id, self.compile_unsupported)
+            return 0
+        if mode == "reduce-overhead":
+            self.text_multiple = 16
+        count = compile_blocks(self.model, mode, dynamic=dynamic)
+        self.compile_mode = mode
+        return count
 
     @property
     def image_token_id(self) -> int:
@@ -387,14 +414,14 @@ class HFAdapter:
         self._check_batch(pixels01, prompts)
         if not choices:
             raise UsageError("score_choices: choices is empty")
-        with torch.no_grad(), _checkpointing_off(self.model):
+        with torch.no_grad(), _checkpointing_off(self.model), eager(self.compile_mode is not None):
             if self.is_encoder_decoder:
                 return self._score_seq2seq(pixels01, prompts, choices)
             return self._score_decoder(pixels01, prompts, choices)
 
     def generate(self, pixels01: torch.Tensor, prompts: list[str], max_new_tokens: int = 16) -> list[str]:
         self._check_batch(pixels01, prompts)
-        with torch.no_grad(), _checkpointing_off(self.model):
+        with torch.no_grad(), _checkpointing_off(self.model), eager(self.compile_mode is not None):
             if self.is_encoder_decoder:
                 tokens = self._generate_seq2seq(pixels01, prompts, max_new_tokens)
             else:
@@ -409,9 +436,9 @@ class HFAdapter:
             n_ans = "" if answers is None else f", {len(answers)} answers"
             raise UsageError(f"batch mismatch: {pixels01.shape[0]} images, {len(prompts)} prompts{n_ans}")
 
-    def _prefix_batch(self, prompts: list[str], image_size: tuple[int, int]) -> TextBatch:
+    def _prefix_batch(self, prompts: list[str], image_size: tuple[int, int], multiple: int = 1) -> TextBatch:
         seqs = [self._tokens(p, image_size) for p in prompts]
-        ids, mask = pad_sequences(seqs, self.pad_id, "left")
+        ids, mask = pad_sequences(seqs, self.pad_id, "left", multiple)
         batch = self._finish_batch(ids, mask, image_size)
         batch.prompts = list(prompts)
         return batch
@@ -442,15 +469,15 @@ class HFAdapter:
         answer_ids = [self._tokens(a) for a in answers]
         hw = _hw(pixels01)
         if self.is_encoder_decoder:
-            state = self.encode(pixel_values, self._prefix_batch(prompts, hw))
-            ids, mask = pad_sequences(answer_ids, self.pad_id, "right")
+            state = self.encode(pixel_values, self._prefix_batch(prompts, hw, self.text_multiple))
+            ids, mask = pad_sequences(answer_ids, self.pad_id, "right", self.text_multiple)
             ids, mask = ids.to(self.device), mask.to(self.device)
             logits = self.decode(state, self._shift_right(ids), self._shift_right_mask(mask))
             loss = _masked_ce(logits, ids, mask.bool())
             feats = None if kind is None else self.select_features(state.image_outputs, kind)
             return loss, feats
         seqs = [self._tokens(p, hw) + a for p, a in zip(prompts, answer_ids, strict=True)]
-        ids, mask = pad_sequences(seqs, self.pad_id, "left")
+        ids, mask = pad_sequences(seqs, self.pad_id, "left", self.text_multiple)
         answer_len = torch.tensor([len(a) for a in answer_ids])
         target = (torch.arange(ids.shape[1]) >= ids.shape[1] - answer_len[:, None]).to(mask.dtype)
         batch = self._finish_batch(ids, mask, hw, target)
