@@ -69,7 +69,7 @@ def toy_dataset(n: int = 10, size: int = 24, seed: int = 0, choices_per_sample: 
     return out
 
 
-def toy_iter_batches(dataset, batch_size, *, shuffle=False, seed=0, image_size=32, start=0):
+def toy_iter_batches(dataset, batch_size, *, shuffle=False, seed=0, image_size=32, start=0, num_workers=0):
     for s in range(start, len(dataset), batch_size):
         idx = list(range(s, min(s + batch_size, len(dataset))))
         samples = [dataset[i] for i in idx]

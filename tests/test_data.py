@@ -121,6 +121,19 @@ def test_iter_batches_with_workers_matches_inline(manifest):
         assert torch.equal(x.images, y.images)
 
 
+def test_default_workers_decode_in_parallel_only_for_a_gpu(monkeypatch):
+    import os
+
+    from tvprompt.data import default_workers
+
+    assert default_workers("cpu") == 0  # workers would compete with the model for the cores
+    assert default_workers("cuda:1") == max(0, min(4, (os.cpu_count() or 1) - 1))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_workers() == 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert default_workers() == default_workers("cuda")
+
+
 def test_resize_is_antialiased_bilinear(manifest):
     ds = open_dataset(SPEC, manifest, "test")
     b = next(iter_batches(ds, 1, image_size=4))

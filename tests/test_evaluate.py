@@ -116,6 +116,17 @@ def test_batch_size_does_not_change_results(tmp_path, prompts):
     assert a["transfer"] == b["transfer"]
 
 
+def test_num_workers_is_runtime_only(tmp_path, prompts):
+    """Worker processes change how images are decoded, not what: same results, no recomputation."""
+    calls: dict = {}
+    first = run(tmp_path, prompts, calls, num_workers=0)
+    calls.clear()
+    again = run(tmp_path, prompts, calls, num_workers=2)
+    assert "score_choices" not in calls and again["transfer"] == first["transfer"]
+    with pytest.raises(UsageError, match="--num-workers"):
+        EvalSetup(task="toy", data="unused", num_workers=-1)
+
+
 def test_resume_skips_finished_cells_and_recomputes_stale_ones(tmp_path, prompts):
     calls: dict = {}
     first = run(tmp_path, prompts[:1], calls)

@@ -45,10 +45,16 @@ def test_config_file_errors(tmp_path):
     ({"lr": -1.0}, "field 'lr'"),
     ({"batch_size": 0}, "field 'batch_size'"),
     ({"method": "sgd"}, "field 'method'"),
+    ({"num_workers": -1}, "field 'num_workers'"),
 ])
 def test_bad_values_are_usage_errors(kw, match):
     with pytest.raises(UsageError, match=match):
         TrainConfig(**kw)
+
+
+def test_num_workers_defaults_to_the_device_choice():
+    assert TrainConfig().num_workers is None  # resolved by the trainer: data.default_workers(device)
+    assert TrainConfig(num_workers=3).num_workers == 3
 
 
 def test_check_runnable_names_what_is_missing():

@@ -60,12 +60,15 @@ class EvalSetup:
     severity: int | None = None
     tsne: bool = False
     tsne_samples: int = 256
+    num_workers: int | None = None  # image-decoding workers (default: up to 4 on a GPU, 0 on a CPU)
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
             raise UsageError(f"--limit: {self.limit} must be >= 1")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size: {self.batch_size} must be >= 1")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise UsageError(f"--num-workers: {self.num_workers} must be >= 0")
 
 
 @dataclass
@@ -161,7 +164,7 @@ def model_fingerprint(model_id: str) -> str:
 
 def cell_fingerprint(setup: EvalSetup, spec: Any, model_id: str, prompt: PromptRef | None) -> str:
     fields = dataclasses.asdict(setup)
-    for key in ("batch_size", "tsne", "tsne_samples"):  # metrics do not depend on these (up to float noise)
+    for key in ("batch_size", "tsne", "tsne_samples", "num_workers"):  # metrics do not depend on these (up to float noise)
         fields.pop(key)
     fields["data"] = str(Path(setup.data).resolve()) if Path(setup.data).exists() else setup.data
     payload = {
@@ -259,7 +262,11 @@ def _run_model(
     records: dict[str, list[dict]] = {n: [] for n in names}
     feats: dict[str, list[np.ndarray]] = {n: [] for n in names}
     gens = {p.name: torch.Generator().manual_seed(p.prompt.config.seed) for p in pending if p}
-    batches = backends.iter_batches(dataset, setup.batch_size, shuffle=False, seed=setup.seed, image_size=image_size)
+    from .data.batching import default_workers
+
+    workers = setup.num_workers if setup.num_workers is not None else default_workers(adapter.device)
+    batches = backends.iter_batches(dataset, setup.batch_size, shuffle=False, seed=setup.seed, image_size=image_size,
+                                    num_workers=workers)
     bar = tqdm(total=len(dataset), desc=f"{getattr(adapter, 'name', model_id)} [{', '.join(names)}]",
                unit="img", disable=None, file=sys.stderr, leave=False)
     seen = 0

@@ -13,6 +13,7 @@ when there is no validation), ``last/`` (δ after the final update), ``checkpoin
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -184,6 +185,10 @@ def train(
     if cfg.compile != "off":
         _compile_models(cfg.compile, sources, guide if cfg.tse > 0 else None)
     device = torch.device(cfg.device) if cfg.device else (world.device or sources[0].device)
+    if cfg.num_workers is None:
+        from .data.batching import default_workers
+
+        cfg = dataclasses.replace(cfg, num_workers=default_workers(device))
 
     # ---- init (scratch | resume)
     prompt = VisualPrompt(_prompt_config(cfg)).to(device)

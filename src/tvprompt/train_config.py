@@ -100,7 +100,7 @@ class TrainConfig:
     gradient_checkpointing: bool = _f(False, "trade compute for memory in the source models")
     compile: str = _f("off", "torch.compile the transformer blocks of the sources and the guide: off | default | "
                       "reduce-overhead (CUDA graphs) | max-autotune; GPU, large batches; first steps pay compile time")
-    num_workers: int = _f(0, "data-loading worker processes")
+    num_workers: int | None = _f(None, "image-decoding worker processes (default: up to 4 on a GPU, 0 on a CPU)")
     tensorboard: bool = _f(False, "also log to OUTPUT/tensorboard (needs the tensorboard package)")
     progress: bool = _f(True, "show a progress bar")
 
@@ -138,6 +138,8 @@ class TrainConfig:
         if self.jitter_scale >= 1:
             raise bad("jitter_scale", f"must be < 1, got {self.jitter_scale}")
         for name in ("val_every", "ckpt_every", "early_stop", "warmup_steps", "num_workers"):
+            if name == "num_workers" and self.num_workers is None:
+                continue
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise bad(name, f"must be an integer >= 0, got {getattr(self, name)!r}")
         if self.val_split in ("test", "none", ""):

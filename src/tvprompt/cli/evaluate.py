@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, metavar="S",
                    help="side images are loaded at before prompting (default: the first prompt's height, else 224)")
     p.add_argument("--tsne", action="store_true", help="also save vision features and plot clean vs prompted t-SNE")
+    p.add_argument("--num-workers", type=int, metavar="N",
+                   help="image-decoding worker processes (default: up to 4 on a GPU, 0 on a CPU)")
     p.add_argument("--output", required=True, metavar="DIR", help="output folder (rerun to resume)")
     p.set_defaults(func=cmd_eval)
 
@@ -40,6 +42,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         task=args.task, data=args.data, split=args.split, limit=args.limit, batch_size=args.batch_size,
         seed=args.seed, max_new_tokens=args.max_new_tokens, corruption=args.corruption,
         severity=args.severity if args.corruption else None, tsne=args.tsne, image_size=args.image_size,
+        num_workers=args.num_workers,
     )
     command = shlex.join(["tvp", *sys.argv[1:]]) if sys.argv[1:] else None
     evaluate(args.prompt, args.model, setup, args.output, command=command)

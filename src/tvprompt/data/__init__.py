@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .batching import Batch, iter_batches
+    from .batching import Batch, default_workers, iter_batches
     from .dataset import TaskDataset, open_dataset
     from .readers import RawSplit, Reader, detect_format, get_reader, list_formats, register_reader
     from .sample import ArrayImage, ImageRef, Sample, load_sample_image
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 # Names resolve on first use: light submodules (e.g. ``shapeworld``, which the CLI reads while
 # building its parser) then load without importing torch.
 _LAZY = {
-    "Batch": ".batching", "iter_batches": ".batching",
+    "Batch": ".batching", "iter_batches": ".batching", "default_workers": ".batching",
     "TaskDataset": ".dataset", "Dataset": ".dataset", "open_dataset": ".dataset",
     "RawSplit": ".readers", "Reader": ".readers", "detect_format": ".readers", "get_reader": ".readers",
     "list_formats": ".readers", "register_reader": ".readers",
@@ -47,6 +47,7 @@ __all__ = [
     "TaskDataset",
     "detect_format",
     "get_reader",
+    "default_workers",
     "iter_batches",
     "list_formats",
     "load_sample_image",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,6 +100,17 @@ def _identity(x: Any) -> Any:
     return x
 
 
+def default_workers(device: str | torch.device | None = None) -> int:
+    """Image-decoding worker processes when none are asked for: on a GPU up to 4 (decoding in the main
+    process would leave the device idle while each batch is read); on a CPU none, since workers
+    would compete with the model for the same cores."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if torch.device(device).type != "cuda":
+        return 0
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
@@ -116,6 +128,7 @@ def iter_batches(
     drop_last: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    pin_memory: bool | None = None,
 ) -> Iterator[Batch]:
     """Batches of ``dataset`` (sized, indexable -> Sample with a loaded image), in a deterministic order.
 
@@ -123,6 +136,8 @@ def iter_batches(
     ``start`` skips the first ``start`` batches without decoding them (resume). For data
     parallelism, ``batch_size`` is the global batch and process ``rank`` of ``world_size``
     decodes and receives only its share ``global_batch[rank::world_size]`` (same ``index``).
+    With workers, batches come in page-locked memory when ``pin_memory`` (default: when CUDA is
+    available), so that ``.to(device, non_blocking=True)`` overlaps the copy with compute.
     """
     if batch_size < 1:
         raise UsageError(f"batch_size must be >= 1, got {batch_size}")
@@ -141,8 +156,10 @@ def iter_batches(
     start = min(start, len(batches))
     loader_ds = _BatchLoader(dataset, batches, start, image_size)
     if num_workers > 0 and len(loader_ds) > 0:
+        pin = torch.cuda.is_available() if pin_memory is None else pin_memory
         items = iter(torch.utils.data.DataLoader(loader_ds, batch_size=None, shuffle=False, num_workers=num_workers,
-                                                 collate_fn=_identity, worker_init_fn=_worker_init))  # fmt: skip
+                                                 collate_fn=_identity, worker_init_fn=_worker_init,
+                                                 pin_memory=pin))  # fmt: skip
     else:
         items = (loader_ds[k] for k in range(len(loader_ds)))
     yielded = skipped = 0
