@@ -122,12 +122,19 @@ def test_a_family_marked_unsupported_warns_and_stays_eager(tmp_path, caplog):
 
 
 # ---------------------------------------------------------------- compiling (one fast test)
-def test_compiled_llava_matches_eager_and_does_not_recompile_per_text_length(tmp_path):
-    adapter = load_adapter(f"hf:{build_tiny_model('llava', tmp_path / 'm', seed=0)}", device="cpu", dtype="float32")
+def _setup(family: str, directory, **overrides):
+    """A tiny model of ``family`` (fp32, CPU), two images and a prompt with a non-zero border."""
+    model = build_tiny_model(family, directory, seed=0, **overrides)
+    adapter = load_adapter(f"hf:{model}", device="cpu", dtype="float32")
     images = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
     prompt = VisualPrompt(image_height=64, image_width=64, prompt_width=8)
     with torch.no_grad():
         prompt.delta.uniform_(0.2, 0.8, generator=torch.Generator().manual_seed(1))
+    return adapter, images, prompt
+
+
+def test_compiled_llava_matches_eager_and_does_not_recompile_per_text_length(tmp_path):
+    adapter, images, prompt = _setup("llava", tmp_path / "m")
     batches = BATCHES
     eager = [_step(adapter, prompt, images, p, a) for p, a in batches]
     scores = adapter.score_choices(prompt.apply(images), PROMPTS, CHOICES)
@@ -163,12 +170,7 @@ VARIANTS = tiny_variants()
 @pytest.mark.parametrize("variant", VARIANTS, ids=[v[0] for v in VARIANTS])
 def test_every_family_compiles_to_the_eager_gradient(variant, tmp_path):
     name, family, overrides = variant
-    adapter = load_adapter(f"hf:{build_tiny_model(family, tmp_path / name, seed=0, **overrides)}", device="cpu",
-                           dtype="float32")
-    images = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
-    prompt = VisualPrompt(image_height=64, image_width=64, prompt_width=8)
-    with torch.no_grad():
-        prompt.delta.uniform_(0.2, 0.8, generator=torch.Generator().manual_seed(1))
+    adapter, images, prompt = _setup(family, tmp_path / name, **overrides)
     batches = BATCHES
     eager = [_step(adapter, prompt, images, p, a) for p, a in batches]
     scores = adapter.score_choices(prompt.apply(images), PROMPTS, CHOICES)
