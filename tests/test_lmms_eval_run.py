@@ -145,9 +145,10 @@ def workspace(tmp_path_factory):
     return {"root": root, "model": model, "prompt": prompt_dir, "tasks": tasks, "raw": raw, "prompted": prompted}
 
 
-def _llava_args(ws, prompt: bool) -> str:
+def _llava_args(ws, wrapped: bool, prompt: str | None = None) -> str:
+    # lmms-eval's llava_hf defaults to device_map="", which transformers 5 rejects: name the device
     args = f"pretrained={ws['model']},device=cpu,device_map=cpu,dtype=float32"
-    return f"base=llava_hf,prompt={ws['prompt']},{args}" if prompt else args
+    return f"base=llava_hf,prompt={prompt or ws['prompt']},{args}" if wrapped else args
 
 
 @pytest.fixture(scope="module")
@@ -161,6 +162,10 @@ def runs(workspace):
          "simple": False},
         {"name": "plain_simple", "model": "llava_hf", "args": _llava_args(ws, False), "task": "tvp_tiny_gen_prompted",
          "simple": True},
+        {"name": "none_chat", "model": "tvprompt", "args": _llava_args(ws, True, prompt="none"), "task": "tvp_tiny_gen",
+         "simple": False},
+        {"name": "plain_chat_raw", "model": "llava_hf", "args": _llava_args(ws, False), "task": "tvp_tiny_gen",
+         "simple": False},
         {"name": "mc", "model": "tvprompt", "args": f"base=tvp_spy,prompt={ws['prompt']}", "task": "tvp_tiny_mc",
          "simple": True},
     ]
@@ -200,6 +205,16 @@ def test_answers_match_plain_llava_on_prompted_images(runs, name):
     assert wrapped["responses"] == plain["responses"] and len(wrapped["responses"]) == len(COLORS)
     assert sorted(_received(wrapped)) == sorted(_received(plain))
     assert set(wrapped["metrics"]) == set(plain["metrics"]) and "exact_match,none" in wrapped["metrics"]
+
+
+def test_prompt_none_is_the_unprompted_baseline(runs, workspace):
+    baseline, plain = runs["none_chat"], runs["plain_chat_raw"]
+    assert baseline["error"] is None and baseline["wrapper"] == "PromptedChatLMM"
+    assert sorted(_received(baseline)) == sorted(_digest(im.convert("RGB")) for im in workspace["raw"])
+    assert baseline["responses"] == plain["responses"]
+    assert sorted(_received(baseline)) == sorted(_received(plain))
+    # and the prompt does change what the model sees
+    assert not set(_received(baseline)) & set(_received(runs["chat"]))
 
 
 def test_multiple_choice_requests_reach_the_base_prompted(runs, workspace):

@@ -8,7 +8,9 @@ Registered through the ``lmms_eval.models`` entry-point group as model ``tvpromp
         --tasks mme --batch_size 1
 
 ``base`` names the lmms-eval model that does the work; every other ``model_args`` entry goes to it
-unchanged. The wrapper rewrites each request so that the images the base model receives are
+unchanged. ``prompt=none`` runs the same wrapper without a prompt (the unprompted baseline: lmms-eval
+picks a task's per-model settings by the ``--model`` name, so compare against this rather than
+against ``--model <base>``). The wrapper rewrites each request so that the images the base model receives are
 ``VisualPrompt.apply``-ed (H×W PNG-exact 8-bit images, as ``tvp apply`` writes them). Videos, audio
 and other non-image visuals pass through untouched.
 

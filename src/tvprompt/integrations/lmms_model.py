@@ -5,6 +5,10 @@ See :mod:`tvprompt.integrations.lmms` for usage. lmms-eval resolves ``tvprompt``
 model is resolved the same way (``get_model(base, force_simple=...)``). The wrapper then takes the
 request format of the base model it got (``is_simple`` on the instance, which is what lmms-eval reads
 to build the task requests), so a base model with only one implementation works either way.
+
+lmms-eval looks up a task's per-model settings (``lmms_eval_specific_kwargs``,
+``model_specific_generation_kwargs``) under the ``--model`` name, here ``tvprompt``, so their
+``default`` entries apply. ``prompt=none`` gives the unprompted baseline under the same settings.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ class PromptedLMM(lmms):
             raise UsageError("--model tvprompt needs model_args base=<lmms-eval model>,prompt=<prompt dir>,...")
         if base == "tvprompt":
             raise UsageError("--model tvprompt: base=tvprompt would wrap itself; name the model that does the work")
-        self.paster = PromptPaster(prompt)
+        # prompt=none: the same wrapper without a prompt, the unprompted baseline under identical task text
+        self.paster = None if prompt.lower() == "none" else PromptPaster(prompt)
         self.inner = get_model(base, force_simple=type(self).is_simple)(**base_args)
         self.is_simple = bool(getattr(self.inner, "is_simple", True))  # lmms-eval builds requests for the inner
         self.task_dict = self.inner.task_dict  # lmms-eval fills this dict in place; share it
@@ -49,6 +54,8 @@ class PromptedLMM(lmms):
         self.inner.set_cache_hook(cache_hook)
 
     def _prompted(self, requests: list) -> list:
+        if self.paster is None:
+            return list(requests)
         return prompt_requests(requests, self.paster, chat=not self.is_simple)
 
     def loglikelihood(self, requests: list) -> list:
