@@ -136,25 +136,27 @@ def test_requests_without_a_visual_callable_pass_unchanged(paster):
     assert prompt_requests([simple], paster)[0] is not simple
 
 
-def test_random_patch_placement_depends_on_the_document_not_the_call_order(tmp_path):
+def test_random_patch_placement_depends_on_the_image_not_the_call_order(tmp_path):
     prompt = VisualPrompt(shape="random_patch", image_height=32, image_width=32, patch_size=6, seed=5)
     with torch.no_grad():
         prompt.delta.fill_(1.0)
     paster = PromptPaster(prompt.save_pretrained(tmp_path / "rp"))
-    black = Image.new("RGB", (32, 32))
+    docs = [{"image": Image.new("RGB", (32, 32), (d, d, d))} for d in range(6)]  # six dark, distinct images
 
     def doc_to_visual(doc):
-        return [black]
+        return [doc["image"]]
 
     def patch_corner(req):
-        (im,) = req.arguments[2]({})
+        (im,) = req.arguments[2](docs[req.arguments[3]])
         x = pil_to_tensor(im)[0]
         rows, cols = torch.nonzero(x > 0.5, as_tuple=True)
-        assert len(rows) == 36  # one 6×6 white patch on black
+        assert len(rows) == 36  # one 6×6 white patch on a dark image
         return int(rows.min()), int(cols.min())
 
     reqs = [Instance("generate_until", ("ctx", {}, doc_to_visual, d, "task", "test")) for d in range(6)]
     first = [patch_corner(r) for r in prompt_requests(reqs, paster)]
     again = [patch_corner(r) for r in reversed(prompt_requests(reqs, paster))][::-1]
-    assert first == again  # same document, same patch, whatever the order or the number of calls
-    assert len(set(first)) > 1  # and the placement does vary across documents
+    assert first == again  # same image, same patch, whatever the order or the number of calls
+    assert len(set(first)) > 1  # and the placement does vary across images
+    # a border prompt draws nothing: no generator, no hashing of the pixels
+    assert PromptPaster(make_prompt(tmp_path / "b", 0.5, width=4, size=32)).generator(torch.zeros(3, 4, 4)) is None

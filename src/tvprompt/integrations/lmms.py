@@ -22,8 +22,8 @@ lmms-eval 0.7 has two request formats, chosen by the model's ``is_simple``:
   ``doc_to_messages`` (position 1) and pastes the prompt onto every ``{"type": "image"}`` item.
 
 Random-patch prompts draw the patch position from a generator seeded by the prompt's seed and the
-request's (task, split, doc_id), so a document gets the same prompted image however lmms-eval
-orders, batches or shards the requests, and however often the base model asks for the visuals.
+image's pixels, so an image gets the same prompted image however lmms-eval orders, batches or shards
+the requests, and however often the base model asks for the visuals.
 
 This module holds the parts that need no lmms-eval (tested in tvprompt's suite); the model class is
 in :mod:`tvprompt.integrations.lmms_model`, which imports lmms-eval and is loaded only by it.
@@ -70,12 +70,16 @@ class PromptPaster:
         self.prompt = VisualPrompt.from_pretrained(prompt_dir)
         self._warned: set[str] = set()
 
-    def generator(self, key: str = "") -> torch.Generator:
-        """A generator seeded by the prompt's seed and ``key`` (stable across processes)."""
-        return torch.Generator().manual_seed(zlib.crc32(f"{self.prompt.config.seed}:{key}".encode()))
+    def generator(self, image: torch.Tensor) -> torch.Generator | None:
+        """For random patches, a generator seeded by the prompt's seed and the (3, h, w) 8-bit-exact
+        pixels (stable across processes and call orders); None for the shapes that draw nothing."""
+        if self.prompt.config.shape != "random_patch":
+            return None
+        pixels = image.mul(255).round().to(torch.uint8).numpy().tobytes()
+        return torch.Generator().manual_seed(zlib.crc32(pixels, self.prompt.config.seed & 0xFFFFFFFF))
 
     @torch.no_grad()
-    def paste(self, image: Any, generator: torch.Generator | None = None) -> Any:
+    def paste(self, image: Any) -> Any:
         """The prompted 8-bit RGB PIL image of a PIL image or image path; lists and tuples element-wise;
         anything else (videos, audio, unreadable paths) unchanged."""
         from PIL import Image
@@ -90,14 +94,14 @@ class PromptPaster:
             except Exception:  # a video or audio path: not ours to touch
                 return self._passthrough(image)
         elif isinstance(image, list | tuple):
-            return type(image)(self.paste(v, generator) for v in image)
+            return type(image)(self.paste(v) for v in image)
         else:
             return self._passthrough(image)
-        return tensor_to_pil(self.prompt.apply(x[None], generator=generator)[0])
+        return tensor_to_pil(self.prompt.apply(x[None], generator=self.generator(x))[0])
 
     __call__ = paste
 
-    def paste_messages(self, messages: Any, generator: torch.Generator | None = None) -> Any:
+    def paste_messages(self, messages: Any) -> Any:
         """Copies of lmms-eval chat messages with the prompt pasted onto every ``image`` content item."""
         if not isinstance(messages, list):
             return messages
@@ -105,11 +109,11 @@ class PromptPaster:
         for message in messages:
             content = message.get("content") if isinstance(message, dict) else None
             if isinstance(content, list):
-                message = {**message, "content": [self._paste_item(c, generator) for c in content]}
+                message = {**message, "content": [self._paste_item(c) for c in content]}
             out.append(message)
         return out
 
-    def _paste_item(self, item: Any, generator: torch.Generator | None) -> Any:
+    def _paste_item(self, item: Any) -> Any:
         if not isinstance(item, dict) or item.get("type") in (None, "text"):
             return item
         if item["type"] != "image":
@@ -117,7 +121,7 @@ class PromptPaster:
         key = "url" if "url" in item else "image" if "image" in item else None
         if key is None:
             return self._passthrough(item)
-        return {**item, key: self.paste(item[key], generator)}
+        return {**item, key: self.paste(item[key])}
 
     def _passthrough(self, visual: Any, kind: str | None = None) -> Any:
         kind = kind or type(visual).__name__
@@ -127,17 +131,17 @@ class PromptPaster:
         return visual
 
 
-def wrap_doc_to_visual(doc_to_visual: Callable[..., Any], paster: PromptPaster, key: str = "") -> Callable[..., Any]:
+def wrap_doc_to_visual(doc_to_visual: Callable[..., Any], paster: PromptPaster) -> Callable[..., Any]:
     """``doc_to_visual`` whose images come back prompted."""
 
     def prompted(doc: Any, *args: Any, **kwargs: Any) -> Any:
-        return paster(doc_to_visual(doc, *args, **kwargs), paster.generator(key))
+        return paster(doc_to_visual(doc, *args, **kwargs))
 
     prompted.__wrapped__ = doc_to_visual  # type: ignore[attr-defined]
     return prompted
 
 
-def wrap_doc_to_messages(doc_to_messages: Callable[..., Any], paster: PromptPaster, key: str = "") -> Callable[..., Any]:
+def wrap_doc_to_messages(doc_to_messages: Callable[..., Any], paster: PromptPaster) -> Callable[..., Any]:
     """``doc_to_messages`` whose image items come back prompted.
 
     Multi-round calls return ``(messages, terminal, previous_output, previous_round_info)``; the
@@ -147,16 +151,11 @@ def wrap_doc_to_messages(doc_to_messages: Callable[..., Any], paster: PromptPast
     def prompted(doc: Any, *args: Any, **kwargs: Any) -> Any:
         out = doc_to_messages(doc, *args, **kwargs)
         if isinstance(out, tuple) and out:
-            return (paster.paste_messages(out[0], paster.generator(key)), *out[1:])
-        return paster.paste_messages(out, paster.generator(key))
+            return (paster.paste_messages(out[0]), *out[1:])
+        return paster.paste_messages(out)
 
     prompted.__wrapped__ = doc_to_messages  # type: ignore[attr-defined]
     return prompted
-
-
-def _request_key(args: tuple) -> str:
-    """``task/split/doc_id`` from the last three request arguments (every format ends with them)."""
-    return "/".join(str(a) for a in args[-3:]) if len(args) >= 3 else ""
 
 
 def prompt_requests(requests: Sequence[Any], paster: PromptPaster, chat: bool = False) -> list[Any]:
@@ -172,6 +171,6 @@ def prompt_requests(requests: Sequence[Any], paster: PromptPaster, chat: bool = 
         args = req.arguments if isinstance(req.arguments, tuple) else (req.arguments,)
         if len(args) > position and callable(args[position]):
             req = copy.copy(req)
-            req.arguments = (*args[:position], wrap(args[position], paster, _request_key(args)), *args[position + 1:])
+            req.arguments = (*args[:position], wrap(args[position], paster), *args[position + 1:])
         out.append(req)
     return out
