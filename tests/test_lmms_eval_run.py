@@ -213,8 +213,9 @@ def test_prompt_none_is_the_unprompted_baseline(runs, workspace):
     assert sorted(_received(baseline)) == sorted(_digest(im.convert("RGB")) for im in workspace["raw"])
     assert baseline["responses"] == plain["responses"]
     assert sorted(_received(baseline)) == sorted(_received(plain))
-    # and the prompt does change what the model sees
+    # and the prompt changes what the model sees and answers (so the equalities above mean something)
     assert not set(_received(baseline)) & set(_received(runs["chat"]))
+    assert baseline["responses"] != runs["chat"]["responses"]
 
 
 def test_multiple_choice_requests_reach_the_base_prompted(runs, workspace):
