@@ -72,6 +72,24 @@ def test_real_shapes_have_the_released_parameter_counts(monkeypatch, key):
     assert abs(sum(p.numel() for p in model.parameters()) - n) / n < 0.01, key
 
 
+def test_narrowed_shape_keeps_the_depth_and_runs_a_step(monkeypatch):
+    """`--narrow`: every layer of InstructBLIP-Vicuna-7B, tiny widths; one L_LLM step reaches the pixels."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.shapes import build_adapter
+
+    adapter = build_adapter("instructblip", "7b", device="cpu", dtype=torch.float32, narrowed=True)
+    config = adapter.model.config
+    depths = (config.vision_config.num_hidden_layers, config.qformer_config.num_hidden_layers,
+              config.text_config.num_hidden_layers)
+    assert depths == (39, 12, 32)
+    assert sum(p.numel() for p in adapter.model.parameters()) < 2e6
+    pixels = torch.rand(2, 3, 64, 64, requires_grad=True)
+    adapter.lm_loss(pixels, ["What shape is this?"] * 2, ["a circle", "a red star"]).backward()
+    assert torch.isfinite(pixels.grad).all() and pixels.grad.abs().sum() > 0
+
+
 def test_unknown_shape_names_the_known_ones(monkeypatch):
     import torch
 
