@@ -76,6 +76,11 @@ def test_cli_flags_map_to_config_fields():
     assert "lr" not in flags and "resume" not in flags and "config" not in flags
     cfg = resolve_config(args.method, {}, flags)
     assert cfg.val_split is None and cfg.fca == 0.1 and cfg.lr == 40.0
+    # several sources (and their devices) after one flag, as the README writes it
+    args = build_parser().parse_args(["train", "--source", "hf:a", "hf:b", "--source-device", "cpu", "cpu",
+                                      "--task", "t"])
+    flags = flag_values(args)
+    assert flags["sources"] == ["hf:a", "hf:b"] and flags["source_devices"] == ["cpu", "cpu"]
 
 
 def test_cli_usage_errors_exit_2(tvp, tmp_path):

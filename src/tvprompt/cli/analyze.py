@@ -8,8 +8,8 @@ from pathlib import Path
 
 def _train_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("training (one prompt per variant; reused on a rerun when unchanged)")
-    g.add_argument("--source", action="append", default=[], metavar="MODEL", required=required,
-                   help="white-box model to train on (repeatable = ensemble)")
+    g.add_argument("--source", action="extend", nargs="+", default=[], metavar="MODEL", required=required,
+                   help="white-box model(s) to train on (several after one flag, or the flag repeated = ensemble)")
     g.add_argument("--train-data", metavar="PATH", help="training data (default: --data)")
     g.add_argument("--method", default="tvp", choices=["vp", "evp", "tvp"], help="trainer preset (default tvp)")
     g.add_argument("--guide", help="CLIP-like guide model for TSE")

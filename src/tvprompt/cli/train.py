@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     a = p.add_argument
     a("--method", choices=["vp", "evp", "tvp"], help="preset: vp (SGD+momentum), evp (normalised step), tvp (evp+FCA+TSE); default tvp")
-    a("--source", action="append", metavar="MODEL", help="source model id (hf:ID_OR_DIR, zoo:NAME); repeat for an ensemble")
+    a("--source", action="extend", nargs="+", metavar="MODEL",
+      help="source model id (hf:ID_OR_DIR, zoo:NAME); several (after one flag or repeated) = an ensemble")
     a("--task", help="task name (see `tvp tasks`) or task YAML")
     a("--data", metavar="PATH", help="dataset folder or manifest")
     a("--guide", metavar="MODEL", help="CLIP-like guide for TSE (needed when --tse > 0)")
@@ -70,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--ckpt-every", type=int, help="checkpoint every N updates (100)")
     g = p.add_argument_group("runtime")
     g.add_argument("--device", help="device for δ and models (cuda if available, else cpu)")
-    g.add_argument("--source-device", action="append", metavar="DEVICE", help="device per --source, in order")
+    g.add_argument("--source-device", action="extend", nargs="+", metavar="DEVICE", help="device per --source, in order")
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="model dtype (auto: bf16 on GPU)")
     g.add_argument("--gradient-checkpointing", action="store_const", const=True, help="save memory in the models")
     g.add_argument("--compile", choices=["off", "default", "reduce-overhead", "max-autotune"],
