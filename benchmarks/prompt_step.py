@@ -1,23 +1,30 @@
-"""Prompt-training step and choice-ranking throughput, with a careless baseline side by side.
+"""Prompt-training step and choice-ranking throughput, with the plain HF step and a careless
+baseline side by side.
 
     python -m benchmarks.prompt_step --family llava --size small --batch 8
-    python -m benchmarks.prompt_step --size 7b --batch 32 --device cuda --peak-tflops 790   # GPU
+    python -m benchmarks.prompt_step --family instructblip --size 7b --batch 8 16 32 --device cuda \
+        --peak-tflops 790 --no-careless                                           # GPU
 
-Measures, in one run and on the same device:
+Measures, in one run, on one model built once and on the same device, for each ``--batch``:
 - one prompt-training step (prompt.apply → forward → backward to the pixels → normalised update)
   for L_LLM alone, L_LLM + FCA and the full TVP objective (L_LLM + FCA + TSE), through the
   trainer's own :class:`~tvprompt.objective.Objective`; images/s, FLOPs per step
-  (``FlopCounterMode``), achieved FLOP/s, MFU against ``--peak-tflops``, peak memory;
+  (``FlopCounterMode``), ATen operators and device-to-host syncs per step, achieved FLOP/s, MFU
+  against ``--peak-tflops``, peak memory;
+- ``hf``: the plain transformers step of the design's anchors (``model(**inputs, labels=...)``,
+  backward to the model's own preprocessed pixels);
 - the same full TVP step done carelessly: weights requiring grad, eager attention, FCA from a
   second vision pass plus an uncached reference pass, TSE text re-encoded every step;
-- choice ranking: ``score_choices`` (shared prefix once, KV cache, all choices packed after it)
-  against the unpacked path (one copy of the prefix cache per choice, ``packed_choices = False``)
-  and one forward per (image, choice), for each ``--choices`` count;
 - with ``--compile MODE``: every step row again after regional ``torch.compile`` of the adapter's and
   the guide's transformer blocks (rows ``<terms> compiled``), the first call (compile time) apart
   from the steady state, and the eager/compiled time ratio. Measured last, so the eager rows and the
-  ranking run on uncompiled models.
-Absolute CPU times are noise on a loaded machine; the ratios measured in one run are not.
+  ranking run on uncompiled models;
+and then choice ranking: ``score_choices`` (shared prefix once, KV cache, all choices packed after
+it) against the unpacked path (one copy of the prefix cache per choice, ``packed_choices = False``)
+and one forward per (image, choice), for each ``--choices`` count.
+``--narrow`` keeps the depth of ``--size`` with tiny widths (``shapes.narrow``): what is left is the
+host's fixed cost per step. Absolute CPU times are noise on a loaded machine; the ratios measured in
+one run are not, and operator counts are exact.
 """
 
 from __future__ import annotations
