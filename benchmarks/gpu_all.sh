@@ -15,6 +15,7 @@
 # weights with gradients do not fit a 7B model next to its activations), so it is skipped here.
 # COMPILE=default (or max-autotune, reduce-overhead) also measures every step after regional
 # torch.compile, in the same runs (rows "<terms> compiled", first call apart; allow a few minutes more).
+# CORE="llava" (or "instructblip") runs one of the two 7B shapes only, when time is short.
 # A CPU smoke run of the script itself: DEVICE=cpu SIZE=tiny bash benchmarks/gpu_all.sh smoke-out
 # (PYTHON picks the interpreter; default: python).
 set -u
@@ -57,8 +58,9 @@ step() {  # step FAMILY SIZE SECONDS ARGS...: one prompt_step run (SIZE=tiny ove
 if [ "$device" = cuda ]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 fi
-step llava 7b 300 --batch 8 16 32 --choices 10 100
-step instructblip 7b 300 --batch 8 16 32 --choices 10 100
+for family in ${CORE:-instructblip llava}; do  # InstructBLIP first: the host-bound one
+    step "$family" 7b 300 --batch 8 16 32 --choices 10 100
+done
 if [ "$part" = all ]; then
     for family_size in "minigpt4 7b" "qwen2_vl 2b" "qwen2_5_vl 3b" "smolvlm 256m" "paligemma 3b" "gemma3 4b"; do
         # shellcheck disable=SC2086  # two words on purpose
