@@ -97,6 +97,12 @@ _SYNCING = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select",
             "aten::equal", "aten::unique_consecutive", "aten::_unique2"}
 
 
+def _bool_indices(args: tuple) -> bool:
+    """Whether an ``aten::index``/``index_put`` call indexes with a boolean mask (a ``nonzero`` inside)."""
+    indices = args[1] if len(args) > 1 and isinstance(args[1], list | tuple) else ()
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in indices)
+
+
 class _OpCounter(TorchDispatchMode):
     """Counts dispatched ATen operators, and those that make the host wait for the device: reading a
     value (``.item()``, ``if tensor``) or producing a data-dependent shape (``nonzero``, boolean indexing)."""
@@ -109,9 +115,7 @@ class _OpCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops += 1
         name = func._schema.name
-        bool_index = name in ("aten::index", "aten::index_put_", "aten::index_put") and any(
-            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else ()) or ())
-        if name in _SYNCING or bool_index:
+        if name in _SYNCING or (name.startswith("aten::index") and _bool_indices(args)):
             self.syncs[name] = self.syncs.get(name, 0) + 1
         return func(*args, **(kwargs or {}))
 

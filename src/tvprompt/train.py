@@ -13,7 +13,6 @@ when there is no validation), ``last/`` (δ after the final update), ``checkpoin
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -188,7 +187,7 @@ def train(
     if cfg.num_workers is None:
         from .data.batching import default_workers
 
-        cfg = dataclasses.replace(cfg, num_workers=default_workers(device))
+        cfg = replace(cfg, num_workers=default_workers(device))
 
     # ---- init (scratch | resume)
     prompt = VisualPrompt(_prompt_config(cfg)).to(device)

@@ -17,6 +17,7 @@ _RENAMES = {"source": "sources", "source_device": "source_devices"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..train_config import COMPILE_MODES  # torch-free
     p = sub.add_parser(
         "train",
         help="learn a visual prompt (vp | evp | tvp) on source models",
@@ -74,7 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--source-device", action="extend", nargs="+", metavar="DEVICE", help="device per --source, in order")
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="model dtype (auto: bf16 on GPU)")
     g.add_argument("--gradient-checkpointing", action="store_const", const=True, help="save memory in the models")
-    g.add_argument("--compile", choices=["off", "default", "reduce-overhead", "max-autotune"],
+    g.add_argument("--compile", choices=COMPILE_MODES,
                    help="torch.compile the models' transformer blocks (off; try default on a GPU at batch >= 16)")
     g.add_argument("--num-workers", type=int, help="image-decoding worker processes (default: up to 4 on a GPU, 0 on a CPU)")
     g.add_argument("--tensorboard", action="store_const", const=True, help="also log to OUTPUT/tensorboard")

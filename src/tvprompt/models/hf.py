@@ -189,6 +189,7 @@ class HFAdapter:
             raise TvpError(f"{model_id}: the tokenizer has no eos token; set eos_token in tokenizer_config.json")
         # padded positions are masked out, so any id will do when a checkpoint defines no pad token
         self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+        self._token_cache: dict[tuple[str, tuple[int, int] | None], list[int]] = {}  # see _tokens
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -325,14 +326,13 @@ class HFAdapter:
     def _tokens(self, text: str, image_size: tuple[int, int] | None = None) -> list[int]:
         """``prompt_ids(text, image_size)``, or ``answer_ids(text)`` without a size, memoised: training
         tokenises the same few instructions and answers every step (callers must not mutate the list)."""
-        cache = self.__dict__.setdefault("_token_cache", {})
         key = (text, image_size)
-        ids = cache.get(key)
+        ids = self._token_cache.get(key)
         if ids is None:
             ids = self.prompt_ids(text, image_size) if image_size is not None else self.answer_ids(text)
-            if len(cache) >= 16384:
-                cache.clear()
-            cache[key] = ids
+            if len(self._token_cache) >= 16384:
+                self._token_cache.clear()
+            self._token_cache[key] = ids
         return ids
 
     def text_ids(self, text: str) -> list[int]:
