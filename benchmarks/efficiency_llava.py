@@ -2,7 +2,7 @@
 
 Builds a random-init LLaVA checkpoint (``benchmarks.shapes``: ``--size 1b`` = CLIP ViT-L/14-336 + a
 1B Llama, ``7b`` = LLaVA-1.5-7B, ``tiny`` = a CPU smoke run) — random weights cost the same compute
-as trained ones — then runs `tvprompt.efficiency.efficiency` on it.
+as trained ones — then runs `tvprompt.evaluation.efficiency.efficiency` on it.
 
     python -m benchmarks.efficiency_llava --out runs/eff --size 1b --batch-size 8 --steps 5
 """
@@ -51,7 +51,7 @@ def main() -> int:
     args = p.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from _data_fixtures import write_cifar10
-    from tvprompt.efficiency import efficiency
+    from tvprompt.evaluation.efficiency import efficiency
 
     work = Path(tempfile.mkdtemp())
     write_cifar10(work / "data", per_batch=32)

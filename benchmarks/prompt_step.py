@@ -8,7 +8,7 @@ baseline side by side.
 Measures, in one run, on one model built once and on the same device, for each ``--batch``:
 - one prompt-training step (prompt.apply → forward → backward to the pixels → normalised update)
   for L_LLM alone, L_LLM + FCA and the full TVP objective (L_LLM + FCA + TSE), through the
-  trainer's own :class:`~tvprompt.objective.Objective`; images/s, FLOPs per step
+  trainer's own :class:`~tvprompt.training.objective.Objective`; images/s, FLOPs per step
   (``FlopCounterMode``), ATen operators and device-to-host syncs per step, achieved FLOP/s, MFU
   against ``--peak-tflops``, peak memory;
 - ``hf``: the plain transformers step of the design's anchors (``model(**inputs, labels=...)``,
@@ -140,11 +140,11 @@ def peak_memory(fn, device: torch.device) -> float | None:
 
 def make_step(adapter: Any, guide: Any, images: torch.Tensor, terms: str, *, careless: bool = False):
     """A closure doing one full prompt-training step for the given loss terms."""
-    from tvprompt.augment import Augmentation
-    from tvprompt.losses import fca_loss, total_loss, tse_loss
-    from tvprompt.objective import FcaReferences, Objective, TaskTexts
     from tvprompt.prompt import VisualPrompt
-    from tvprompt.train import normalized_step
+    from tvprompt.training.augment import Augmentation
+    from tvprompt.training.loop import normalized_step
+    from tvprompt.training.losses import fca_loss, total_loss, tse_loss
+    from tvprompt.training.objective import FcaReferences, Objective, TaskTexts
 
     prompt = VisualPrompt().to(images.device)
     samples = [_Sample(str(i)) for i in range(images.shape[0])]

@@ -68,7 +68,7 @@ def _instructblip_7b(tokenizer: Any) -> Any:  # InstructBLIP-Vicuna-7B: EVA ViT-
 
 
 def _minigpt4_7b(tokenizer: Any) -> Any:  # MiniGPT-4 (Vicuna-7B): EVA ViT-g/14 + 32-query Q-Former + LLaMA-7B
-    from tvprompt.models.paper_arch import MiniGPT4Config
+    from tvprompt.models.paper.arch import MiniGPT4Config
 
     return MiniGPT4Config(vision_config=dict(EVA_G, qkv_bias=True, initializer_range=0.02), qformer_config=BERT_QFORMER,
                           text_config=_llama(tokenizer, **LLAMA2_7B, vocab=32000, max_positions=2048),

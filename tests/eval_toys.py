@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from tvprompt.evaluate import Backends
+from tvprompt.evaluation.evaluate import Backends
 
 
 @dataclass

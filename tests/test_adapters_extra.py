@@ -196,8 +196,8 @@ def test_qwen_grid_follows_the_canvas(load, family):
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
 def test_mrope_positions_equal_get_rope_index(load, family):
     adapter = load(family)
+    from tvprompt.models.families.qwen2_vl import mrope_positions
     from tvprompt.models.hf import pad_sequences
-    from tvprompt.models.qwen2_vl import mrope_positions
 
     img = adapter.image_token_id
     rows = [[7, 8, img] + [img] * 5 + [9, 10, 11], [7] + [img] * 6 + [9], [5, 6, 7, 8, 9] + [img] * 6]
@@ -211,8 +211,8 @@ def test_mrope_positions_equal_get_rope_index(load, family):
 def test_qwen_patchify_matches_processor_at_224():
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
+    from tvprompt.models.families.qwen2_vl import patchify, qwen_preprocessing, smart_resize
     from tvprompt.models.preprocessing import CLIP_MEAN, CLIP_STD, ImagePreprocessing
-    from tvprompt.models.qwen2_vl import patchify, qwen_preprocessing, smart_resize
 
     default = ImagePreprocessing(size=(224, 224), mean=CLIP_MEAN, std=CLIP_STD)
     pre = qwen_preprocessing({"min_pixels": 56 * 56, "max_pixels": 28 * 28 * 1280}, 28, default)
@@ -227,7 +227,7 @@ def test_qwen_patchify_matches_processor_at_224():
 
 def test_qwen_processor_config_spellings():
     """Old checkpoints write min/max_pixels, new ones size.shortest/longest_edge (both in pixels)."""
-    from tvprompt.models.qwen2_vl import pixel_bounds, smart_resize
+    from tvprompt.models.families.qwen2_vl import pixel_bounds, smart_resize
 
     assert pixel_bounds({"min_pixels": 3136, "max_pixels": 12845056}) == (3136, 12845056)
     assert pixel_bounds({"size": {"shortest_edge": 3136, "longest_edge": 1003520}}) == (3136, 1003520)
@@ -240,7 +240,7 @@ def test_qwen_processor_config_spellings():
 def test_idefics3_lanczos_chain_matches_processor_at_364(shape):
     from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
 
-    from tvprompt.models.idefics3 import first_resize_size
+    from tvprompt.models.families.idefics3 import first_resize_size
     from tvprompt.models.pil_resample import pil_resize
 
     h, w = shape

@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from tvprompt.analyze import (
+from tvprompt.errors import UsageError
+from tvprompt.evaluation.analyses import (
     CORRUPTIONS,
     TrainRecipe,
     ablation,
@@ -17,9 +18,8 @@ from tvprompt.analyze import (
     data_scale,
     width_sweep,
 )
-from tvprompt.efficiency import efficiency, lora_targets, measure
-from tvprompt.errors import UsageError
-from tvprompt.evaluate import EvalSetup
+from tvprompt.evaluation.efficiency import efficiency, lora_targets, measure
+from tvprompt.evaluation.evaluate import EvalSetup
 
 from .eval_toys import ToyLMAdapter, make_prompt, toy_backends
 

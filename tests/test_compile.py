@@ -19,7 +19,7 @@ from tvprompt.models.hf import pad_sequences
 from tvprompt.models.registry import load_adapter
 from tvprompt.models.tiny import build_tiny_model, tiny_variants
 from tvprompt.prompt import VisualPrompt
-from tvprompt.train_config import COMPILE_MODES, TrainConfig
+from tvprompt.training.config import COMPILE_MODES, TrainConfig
 
 PROMPTS = ["What shape is this?", "How many shapes are there in the picture? Answer with one word."]
 ANSWERS = ["circle", "3"]
@@ -246,7 +246,7 @@ def test_reduce_overhead_pads_text_and_matches_eager_on_cpu(tmp_path):
 @pytest.mark.slow
 def test_train_with_compile_gives_the_eager_prompt(tmp_path):
     from tvprompt.models.guide import build_tiny_guide
-    from tvprompt.train import resolve_config, train
+    from tvprompt.training.loop import resolve_config, train
 
     from .tiny_task import write_task
 

@@ -12,7 +12,7 @@ from tvprompt.data import Sample, iter_batches, open_dataset
 from tvprompt.data.batching import batch_order
 from tvprompt.data.splits import stratified_pick, subsample
 from tvprompt.errors import TvpError, UsageError
-from tvprompt.metrics import compute_metrics
+from tvprompt.evaluation.metrics import compute_metrics
 from tvprompt.tasks import TaskSpec
 
 from ._data_fixtures import color_image, write_cifar10, write_manifest

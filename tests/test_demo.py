@@ -12,7 +12,7 @@ import pytest
 
 from tvprompt.demo import TUNED, DemoConfig, method_flags, prompt_runs, render
 from tvprompt.errors import UsageError
-from tvprompt.models import zoo
+from tvprompt.zoo import catalog as zoo
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 SHIPPED = [e for e in zoo.list_zoo(Path(SRC) / "tvprompt" / "zoo") if e.kind == "mllm"]
@@ -25,7 +25,7 @@ def zoo_env(tmp_path_factory) -> dict[str, str]:
     if SHIPPED:
         env.pop(zoo.ZOO_ENV, None)
         return env
-    from tvprompt.models.zoo_build import build_zoo
+    from tvprompt.zoo.build import build_zoo
 
     root = tmp_path_factory.mktemp("zoo")
     build_zoo(root, names=["llava-p8", "blip2-opt", "clip-guide"], n_per_task=12, eval_per_task=2, threads=1,
@@ -45,7 +45,7 @@ def test_runs_cover_methods_and_the_ensemble():
 
 
 def test_tuned_hyperparameters_and_paper_defaults():
-    from tvprompt.train import resolve_config
+    from tvprompt.training.loop import resolve_config
 
     tuned, paper = DemoConfig(), DemoConfig(paper_defaults=True)
     assert method_flags(tuned, "tvp") == method_flags(paper, "tvp") == {"guide": "zoo:clip-guide"}

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tvprompt.data import Sample
-from tvprompt.evaluate import Backends, EvalSetup, evaluate
-from tvprompt.metrics import compute_metrics
+from tvprompt.evaluation.evaluate import Backends, EvalSetup, evaluate
+from tvprompt.evaluation.metrics import compute_metrics
 from tvprompt.models.registry import load_adapter
 from tvprompt.models.tiny import build_tiny_model
 from tvprompt.prompt import VisualPrompt

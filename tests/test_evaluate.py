@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tvprompt.errors import UsageError
-from tvprompt.evaluate import CLEAN, EvalSetup, cell_key, evaluate, metric_delta, normalize_answer
+from tvprompt.evaluation.evaluate import CLEAN, EvalSetup, cell_key, evaluate, metric_delta, normalize_answer
+from tvprompt.evaluation.report import render_table, write_report
 from tvprompt.prompt import VisualPrompt
-from tvprompt.report import render_table, write_report
 
 from .eval_toys import ToyAdapter, ToySpec, make_prompt, toy_backends, toy_dataset, toy_iter_batches
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tvprompt.errors import UsageError
-from tvprompt.losses import fca_loss, total_loss, tse_loss
+from tvprompt.training.losses import fca_loss, total_loss, tse_loss
 
 
 def test_fca_is_half_squared_norm_over_features_mean_over_batch_and_tokens():

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from tvprompt.errors import TvpError
-from tvprompt.metrics import compute_metrics
+from tvprompt.evaluation.metrics import compute_metrics
 from tvprompt.tasks import TaskSpec, load_task
 
 

@@ -31,8 +31,8 @@ from lavis_synth import (
     tiny_llama_dir,
 )
 from tvprompt.errors import TvpError, UsageError
-from tvprompt.models.lavis_keys import map_lavis_key
-from tvprompt.models.paper_convert import ConvertOptions, convert_bliva, convert_minigpt4, convert_vpgtrans
+from tvprompt.models.paper.convert import ConvertOptions, convert_bliva, convert_minigpt4, convert_vpgtrans
+from tvprompt.models.paper.lavis_keys import map_lavis_key
 from tvprompt.models.registry import load_adapter
 
 T = Tiny()
@@ -288,9 +288,9 @@ def test_release_sized_layouts_map_completely_with_the_default_options(family):
     """EVA ViT-g (40 blocks in the file, 39 kept), the 12-layer Q-Former and a LLaMA-7B, all on the meta device."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tvprompt.models.lavis_keys import map_state_dict
-    from tvprompt.models.paper_arch import BlivaConfig, MiniGPT4Config
-    from tvprompt.models.paper_convert import assemble_model, infer_qformer_config, infer_vision_config
+    from tvprompt.models.paper.arch import BlivaConfig, MiniGPT4Config
+    from tvprompt.models.paper.convert import assemble_model, infer_qformer_config, infer_vision_config
+    from tvprompt.models.paper.lavis_keys import map_state_dict
 
     bliva = family == "bliva"
     state = {**prefixed(eva_vit_state(RELEASE), "visual_encoder."), **qformer_state(RELEASE, text=bliva)}

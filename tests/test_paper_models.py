@@ -10,9 +10,9 @@ import torch
 
 from tvprompt.cli import main
 from tvprompt.errors import UsageError
+from tvprompt.models.paper.visualglm import OPT_IN, answer_logprobs, build_sequences
 from tvprompt.models.registry import load_adapter
 from tvprompt.models.tiny import build_tiny_model, build_tokenizer
-from tvprompt.models.visualglm import OPT_IN, answer_logprobs, build_sequences
 from tvprompt.prompt import VisualPrompt
 
 PAPER = ["minigpt4", "vpgtrans", "bliva", "visualglm"]

@@ -7,12 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tvprompt.augment import augment
-from tvprompt.checkpoint import load_checkpoint
 from tvprompt.errors import UsageError
-from tvprompt.objective import FcaReferences, Objective
 from tvprompt.prompt import PromptConfig, VisualPrompt
-from tvprompt.train import (
+from tvprompt.training.augment import augment
+from tvprompt.training.checkpoint import load_checkpoint
+from tvprompt.training.loop import (
     NonFiniteLoss,
     _seed_for,
     lr_at,
@@ -21,6 +20,7 @@ from tvprompt.train import (
     sgd_momentum_step,
     train,
 )
+from tvprompt.training.objective import FcaReferences, Objective
 
 from .toy import CHOICES, LinearAdapter, ToyAdapter, ToyDataset, ToyGuide, ToySpec, toy_batches
 

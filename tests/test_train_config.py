@@ -3,7 +3,7 @@ import pytest
 from tvprompt.cli import build_parser
 from tvprompt.cli.train import flag_values
 from tvprompt.errors import UsageError
-from tvprompt.train_config import PRESETS, TrainConfig, load_config_file, resolve_config
+from tvprompt.training.config import PRESETS, TrainConfig, load_config_file, resolve_config
 
 
 def test_presets_match_the_paper_defaults():

@@ -7,7 +7,7 @@ import torch
 
 from tvprompt.models.tiny import build_tiny_model
 from tvprompt.prompt import VisualPrompt
-from tvprompt.train import resolve_config, train
+from tvprompt.training.loop import resolve_config, train
 
 from .tiny_task import write_task
 

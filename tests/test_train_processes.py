@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tvprompt.checkpoint import load_checkpoint
 from tvprompt.prompt import VisualPrompt
+from tvprompt.training.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,8 +108,8 @@ def test_two_data_parallel_processes_match_one_process(tmp_path):
 @pytest.mark.parametrize("bad", ["--lr 3"])
 def test_resume_refuses_changed_hyperparameters(tmp_path, bad, tvp):
     # a checkpoint with a known config, then the CLI asked to resume it with a different lr
-    from tvprompt.checkpoint import TrainState, save_checkpoint
-    from tvprompt.train import resolve_config
+    from tvprompt.training.checkpoint import TrainState, save_checkpoint
+    from tvprompt.training.loop import resolve_config
 
     cfg = resolve_config("evp", flags={"sources": ["x"], "task": "t", "data": "d", "output": str(tmp_path)})
     save_checkpoint(tmp_path, TrainState(step=1, tensors={"delta": torch.zeros(3, 224, 224)}), cfg.to_dict())

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tvprompt.checkpoint import load_checkpoint
 from tvprompt.models.guide import build_tiny_guide
 from tvprompt.models.registry import load_adapter, load_guide
 from tvprompt.models.tiny import build_tiny_model
 from tvprompt.prompt import VisualPrompt
-from tvprompt.train import resolve_config, train
+from tvprompt.training.checkpoint import load_checkpoint
+from tvprompt.training.loop import resolve_config, train
 
 from .tiny_task import write_task
 

@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 from tvprompt.data import shapeworld as sw
 from tvprompt.errors import UsageError
-from tvprompt.models import zoo
-from tvprompt.models.zoo_build import QUICK_N, build_zoo, evaluate_adapter, make_eval_data
+from tvprompt.zoo import catalog as zoo
+from tvprompt.zoo.build import QUICK_N, build_zoo, evaluate_adapter, make_eval_data
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 SHIPPED = zoo.list_zoo(Path(SRC) / "tvprompt" / "zoo")

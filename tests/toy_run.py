@@ -13,7 +13,7 @@ import time
 import torch
 
 from tvprompt.errors import TvpError
-from tvprompt.train import resolve_config, train
+from tvprompt.training.loop import resolve_config, train
 
 from .toy import ToyAdapter, ToyDataset, ToyGuide, ToySpec, toy_batches
 

@@ -105,11 +105,11 @@ def method_flags(cfg: DemoConfig, method: str) -> dict[str, Any]:
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the whole demo into ``cfg.output``; returns the summary (also written as summary.json)."""
     from .data.shapeworld import write_dataset
-    from .evaluate import EvalSetup, evaluate
-    from .models.zoo import mllm_names
+    from .evaluation.evaluate import EvalSetup, evaluate
+    from .evaluation.report import write_report
     from .prompt import PromptConfig, VisualPrompt
-    from .report import write_report
-    from .train import resolve_config, train
+    from .training.loop import resolve_config, train
+    from .zoo.catalog import mllm_names
 
     t0 = time.time()
     out = Path(cfg.output)
@@ -187,7 +187,7 @@ def _fmt(stat: dict[str, float], signed: bool = False, with_sd: bool = True) -> 
 
 def render(summary: dict[str, Any]) -> str:
     """The Table-1-style Markdown table (rows: prompts; columns: target models)."""
-    from .report import markdown_table
+    from .evaluation.report import markdown_table
 
     targets = summary["targets"]
     header = ["prompt", "method", *[_short(m) for m in targets], "avg Δ", "avg Δ (targets)"]
@@ -215,7 +215,7 @@ def render(summary: dict[str, Any]) -> str:
 
 
 def plot(summary: dict[str, Any], path: Path) -> Path:
-    from .report import bar_chart
+    from .evaluation.report import bar_chart
 
     targets = summary["targets"]
     series = {name: [100 * (row["cells"][m]["mean"] - summary["clean"][m]["mean"]) for m in targets]

@@ -79,8 +79,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _recipe(args: argparse.Namespace):
-    from ..analyze import TrainRecipe
     from ..errors import UsageError
+    from ..evaluation.analyses import TrainRecipe
 
     if not args.source:
         return None
@@ -105,12 +105,12 @@ def _parse_eval_sets(items: list[str]) -> list[tuple[str, str]]:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .. import analyze as an
-    from ..evaluate import EvalSetup
+    from ..evaluation import analyses as an
+    from ..evaluation.evaluate import EvalSetup
 
     name = args.analysis
     if name == "efficiency":
-        from ..efficiency import efficiency
+        from ..evaluation.efficiency import efficiency
 
         kw = {k: getattr(args, k) for k in ("batch_size", "steps", "width", "image_size", "lora_rank", "seed")}
         if args.reduced:

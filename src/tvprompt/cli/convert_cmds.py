@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ..models import paper_convert as pc
+    from ..models.paper import convert as pc
 
     opts = pc.ConvertOptions(vision_layers=args.vision_layers, vision_heads=args.vision_heads,
                              qformer_heads=args.qformer_heads, dtype=args.dtype, overwrite=args.overwrite)

@@ -35,8 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..evaluate import EvalSetup, evaluate
-    from ..report import TABLE_NAME, write_report
+    from ..evaluation.evaluate import EvalSetup, evaluate
+    from ..evaluation.report import TABLE_NAME, write_report
 
     setup = EvalSetup(
         task=args.task, data=args.data, split=args.split, limit=args.limit, batch_size=args.batch_size,

@@ -17,7 +17,7 @@ _RENAMES = {"source": "sources", "source_device": "source_devices"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..train_config import COMPILE_MODES  # torch-free
+    from ..training.config import COMPILE_MODES  # torch-free
     p = sub.add_parser(
         "train",
         help="learn a visual prompt (vp | evp | tvp) on source models",
@@ -85,7 +85,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def flag_values(args: argparse.Namespace) -> dict[str, Any]:
     """The TrainConfig fields given on the command line (``None`` = not given)."""
-    from ..train_config import config_keys
+    from ..training.config import config_keys
 
     known = config_keys()
     out = {}
@@ -97,10 +97,10 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_checkpoint
     from ..errors import UsageError
-    from ..train import train
-    from ..train_config import RUNTIME_FIELDS, load_config_file, resolve_config
+    from ..training.checkpoint import load_checkpoint
+    from ..training.config import RUNTIME_FIELDS, load_config_file, resolve_config
+    from ..training.loop import train
 
     flags = flag_values(args)
     file_values = load_config_file(args.config) if args.config else {}

@@ -32,7 +32,7 @@ def _fmt(acc: dict[str, float]) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from ..models.zoo import list_zoo, zoo_dir
+    from ..zoo.catalog import list_zoo, zoo_dir
 
     entries = list_zoo()
     if args.json:
@@ -51,8 +51,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_build(args: argparse.Namespace) -> int:
     from ..errors import UsageError
-    from ..models.zoo import zoo_dir
-    from ..models.zoo_build import build_zoo
+    from ..zoo.build import build_zoo
+    from ..zoo.catalog import zoo_dir
 
     if args.n_per_task < 10 or args.eval_per_task < 1 or args.threads < 1 or args.scale <= 0:
         raise UsageError("--n-per-task must be >= 10, --eval-per-task, --threads and --scale positive")

@@ -2,7 +2,7 @@
 
 Model ids:
 - ``hf:<hub id or local directory>``: the family comes from ``config.json`` ``model_type``;
-- ``zoo:<name>``: a model of the shipped mini zoo (``tvprompt.models.zoo.resolve(name)`` gives its
+- ``zoo:<name>``: a model of the shipped mini zoo (``tvprompt.zoo.catalog.resolve(name)`` gives its
   local directory, which is then loaded like ``hf:<dir>``).
 
 Families register with ``@register_family("llava")`` on an :class:`~tvprompt.models.hf.HFAdapter`
@@ -25,12 +25,16 @@ from ..errors import TvpError, UsageError
 
 log = logging.getLogger(__name__)
 
-# Family modules (tvprompt.models.<name>), imported lazily by the registry functions.
+# Family modules (tvprompt.models.<families|paper>.<name>), imported lazily by the registry functions.
 FAMILY_MODULES = [
-    "llava", "llava_next", "blip2", "instructblip", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm",
-    "paligemma", "gemma3", "minigpt4", "bliva", "visualglm",
+    "families.llava", "families.llava_next", "families.blip2", "families.instructblip", "families.qwen2_vl",
+    "families.qwen2_5_vl", "families.idefics3", "families.smolvlm", "families.paligemma", "families.gemma3",
+    "paper.minigpt4", "paper.bliva", "paper.visualglm",
 ]
 GUIDE_MODULES = ["guide"]
+# ``zoo:`` ids resolve through the zoo's catalog, named rather than imported: the zoo's builder trains
+# through these adapters, so models must not import the zoo package.
+ZOO_CATALOG = "tvprompt.zoo.catalog"
 
 _FAMILIES: dict[str, type] = {}
 _GUIDES: dict[str, type] = {}
@@ -118,9 +122,9 @@ def resolve_source(model_id: str) -> str:
     if scheme == "hf":
         return rest
     if scheme == "zoo":
-        if importlib.util.find_spec(f"{__package__}.zoo") is None:
+        if importlib.util.find_spec(ZOO_CATALOG) is None:
             raise TvpError(f"model id {model_id!r}: the mini zoo is not available in this install")
-        zoo = importlib.import_module(f"{__package__}.zoo")
+        zoo = importlib.import_module(ZOO_CATALOG)
         return str(zoo.resolve(rest))
     raise UsageError(f"model id {model_id!r}: unknown scheme {scheme!r}; use hf:<hub id or local dir> or zoo:<name>")
 

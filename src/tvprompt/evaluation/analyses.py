@@ -1,0 +1,300 @@
+"""The paper's analyses: each trains the prompts it needs, evaluates them with :func:`tvprompt.evaluation.evaluate.evaluate`
+and writes ``NAME.json`` + ``NAME.md`` + ``NAME.png`` into its output folder.
+
+| analysis | paper | what varies |
+|---|---|---|
+| ``ablation`` | Tab. 2 | FCA / TSE on or off (none, FCA, TSE, both) |
+| ``width`` | Tab. 3 | prompt width p |
+| ``data-scale`` | Fig. 5 | fraction of the training split (1 % … 100 %) |
+| ``cross-dataset`` | Tab. 4 | evaluation dataset (same kind of task) for one prompt |
+| ``corruption`` | Tab. 9 | corruption × severity of the evaluation images |
+| ``efficiency`` | Tab. 5 | see :mod:`tvprompt.evaluation.efficiency` |
+
+Training goes through one function, :func:`train_prompt` (replaceable: every analysis takes
+``trainer=``); each trained prompt is reused on a rerun when its recipe is unchanged, and the
+evaluations resume cell by cell, so an interrupted analysis continues where it stopped.
+Every analysis has a reduced mode (``reduced=True``; ``--reduced``) that runs a small grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+from ..files import write_text_atomic
+from .evaluate import Backends, EvalSetup, evaluate, slug, versions
+from .report import bar_chart, fmt_delta, line_chart, markdown_table
+
+log = logging.getLogger(__name__)
+
+# ImageNet-C's 15 corruptions (Hendrycks & Dietterich), the set Tab. 9 reports.
+CORRUPTIONS = (
+    "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur", "zoom_blur",
+    "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression",
+)
+SEVERITIES = (1, 2, 3, 4, 5)
+WIDTHS = (10, 20, 30, 40, 50)
+FRACTIONS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
+ABLATION = {"none": (False, False), "FCA": (True, False), "TSE": (False, True), "FCA+TSE": (True, True)}
+
+
+@dataclass
+class TrainRecipe:
+    """How to train one prompt; mapped onto :class:`tvprompt.training.config.TrainConfig` by :func:`train_prompt`."""
+
+    sources: list[str]
+    task: str
+    data: str
+    method: str = "tvp"
+    guide: str | None = None
+    steps: int | None = None
+    batch_size: int = 16
+    width: int = 30
+    image_size: int = 224
+    fca: float | None = None  # None: the method's preset (tvp 0.005, vp/evp 0)
+    tse: float | None = None  # None: the method's preset (tvp 0.001, vp/evp 0); > 0 needs ``guide``
+    fraction: float = 1.0
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # any other TrainConfig field
+
+    def __post_init__(self) -> None:
+        if not self.sources:
+            raise UsageError("give at least one --source model to train on")
+        if not 0 < self.fraction <= 1:
+            raise UsageError(f"fraction {self.fraction} must be in (0, 1]")
+
+
+Trainer = Callable[[TrainRecipe, Path], Path]
+
+
+def train_prompt(recipe: TrainRecipe, output: Path) -> Path:
+    """Train one prompt with the project trainer into ``output``; returns the prompt directory."""
+    from ..training.config import resolve_config
+    from ..training.loop import train
+
+    flags = {"sources": list(recipe.sources), "task": recipe.task, "data": recipe.data, "guide": recipe.guide,
+             "output": str(output), "steps": recipe.steps, "batch_size": recipe.batch_size, "width": recipe.width,
+             "image_size": recipe.image_size, "fca": recipe.fca, "tse": recipe.tse, "seed": recipe.seed,
+             "progress": False, **recipe.extra}
+    cfg = resolve_config(recipe.method, flags=flags)
+    spec = train_set = val_set = None
+    if recipe.fraction < 1:  # the trainer reads whole splits; hand it the seeded stratified share
+        from ..data import open_dataset
+        from ..tasks import load_task
+
+        spec = load_task(recipe.task)
+        train_set = open_dataset(spec, recipe.data, cfg.train_split, seed=recipe.seed, fraction=recipe.fraction)
+        if cfg.val_split:
+            val_set = open_dataset(spec, recipe.data, cfg.val_split, seed=recipe.seed)
+    train(cfg, spec=spec, train_set=train_set, val_set=val_set)
+    return output / "prompt"
+
+
+def trained(recipe: TrainRecipe, output: Path, trainer: Trainer) -> Path:
+    """``trainer(recipe, output)`` unless ``output`` already holds a prompt made from the same recipe.
+
+    A folder holding anything else (another recipe, an interrupted run) is cleared and trained afresh.
+    """
+    stamp = output / "recipe.json"
+    wanted = json.dumps(dataclasses.asdict(recipe), sort_keys=True)
+    prompt_dir = output / "prompt"
+    if stamp.is_file() and stamp.read_text() == wanted and prompt_dir.is_dir():
+        log.info("reusing %s (same recipe)", prompt_dir)
+        return prompt_dir
+    if output.exists():
+        shutil.rmtree(output)
+    output.mkdir(parents=True)
+    result = Path(trainer(recipe, output))
+    write_text_atomic(stamp, wanted)
+    return result
+
+
+# ------------------------------------------------------------------ writing
+def _delta_rows(results: dict[str, Any], labels: dict[str, str]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Per prompt: Δ of the primary metric per model and the mean over models."""
+    metric = results["primary_metric"]
+    models = [m["id"] for m in results["models"]]
+    rows = []
+    for name, label in labels.items():
+        per_model = {m: results["transfer"][name][m]["delta"].get(metric) for m in models}
+        rows.append({"label": label, "prompt": name, "delta": per_model,
+                     "prompted": {m: results["transfer"][name][m]["prompted"].get(metric) for m in models},
+                     "avg_delta": results["average_delta"][name]["all"].get(metric)})
+    return models, rows
+
+
+def write_analysis(output: Path, name: str, doc: dict[str, Any], header: Sequence[str],
+                   rows: Sequence[Sequence[Any]], plot: Callable[[Path], Path], note: str = "") -> dict[str, Any]:
+    """NAME.json (the document), NAME.md (a table) and NAME.png (``plot``) in ``output``."""
+    doc = {"analysis": name, **doc, "versions": versions()}
+    write_text_atomic(output / f"{name}.json", json.dumps(doc, indent=2, default=str) + "\n")
+    title = f"# {name}: {doc.get('title', '')}\n\n" + (f"{note}\n\n" if note else "")
+    write_text_atomic(output / f"{name}.md", title + markdown_table(header, rows) + f"\n![{name}]({name}.png)\n")
+    plot(output / f"{name}.png")
+    return doc
+
+
+def _model_header(results: dict[str, Any]) -> list[str]:
+    from .report import model_names
+
+    return [f"Δ {n}" for n in model_names(results).values()]
+
+
+def _sweep(name: str, title: str, variants: dict[str, TrainRecipe], targets: Sequence[str], setup: EvalSetup,
+           output: Path, trainer: Trainer, backends: Backends | None, xs: Sequence[float] | None = None,
+           xlabel: str = "", logx: bool = False, reduced: bool = False) -> dict[str, Any]:
+    output = Path(output)
+    if reduced:
+        variants = {k: _reduced(r) for k, r in variants.items()}
+    dirs = [trained(r, output / "train" / slug(label), trainer) for label, r in variants.items()]
+    names = [f"{name}-{slug(label)}" for label in variants]
+    results = evaluate(dirs, targets, setup, output / "eval", backends=backends, names=names)
+    models, rows = _delta_rows(results, dict(zip(names, variants, strict=True)))
+    metric = results["primary_metric"]
+    table = [[r["label"], *(fmt_delta(r["delta"][m]) for m in models), fmt_delta(r["avg_delta"])] for r in rows]
+    header = ["variant", *_model_header(results), f"avg Δ {metric}"]
+
+    def plot(path: Path) -> Path:
+        if xs is None:
+            from .report import model_names
+
+            series = {r["label"]: [100 * (r["delta"][m] or 0.0) for m in models] for r in rows}
+            return bar_chart(list(model_names(results).values()), series, path, title=title,
+                             ylabel=f"Δ {metric} (points)")
+        series = {"mean over models": [100 * (r["avg_delta"] or 0.0) for r in rows]}
+        if len(models) > 1:
+            series.update({m: [100 * (r["delta"][m] or 0.0) for r in rows] for m in models})
+        return line_chart(list(xs), series, path, title=title, xlabel=xlabel, ylabel=f"Δ {metric} (points)", logx=logx)
+
+    doc = {"title": title, "primary_metric": metric, "reduced": reduced, "models": models, "rows": rows,
+           "recipes": {k: dataclasses.asdict(v) for k, v in variants.items()}, "eval": str(output / "eval"),
+           "setup": dataclasses.asdict(setup)}
+    if xs is not None:
+        doc["x"] = list(xs)
+    note = f"Δ = prompted − clean {metric} in points on `{setup.split}`, evaluated on {', '.join(targets)}."
+    return write_analysis(output, name, doc, header, table, plot, note)
+
+
+# ------------------------------------------------------------------ analyses
+def ablation(base: TrainRecipe, targets: Sequence[str], setup: EvalSetup, output: str | Path, *,
+             trainer: Trainer = train_prompt, backends: Backends | None = None, reduced: bool = False) -> dict[str, Any]:
+    """Tab. 2: the same training with FCA and TSE switched on and off (weights from ``base``, else tvp's)."""
+    if base.guide is None:
+        raise UsageError("the ablation trains TSE variants: pass --guide MODEL (a CLIP-like model)")
+    fca = base.fca or 0.005
+    tse = base.tse or 0.001
+    variants = {label: dataclasses.replace(base, fca=fca if f else 0.0, tse=tse if t else 0.0)
+                for label, (f, t) in ABLATION.items()}
+    return _sweep("ablation", "FCA / TSE ablation", variants, targets, setup, Path(output), trainer, backends,
+                  reduced=reduced)
+
+
+def width_sweep(base: TrainRecipe, targets: Sequence[str], setup: EvalSetup, output: str | Path, *,
+                widths: Sequence[int] | None = None, trainer: Trainer = train_prompt,
+                backends: Backends | None = None, reduced: bool = False) -> dict[str, Any]:
+    """Tab. 3: prompt width p."""
+    widths = list(widths or ((min(WIDTHS), base.width) if reduced else WIDTHS))
+    widths = sorted(set(widths))
+    variants = {f"p={w}": dataclasses.replace(base, width=w) for w in widths}
+    return _sweep("width", "prompt width", variants, targets, setup, Path(output), trainer, backends,
+                  xs=widths, xlabel="prompt width p (pixels)", reduced=reduced)
+
+
+def data_scale(base: TrainRecipe, targets: Sequence[str], setup: EvalSetup, output: str | Path, *,
+               fractions: Sequence[float] | None = None, trainer: Trainer = train_prompt,
+               backends: Backends | None = None, reduced: bool = False) -> dict[str, Any]:
+    """Fig. 5: fraction of the training data."""
+    fractions = sorted(set(fractions or ((0.1, 1.0) if reduced else FRACTIONS)))
+    variants = {f"{100 * f:g}%": dataclasses.replace(base, fraction=f) for f in fractions}
+    return _sweep("data_scale", "training data scale", variants, targets, setup, Path(output), trainer, backends,
+                  xs=[100 * f for f in fractions], xlabel="training data (%)", logx=True, reduced=reduced)
+
+
+def _reduced(recipe: TrainRecipe) -> TrainRecipe:
+    """Reduced mode: at most 2 updates per trained prompt."""
+    return dataclasses.replace(recipe, steps=min(recipe.steps or 2, 2))
+
+
+def _prompt_or_train(prompt: str | Path | None, base: TrainRecipe | None, output: Path, trainer: Trainer,
+                     reduced: bool) -> Path:
+    if prompt is not None:
+        return Path(prompt)
+    if base is None:
+        raise UsageError("give --prompt DIR, or --source/--train-data to train one")
+    return trained(_reduced(base) if reduced else base, output / "train" / "prompt", trainer)
+
+
+def cross_dataset(eval_sets: Sequence[tuple[str, str]], targets: Sequence[str], setup: EvalSetup,
+                  output: str | Path, *, prompt: str | Path | None = None, base: TrainRecipe | None = None,
+                  trainer: Trainer = train_prompt, backends: Backends | None = None,
+                  reduced: bool = False) -> dict[str, Any]:
+    """Tab. 4: one prompt (given, or trained from ``base``) evaluated on other datasets of the same kind."""
+    if not eval_sets:
+        raise UsageError("give at least one --eval TASK=PATH")
+    output = Path(output)
+    pdir = _prompt_or_train(prompt, base, output, trainer, reduced)
+    rows, metric, header = [], "", []
+    for task, data in eval_sets:
+        s = dataclasses.replace(setup, task=task, data=data)
+        res = evaluate([pdir], targets, s, output / "eval" / slug(f"{task}-{Path(data).name}"), backends=backends,
+                       names=["prompt"])
+        models, (row,) = _delta_rows(res, {"prompt": f"{task} ({Path(data).name})"})
+        metric, header = res["primary_metric"], _model_header(res)
+        row["clean"] = {m: res["clean"][m].get(metric) for m in models}
+        rows.append(row)
+    table = [[r["label"], *(fmt_delta(r["delta"][m]) for m in targets), fmt_delta(r["avg_delta"])] for r in rows]
+
+    def plot(path: Path) -> Path:
+        return bar_chart([r["label"] for r in rows], {"mean Δ over models": [100 * (r["avg_delta"] or 0) for r in rows]},
+                         path, title="cross-dataset transfer", ylabel="Δ (points)")
+
+    doc = {"title": "cross-dataset transfer", "prompt": str(pdir), "primary_metric": metric, "reduced": reduced,
+           "models": list(targets), "rows": rows, "recipe": dataclasses.asdict(base) if base and prompt is None else None}
+    return write_analysis(output, "cross_dataset", doc, ["evaluated on", *header, "avg Δ"], table, plot,
+                          "Δ = prompted − clean, in points, of each dataset's primary metric.")
+
+
+def corruption(targets: Sequence[str], setup: EvalSetup, output: str | Path, *, prompt: str | Path | None = None,
+               base: TrainRecipe | None = None, corruptions: Sequence[str] | None = None,
+               severities: Sequence[int] | None = None, trainer: Trainer = train_prompt,
+               backends: Backends | None = None, reduced: bool = False) -> dict[str, Any]:
+    """Tab. 9: mean Δ over models for every corruption × severity of the evaluation images."""
+    output = Path(output)
+    corruptions = list(corruptions or (CORRUPTIONS[:2] if reduced else CORRUPTIONS))
+    severities = list(severities or ((3,) if reduced else SEVERITIES))
+    pdir = _prompt_or_train(prompt, base, output, trainer, reduced)
+    grid: dict[str, dict[int, dict[str, Any]]] = {}
+    metric = ""
+    for c in corruptions:
+        for s in severities:
+            es = dataclasses.replace(setup, corruption=c, severity=s)
+            res = evaluate([pdir], targets, es, output / "eval" / f"{slug(c)}-{s}", backends=backends, names=["prompt"])
+            models, (row,) = _delta_rows(res, {"prompt": f"{c}/{s}"})
+            metric = res["primary_metric"]
+            row["clean"] = {m: res["clean"][m].get(metric) for m in models}
+            grid.setdefault(c, {})[s] = row
+    means = {c: float(np.mean([grid[c][s]["avg_delta"] for s in severities])) for c in corruptions}
+    table = [[c, *(fmt_delta(grid[c][s]["avg_delta"]) for s in severities), fmt_delta(means[c])] for c in corruptions]
+    overall = float(np.mean(list(means.values())))
+    table.append(["mean", *(fmt_delta(float(np.mean([grid[c][s]["avg_delta"] for c in corruptions])))
+                            for s in severities), fmt_delta(overall)])
+
+    def plot(path: Path) -> Path:
+        return bar_chart(corruptions, {"mean Δ over severities and models": [100 * means[c] for c in corruptions]},
+                         path, title="robustness to corruptions", ylabel=f"Δ {metric} (points)")
+
+    doc = {"title": "corruption robustness", "prompt": str(pdir), "primary_metric": metric, "reduced": reduced,
+           "models": list(targets), "corruptions": corruptions, "severities": severities,
+           "grid": {c: {str(s): v for s, v in d.items()} for c, d in grid.items()}, "mean_delta": means,
+           "overall_mean_delta": overall}
+    return write_analysis(output, "corruption", doc, ["corruption", *(f"sev {s}" for s in severities), "mean"],
+                          table, plot, f"Mean over models of Δ {metric} (points) on corrupted `{setup.split}` images.")
