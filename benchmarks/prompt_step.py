@@ -142,9 +142,9 @@ def make_step(adapter: Any, guide: Any, images: torch.Tensor, terms: str, *, car
     """A closure doing one full prompt-training step for the given loss terms."""
     from tvprompt.prompt import VisualPrompt
     from tvprompt.training.augment import Augmentation
-    from tvprompt.training.loop import normalized_step
     from tvprompt.training.losses import fca_loss, total_loss, tse_loss
     from tvprompt.training.objective import FcaReferences, Objective, TaskTexts
+    from tvprompt.training.updates import normalized_step
 
     prompt = VisualPrompt().to(images.device)
     samples = [_Sample(str(i)) for i in range(images.shape[0])]

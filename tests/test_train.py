@@ -13,7 +13,6 @@ from tvprompt.training.augment import augment
 from tvprompt.training.checkpoint import load_checkpoint
 from tvprompt.training.loop import (
     NonFiniteLoss,
-    _seed_for,
     lr_at,
     normalized_step,
     resolve_config,
@@ -21,6 +20,7 @@ from tvprompt.training.loop import (
     train,
 )
 from tvprompt.training.objective import FcaReferences, Objective
+from tvprompt.training.updates import seed_for
 
 from .toy import CHOICES, LinearAdapter, ToyAdapter, ToyDataset, ToyGuide, ToySpec, toy_batches
 
@@ -118,7 +118,7 @@ def _reference_tvp(cfg, w, guide, dataset, steps):
     spec = ToySpec()
     for step in range(steps):
         batch = batches[step]
-        gen = torch.Generator().manual_seed(_seed_for(cfg.seed, "augment", step, 0))
+        gen = torch.Generator().manual_seed(seed_for(cfg.seed, "augment", step, 0))
         images, aug = augment(batch.images, gen, flip=True)
         inner = F.interpolate(images, size=(H - 2 * P, H - 2 * P), mode="bilinear", antialias=True, align_corners=False)
         base = F.pad(inner, (P, P, P, P))
