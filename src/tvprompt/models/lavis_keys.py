@@ -30,7 +30,18 @@ _DROPS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^temp$"), "stage-1 contrastive temperature"),
     (re.compile(r"^(opt_proj|t5_proj|opt_model|t5_model)\."), "another BLIP-2 language model"),
     (re.compile(r"^visual_encoder\.(norm|fc_norm|head)\."), "EVA classification head (unused by BLIP-2)"),
+    # The LAVIS-era LLaMA code registers inv_freq as a saved buffer; the runners keep buffers.
+    (re.compile(r"^(llama_model|llm_model)\.model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$"),
+     "LLaMA rotary-embedding buffer (inv_freq); transformers rebuilds it"),
 ]
+# The frozen LLM, as BLIVA's runner saves it with everything else. Only the plain LlamaForCausalLM
+# weights: anything else under the LLM (LoRA, adapters) changes the model and must stay unknown.
+LLM_PREFIXES = ("llama_model.", "llm_model.")
+LLM_REASON = "frozen LLM weights (the LLM comes from --llama; checked against it)"
+_LLM_WEIGHT = re.compile(
+    r"^(llama_model|llm_model)\.(lm_head\.weight|model\.(embed_tokens|norm|layers\.\d+\."
+    r"(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj|input_layernorm|post_attention_layernorm))\.weight)$"
+)
 _TEXT_ONLY = re.compile(
     r"^Qformer\.bert\.(embeddings\.(word|position)_embeddings\.|encoder\.layer\.\d+\.(intermediate|output)\.)"
 )
@@ -93,6 +104,8 @@ def map_lavis_key(
     for pattern, reason in _DROPS:
         if pattern.search(key):
             return "drop", reason
+    if _LLM_WEIGHT.match(key):
+        return "drop", LLM_REASON
     if _TEXT_ONLY.search(key):
         if not qformer_text:
             return "drop", "Q-Former text branch (this model feeds only the query tokens)"
