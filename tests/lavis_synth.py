@@ -7,6 +7,7 @@ BLIVA ``forward``), so a converted model that matches it has every weight in the
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -307,3 +308,31 @@ def runner_checkpoint(model: dict[str, torch.Tensor], epoch: int = 3) -> dict[st
     scaler = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
               "_growth_tracker": 7}
     return {"model": model, "optimizer": opt.state_dict(), "config": config, "scaler": scaler, "epoch": epoch}
+
+
+def slow_vicuna_dir(path: Path, t: Tiny, seed: int = 3) -> Path:
+    """A Vicuna folder as FastChat's ``apply_delta`` writes it: the LLaMA SentencePiece ``tokenizer.model``
+    (byte fallback, <unk>/<s>/</s> = 0/1/2) and no ``tokenizer.json``. Needs ``sentencepiece``."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 20), model_writer=model, vocab_size=400, model_type="bpe", byte_fallback=True,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, hard_vocab_limit=False, minloglevel=2)
+    path.mkdir(parents=True)
+    (path / "tokenizer.model").write_bytes(model.getvalue())
+    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+              "add_bos_token": True, "add_eos_token": False}
+    (path / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    llm_config = LlamaConfig(vocab_size=400, hidden_size=t.llm, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=4, bos_token_id=1, eos_token_id=2,
+                             tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    llm = LlamaForCausalLM(llm_config)
+    for p in llm.parameters():
+        torch.nn.init.normal_(p, std=0.2) if p.ndim > 1 else None
+    llm.save_pretrained(path)
+    return path

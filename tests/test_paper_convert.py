@@ -32,6 +32,7 @@ from lavis_synth import (
     runner_checkpoint,
     save_pth,
     saved_llm,
+    slow_vicuna_dir,
     tiny_llama_dir,
 )
 from tvprompt.errors import TvpError, UsageError
@@ -532,3 +533,23 @@ def test_missing_slow_tokenizer_deps_reports_what_is_not_importable(monkeypatch)
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     assert paper_convert.missing_slow_tokenizer_deps() == ["sentencepiece", "protobuf"]
+
+
+@pytest.mark.skipif(paper_convert.missing_slow_tokenizer_deps() != [],
+                    reason="needs the slow-tokenizer extra (sentencepiece, protobuf)")
+def test_a_vicuna_folder_with_only_the_slow_tokenizer_converts_with_the_extra(files, tmp_path):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    llama = slow_vicuna_dir(tmp_path / "vicuna-7b-v0", T)
+    assert not (llama / "tokenizer.json").exists()
+    out = convert_minigpt4(files.lavis_pth, files.stage2_pth, llama, tmp_path / "m", options=OPTS)
+    assert (out / "tokenizer.json").is_file()  # the converted model no longer needs the extra
+    adapter = load_adapter(f"hf:{out}", device="cpu")
+    llm, tok = LlamaForCausalLM.from_pretrained(llama).eval(), AutoTokenizer.from_pretrained(llama)
+    assert adapter.text_ids("What shape is this?") == tok("What shape is this?", add_special_tokens=False).input_ids
+    assert adapter.image_token_id == tok.convert_tokens_to_ids("<unk>") == 0
+    pixels = torch.rand(1, 3, 28, 28, generator=torch.Generator().manual_seed(7))
+    image = ref_minigpt4_image_tokens({**files.lavis, **files.stage2}, adapter.preprocess(pixels), T)
+    with torch.no_grad():
+        expected = _minigpt4_ref_loss(llm, tok, image, PROMPTS[0], ANSWERS[0])
+    torch.testing.assert_close(adapter.lm_loss(pixels, PROMPTS[:1], ANSWERS[:1]), expected, atol=1e-5, rtol=1e-4)
