@@ -1,9 +1,10 @@
 """Read LAVIS-format checkpoints safely and map their keys onto transformers' BLIP-2 modules.
 
-MiniGPT-4, VPGTrans and BLIVA were trained with LAVIS (or forks of it). Their released
-files hold ``{"model": state_dict}`` with keys like ``visual_encoder.blocks.3.attn.qkv.weight``
-(EVA ViT-g), ``ln_vision.weight``, ``Qformer.bert.encoder.layer.0.crossattention.self.key.weight``
-and ``query_tokens``; EVA's own ``eva_vit_g.pth`` holds the ViT without the ``visual_encoder.``
+MiniGPT-4, VPGTrans and BLIVA were trained with LAVIS (or forks of it). Their runners save
+``{"model": state_dict, "optimizer": ..., "config": ..., "scaler": ..., "epoch": ...}``, the state
+dict without the frozen parameters but with every buffer (BLIVA's runner: with everything), with
+keys like ``visual_encoder.blocks.3.attn.qkv.weight`` (EVA ViT-g), ``ln_vision.weight``,
+``Qformer.bert.encoder.layer.0.crossattention.self.key.weight`` and ``query_tokens``; EVA's own ``eva_vit_g.pth`` holds the ViT without the ``visual_encoder.``
 prefix. :func:`map_lavis_key` says, for every key, where it goes in a transformers
 ``Blip2ForConditionalGeneration`` / ``InstructBlipForConditionalGeneration`` or why it is
 dropped; :func:`map_state_dict` applies it to a whole dict and refuses any key it cannot
@@ -166,7 +167,8 @@ def format_keys(keys: list[str], limit: int = 12) -> str:
 def read_checkpoint(path: str | os.PathLike, *, prefix: str = "") -> dict[str, torch.Tensor]:
     """A released ``.pth`` as a flat ``{key: tensor}``, read with ``weights_only=True`` only.
 
-    Accepts ``{"model": {...}}`` (LAVIS), ``{"state_dict": {...}}`` or a bare state dict;
+    Accepts ``{"model": {...}, ...}`` (the LAVIS runners' checkpoint, whose other entries are
+    ignored), ``{"state_dict": {...}}`` or a bare state dict;
     ``prefix`` is prepended to every key (``"visual_encoder."`` for EVA's own file).
     """
     obj = load_torch_weights(path, TvpError)

@@ -3,8 +3,10 @@
 Each converter reads the released ``.pth`` files with ``torch.load(weights_only=True)`` only,
 merges them in LAVIS's load order (later files override earlier ones), maps every key with
 :mod:`tvprompt.models.lavis_keys`, and refuses to write anything unless every source key is
-either mapped or deliberately dropped (with a reason) and every weight of the composed model
-has a source. The language model comes from a transformers Vicuna/LLaMA directory. The output
+either mapped or deliberately dropped (with a reason, logged once per reason) and every weight
+of the composed model has a source. The language model comes from a transformers Vicuna/LLaMA
+directory; LLM weights a file carries (BLIVA's runner saves them all) are dropped after checking
+that they equal that directory's. The output
 is a plain ``save_pretrained`` directory (safetensors, config, tokenizer, preprocessor config,
 ``conversion.json`` recording where every key went) that ``load_adapter("hf:<dir>")`` loads.
 
