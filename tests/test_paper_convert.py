@@ -47,6 +47,8 @@ OPTS = ConvertOptions(vision_layers=T.keep_blocks, vision_heads=T.vision_heads, 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 PROMPTS = ["What shape is this?", "Is there a red circle?"]
 ANSWERS = ["a red circle", "no"]
+ROTARY = "LLaMA rotary-embedding buffer (inv_freq); transformers rebuilds it"
+HEAD_DIM = T.llm // 4  # tiny_llama_dir: 4 heads
 
 
 def _proj(name: str, out: int, inp: int, seed: int) -> dict[str, torch.Tensor]:
@@ -308,14 +310,22 @@ def test_release_sized_layouts_map_completely_with_the_default_options(family):
     else:
         state |= {"llama_proj.weight": meta(4096, 768), "llama_proj.bias": meta(4096)}
         projections = {"llama_proj": "language_projection"}
+    with torch.device("meta"):
+        llm = LlamaForCausalLM(LlamaConfig(vocab_size=32001 if bliva else 32000, tie_word_embeddings=False))
+    # As the runners save them: the LLaMA rotary buffers (all three), the whole LLM (BLIVA).
+    prefix = "llm_model." if bliva else "llama_model."
+    state |= {k: v.to("meta") for k, v in rotary_buffers(prefix, 32, 128).items()}
+    if bliva:
+        state |= {prefix + k: meta(*v.shape) for k, v in llm.state_dict().items()}
+        assert sum(k.startswith(prefix) for k in state) == 323
     opts = ConvertOptions()  # the released models' defaults
     vision, qformer = infer_vision_config(state, opts), infer_qformer_config(state, opts, text=bliva)
     assert (vision["num_hidden_layers"], vision["image_size"], vision["intermediate_size"]) == (39, 224, 6144)
     assert (qformer["num_hidden_layers"], qformer["cross_attention_frequency"]) == (12, 2)
     mapped, plan = map_state_dict(state, vision_layers=39, qformer_text=bliva, projections=projections)
     assert plan.unknown == [] and len(plan.mapped) + len(plan.dropped) == len(state)
-    with torch.device("meta"):
-        llm = LlamaForCausalLM(LlamaConfig(vocab_size=32001 if bliva else 32000, tie_word_embeddings=False))
+    reasons = list(plan.dropped.values())
+    assert reasons.count(ROTARY) == 32 and reasons.count(LLM_REASON) == (291 if bliva else 0)
     config_cls = BlivaConfig if bliva else MiniGPT4Config
     config = config_cls(vision_config=vision, qformer_config=qformer, text_config=llm.config.to_dict(),
                         num_query_tokens=32, image_token_index=0)
@@ -329,8 +339,6 @@ def test_release_sized_layouts_map_completely_with_the_default_options(family):
 # gradients but keeps every buffer, inside {"model": ..., "optimizer": ..., "config": ..., ...}. Their
 # LLaMA code registers rotary_emb.inv_freq as a saved buffer; the BERT embeddings keep position_ids.
 # BLIVA's runner saves every weight, the frozen ViT and LLM included.
-ROTARY = "LLaMA rotary-embedding buffer (inv_freq); transformers rebuilds it"
-HEAD_DIM = T.llm // 4  # tiny_llama_dir: 4 heads
 
 
 @pytest.fixture(scope="module")
