@@ -379,6 +379,8 @@ def convert_lavis_composition(
         tokenizer.pad_token = tokenizer.eos_token  # MiniGPT-4 / VPGTrans pad with EOS (never attended)
     if check_saved_llm(state, plan.dropped, llm, family, llama_dir, kept_rows):
         log.info("the LLM weights in the checkpoints equal those of %s", llama_dir)
+        for key in [k for k, why in plan.dropped.items() if why == LLM_REASON]:
+            del state[key]  # a second copy of the LLM: free it before the model is assembled and written
     image_token = _image_token_id(tokenizer, llama_dir)
 
     common = dict(vision_config=vision, qformer_config=qformer, text_config=llm.config.to_dict(),
@@ -423,7 +425,8 @@ def convert_vpgtrans(ckpt: str | os.PathLike, llama_dir: str | os.PathLike, outp
 def convert_bliva(ckpt: str | os.PathLike, llama_dir: str | os.PathLike, output: str | os.PathLike, *,
                   qformer_tokenizer: str | os.PathLike, eva_vit: str | os.PathLike | None = None,
                   options: ConvertOptions | None = None) -> Path:
-    """BLIVA: [eva_vit_g.pth] + ``bliva_vicuna7b.pth`` (Q-Former with text branch, llm_proj, vision_project)."""
+    """BLIVA: [eva_vit_g.pth] + ``bliva_vicuna7b.pth`` (Q-Former with text branch, llm_proj, vision_project;
+    as BLIVA's runner saves it, also the ViT and the frozen LLM, which must equal ``llama_dir``'s)."""
     sources = ([Source(eva_vit, "visual_encoder.", "eva_vit")] if eva_vit else []) + [Source(ckpt, "", "bliva")]
     return convert_lavis_composition("bliva", sources, llama_dir, output, options,
                                      qformer_tokenizer_dir=qformer_tokenizer)
