@@ -520,7 +520,7 @@ def test_a_slow_llama_tokenizer_without_sentencepiece_names_the_extra(files, tmp
     llama = _slow_only_vicuna(files, tmp_path / "vicuna-7b-v0")
     monkeypatch.setattr(paper_convert, "missing_slow_tokenizer_deps", lambda: ["sentencepiece", "protobuf"])
     with pytest.raises(UsageError, match=r"vicuna-7b-v0: the tokenizer is a slow LLaMA one .*sentencepiece and "
-                                         r"protobuf is not installed: pip install 'tvprompt\[slow-tokenizer\]'") as err:
+                                         r"protobuf are not installed: pip install 'tvprompt\[slow-tokenizer\]'") as err:
         convert_minigpt4(files.lavis_pth, files.stage2_pth, llama, tmp_path / "out", options=OPTS)
     assert len(str(err.value).splitlines()) == 1 and not (tmp_path / "out").exists()
     monkeypatch.setattr(paper_convert, "missing_slow_tokenizer_deps", lambda: [])  # installed, file still broken

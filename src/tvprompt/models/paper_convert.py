@@ -155,7 +155,7 @@ def _load_llm(llama_dir: str | os.PathLike, dtype: torch.dtype) -> tuple[Any, An
         missing = missing_slow_tokenizer_deps() if _slow_tokenizer_only(path) else []
         if missing:
             raise UsageError(f"{llama_dir}: the tokenizer is a slow LLaMA one (tokenizer.model, no tokenizer.json) "
-                             f"and {' and '.join(missing)} is not installed: pip install "
+                             f"and {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed: pip install "
                              f"'tvprompt[{SLOW_TOKENIZER_EXTRA}]'") from None
         raise TvpError(f"{llama_dir}: could not load the tokenizer ({_first_line(e)})") from None
     return llm, tokenizer
