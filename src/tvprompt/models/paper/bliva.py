@@ -1,4 +1,4 @@
-"""BLIVA (Vicuna-7B): InstructBLIP + the ViT's patch features projected into the LLM input.
+"""BLIVA (Vicuna-7B v0): InstructBLIP + the ViT's patch features projected into the LLM input.
 
 Sequence (BLIVA ``forward``)::
 
@@ -31,7 +31,7 @@ class BlivaAdapter(InstructBlipAdapter):
     model_types = ("bliva",)
     model_class = "tvprompt.models.paper.arch:BlivaForConditionalGeneration"
     display_name = "BLIVA"
-    llm = "Vicuna v1.1 (LLaMA)"
+    llm = "Vicuna-7B v0 (LLaMA)"
     notes = "converted with 'tvp convert bliva'; InstructBLIP + patch tokens; prompt = the raw instruction"
     answer_prefix = ""  # LLaMA's SentencePiece adds its own word-start marker
 
