@@ -277,7 +277,7 @@ def test_apply_equals_local_tvp_apply(server, tmp_path, shape):
     big = io.BytesIO()
     Image.new("L", (8000, 6000)).save(big, format="PNG")  # 48 MP, small file: the pixel limit refuses it
     r = httpx.post(f"{server.url}/prompts/{pid}/apply", files={"image": ("big.png", big.getvalue())})
-    assert r.status_code == 400 and "exceeds the limit" in r.json()["detail"]
+    assert r.status_code == 413 and "exceeds the limit of 16000000" in r.json()["detail"]
 
 
 def test_apply_rate_limit_and_service_defaults(tmp_path):

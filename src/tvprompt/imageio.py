@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, ImageTooLarge
 from .files import atomic_path
 
 MAX_PIXELS = 64_000_000
@@ -63,7 +63,7 @@ def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
             with Image.open(path, formats=FORMATS) as im:
                 w, h = im.size
                 if w * h > max_pixels:
-                    raise ImageError(f"{path}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+                    raise ImageTooLarge(f"{path}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
                 im.load()
                 return ImageOps.exif_transpose(im)
     except ImageError:

@@ -1,0 +1,145 @@
+"""The ASGI layer in front of the routes: token check before the body, body limits, body-read timeout.
+
+FastAPI reads (and parses) a request body before it runs the route's dependencies, so without
+this layer an anonymous client could make the server receive a whole upload before being told
+it needs a token. :class:`RequestGuard` looks the route up first: a route that depends on
+:func:`~tvprompt.serve.deps.require_owner` gets its token checked before one body byte is read.
+Bodies are then counted against the route's limit (the image limit for apply, the upload limit
+for uploads, ``max_json_bytes`` for JSON, ``max_request_bytes`` otherwise), and a client that
+stops sending its body for ``body_timeout_s`` gets 408.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .auth import owner_for
+from .deps import AUTH_HINT, parse_bearer, require_owner
+
+# multipart boundaries and headers around the file itself
+_FORM_SLACK = 64 * 1024
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _TooSlow(Exception):
+    pass
+
+
+def _needs_owner(dependant: Any) -> bool:
+    return any(d.call is require_owner or _needs_owner(d) for d in getattr(dependant, "dependencies", ()))
+
+
+async def send_json(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    all_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]
+    await send({"type": "http.response.start", "status": status, "headers": all_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class RequestGuard:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._owner_routes: dict[int, bool] = {}
+
+    def _route(self, scope: Scope) -> Any:
+        for route in scope["app"].router.routes:
+            match, _ = route.matches(scope)
+            if match == Match.FULL:
+                return route
+        return None
+
+    def _limit(self, scope: Scope, route: Any, settings: Any) -> int:
+        limit = settings.max_request_bytes
+        name = getattr(route, "name", None)
+        if name == "apply_prompt":
+            limit = min(limit, settings.max_image_bytes + _FORM_SLACK)
+        elif name == "upload_prompt":
+            limit = min(limit, settings.max_upload_bytes + _FORM_SLACK)
+        content_type = dict(scope.get("headers", [])).get(b"content-type", b"").split(b";")[0].strip().lower()
+        if content_type == b"application/json" or content_type.endswith(b"+json"):
+            limit = min(limit, settings.max_json_bytes)
+        return limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = getattr(scope["app"].state, "ctx", None) if scope["type"] == "http" else None
+        if ctx is None:
+            await self.app(scope, receive, send)
+            return
+        settings = ctx.settings
+        route = self._route(scope)
+        if route is not None and self._owner_routes.setdefault(id(route), _needs_owner(getattr(route, "dependant", None))):
+            refusal = await run_in_threadpool(_auth_refusal, ctx, scope)
+            if refusal is not None:
+                await send_json(send, 401, refusal, [(b"www-authenticate", b"Bearer")])
+                return
+        limit = self._limit(scope, route, settings)
+        for key, value in scope.get("headers", []):
+            if key == b"content-length":
+                try:
+                    too_big = int(value) > limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await send_json(send, 413, f"request body over the limit of {limit} bytes")
+                    return
+        seen = 0
+        state = {"error": None, "started": False, "replaced": False, "body_done": False}
+
+        async def guarded_receive() -> Message:
+            nonlocal seen
+            if state["body_done"]:  # after the body: waiting for a disconnect is not a body read
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=settings.body_timeout_s)
+            except TimeoutError:
+                state["error"] = (408, f"request body not received within {settings.body_timeout_s:g} s")
+                raise _TooSlow from None
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    state["error"] = (413, f"request body over the limit of {limit} bytes")
+                    raise _TooLarge
+                state["body_done"] = not message.get("more_body", False)
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            # the app may turn our exception into its own error (e.g. a 400 from the form parser):
+            # once the body broke a limit, the answer is that limit's status whatever the app says
+            if message["type"] == "http.response.start":
+                state["started"] = True
+                if state["error"]:
+                    state["replaced"] = True
+                    await send_json(send, *state["error"])
+                    return
+            if not state["replaced"]:
+                await send(message)
+
+        try:
+            await self.app(scope, guarded_receive, guarded_send)
+        except (_TooLarge, _TooSlow):
+            if not state["started"]:
+                await send_json(send, *state["error"])
+
+
+def _auth_refusal(ctx: Any, scope: Scope) -> str | None:
+    """Why the request's token is refused, or None when it names an owner."""
+    header = None
+    for key, value in scope.get("headers", []):
+        if key == b"authorization":
+            header = value.decode("latin-1")
+            break
+    token, error = parse_bearer(header)
+    if error:
+        return error
+    if token is None:
+        return AUTH_HINT
+    return None if owner_for(ctx.sessions, token) else "invalid or revoked token"
