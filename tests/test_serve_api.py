@@ -344,6 +344,9 @@ def test_job_runs_to_completion_and_registers_its_prompt(server, tmp_path):
     failed = client.wait_job(client.submit_job(method="vp", sources=["zoo:a"], task="fail", dataset="shapes/train.jsonl")["id"],
                              timeout=60, poll_s=0.1)
     assert failed["state"] == "failed" and "exited with code 3" in failed["error"] and failed["prompt_id"] is None
+    # the owner sees what failed, never where the server keeps its files
+    assert "reading DATA/shapes/train.jsonl into OUTPUT" in failed["error"], failed["error"]
+    assert 'File "<path>"' in failed["error"] and str(server.root) not in failed["error"] and "/tmp" not in failed["error"]
 
 
 def test_job_cancel_kills_the_process_group(server):

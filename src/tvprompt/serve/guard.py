@@ -1,22 +1,26 @@
-"""The ASGI layer in front of the routes: token check before the body, body limits, body-read timeout.
+"""What runs before a route reads its body: the token check, body limits, a body-read timeout.
 
 FastAPI reads (and parses) a request body before it runs the route's dependencies, so without
-this layer an anonymous client could make the server receive a whole upload before being told
-it needs a token. :class:`RequestGuard` looks the route up first: a route that depends on
-:func:`~tvprompt.serve.deps.require_owner` gets its token checked before one body byte is read.
-Bodies are then counted against the route's limit (the image limit for apply, the upload limit
-for uploads, ``max_json_bytes`` for JSON, ``max_request_bytes`` otherwise), and a client that
-stops sending its body for ``body_timeout_s`` gets 408.
+this an anonymous client could make the server receive a whole upload before being told it
+needs a token. :class:`GuardedRoute` (the routers' ``route_class``) runs first: a route that
+depends on :func:`~tvprompt.serve.deps.require_owner` gets its token checked before one body
+byte is read, and the route's own body limit is set (the image limit for apply, the upload limit
+for uploads). :class:`RequestGuard` (middleware) counts every body against that limit,
+``max_json_bytes`` for JSON and ``max_request_bytes`` for anything else, and answers 408 to a
+client that stops sending its body for ``body_timeout_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable, Coroutine
 from typing import Any
 
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import owner_for
@@ -24,6 +28,7 @@ from .deps import AUTH_HINT, parse_bearer, require_owner
 
 # multipart boundaries and headers around the file itself
 _FORM_SLACK = 64 * 1024
+ROUTE_LIMIT_KEY = "tvp.body_limit"
 
 
 class _TooLarge(Exception):
@@ -48,22 +53,10 @@ async def send_json(send: Send, status: int, detail: str, headers: list[tuple[by
 class RequestGuard:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self._owner_routes: dict[int, bool] = {}
 
-    def _route(self, scope: Scope) -> Any:
-        for route in scope["app"].router.routes:
-            match, _ = route.matches(scope)
-            if match == Match.FULL:
-                return route
-        return None
-
-    def _limit(self, scope: Scope, route: Any, settings: Any) -> int:
+    @staticmethod
+    def _limit(scope: Scope, settings: Any) -> int:
         limit = settings.max_request_bytes
-        name = getattr(route, "name", None)
-        if name == "apply_prompt":
-            limit = min(limit, settings.max_image_bytes + _FORM_SLACK)
-        elif name == "upload_prompt":
-            limit = min(limit, settings.max_upload_bytes + _FORM_SLACK)
         content_type = dict(scope.get("headers", [])).get(b"content-type", b"").split(b";")[0].strip().lower()
         if content_type == b"application/json" or content_type.endswith(b"+json"):
             limit = min(limit, settings.max_json_bytes)
@@ -75,22 +68,10 @@ class RequestGuard:
             await self.app(scope, receive, send)
             return
         settings = ctx.settings
-        route = self._route(scope)
-        if route is not None and self._owner_routes.setdefault(id(route), _needs_owner(getattr(route, "dependant", None))):
-            refusal = await run_in_threadpool(_auth_refusal, ctx, scope)
-            if refusal is not None:
-                await send_json(send, 401, refusal, [(b"www-authenticate", b"Bearer")])
-                return
-        limit = self._limit(scope, route, settings)
-        for key, value in scope.get("headers", []):
-            if key == b"content-length":
-                try:
-                    too_big = int(value) > limit
-                except ValueError:
-                    too_big = False
-                if too_big:
-                    await send_json(send, 413, f"request body over the limit of {limit} bytes")
-                    return
+        limit = self._limit(scope, settings)
+        if _declared_length(scope) > limit:
+            await send_json(send, 413, f"request body over the limit of {limit} bytes")
+            return
         seen = 0
         state = {"error": None, "started": False, "replaced": False, "body_done": False}
 
@@ -105,8 +86,9 @@ class RequestGuard:
                 raise _TooSlow from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > limit:
-                    state["error"] = (413, f"request body over the limit of {limit} bytes")
+                current = min(limit, scope.get(ROUTE_LIMIT_KEY) or limit)  # the route may have set a smaller one
+                if seen > current:
+                    state["error"] = (413, f"request body over the limit of {current} bytes")
                     raise _TooLarge
                 state["body_done"] = not message.get("more_body", False)
             return message
@@ -128,6 +110,49 @@ class RequestGuard:
         except (_TooLarge, _TooSlow):
             if not state["started"]:
                 await send_json(send, *state["error"])
+
+
+def _declared_length(scope: Scope) -> int:
+    for key, value in scope.get("headers", []):
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return -1
+    return -1
+
+
+def route_limit(name: str | None, settings: Any) -> int | None:
+    """The body limit of a route that takes an upload (None: the request-wide limits apply)."""
+    if name == "apply_prompt":
+        return settings.max_image_bytes + _FORM_SLACK
+    if name == "upload_prompt":
+        return settings.max_upload_bytes + _FORM_SLACK
+    return None
+
+
+class GuardedRoute(APIRoute):
+    """An APIRoute that checks the token and sets the body limit before FastAPI reads the body."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        needs_owner = _needs_owner(self.dependant)
+        name = self.name
+
+        async def guarded(request: Request) -> Response:
+            ctx = request.app.state.ctx
+            if needs_owner:
+                refusal = await run_in_threadpool(_auth_refusal, ctx, request.scope)
+                if refusal is not None:
+                    return JSONResponse({"detail": refusal}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            limit = route_limit(name, ctx.settings)
+            if limit is not None:
+                if _declared_length(request.scope) > limit:
+                    return JSONResponse({"detail": f"request body over the limit of {limit} bytes"}, status_code=413)
+                request.scope[ROUTE_LIMIT_KEY] = limit
+            return await handler(request)
+
+        return guarded
 
 
 def _auth_refusal(ctx: Any, scope: Scope) -> str | None:

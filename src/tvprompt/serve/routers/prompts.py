@@ -13,10 +13,11 @@ from fastapi.responses import Response
 from ...errors import ImageError, ImageTooLarge
 from ..deps import client_key, context, require_owner
 from ..gate import Busy
+from ..guard import GuardedRoute
 from ..registry import describe
 from ..schemas import ErrorOut, PromptDetail, PromptOut
 
-router = APIRouter(prefix="/prompts", tags=["prompts"])
+router = APIRouter(prefix="/prompts", tags=["prompts"], route_class=GuardedRoute)
 PromptId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="prompt id")]
 # no control characters (PostgreSQL refuses NUL in text); offsets fit any database's integers
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
