@@ -81,6 +81,19 @@ def test_wrongly_typed_config_is_400_and_nothing_is_written(service, tmp_path, c
     assert (len(listing.json()), _store_files(service)) == before
 
 
+def test_a_bad_row_from_an_older_server_does_not_break_the_listing(service, tmp_path):
+    from tvprompt.serve.db import PromptRow
+
+    pid = _push(service, make_prompt(tmp_path / "p", delta_seed=9, task="legacy-row")).json()["id"]
+    with service.app_.state.ctx.sessions.begin() as s:  # what an unvalidated upload left behind before the fix
+        row = s.get(PromptRow, pid)
+        row.config_json = json.dumps({**json.loads(row.config_json), "sources": ["hf:x", {"model_id": "zoo:y"}], "metrics": [1]})
+    r = service.get("/prompts", params={"task": "legacy-row"})
+    assert r.status_code == 200 and r.json()[0]["sources"] == [{"model_id": "zoo:y"}] and r.json()[0]["metrics"] == {}
+    assert service.get(f"/prompts/{pid}").status_code == 200
+    service.delete(f"/prompts/{pid}", headers=service.hdr)
+
+
 # --------------------------------------------------------------------------- images
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nnewpath 0 0 moveto 10 10 lineto stroke\nshowpage\n%%EOF\n"
 
