@@ -332,3 +332,17 @@ def test_half_sent_request_is_dropped(live):
     with socket.create_connection((host, int(port)), timeout=10) as sock:  # a normal request is unaffected
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+
+
+def test_tvp_serve_passes_trusted_proxies_and_timeouts_to_uvicorn(tmp_path, monkeypatch):
+    import uvicorn
+
+    from tvprompt.cli import main
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: seen.update(kwargs))
+    assert main(["serve", "--store", str(tmp_path / "s"), "--port", "8123"]) == 0
+    assert seen["proxy_headers"] is False and seen["port"] == 8123 and seen["timeout_keep_alive"] == 5.0
+    assert seen["http"].header_timeout_s == 10.0
+    assert main(["serve", "--store", str(tmp_path / "s"), "--forwarded-allow-ips", "10.0.0.2, 10.0.0.3"]) == 0
+    assert seen["proxy_headers"] is True and seen["forwarded_allow_ips"] == "10.0.0.2,10.0.0.3"
