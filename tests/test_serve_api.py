@@ -177,7 +177,7 @@ def test_bad_uploads_are_refused_with_json_errors(server, tmp_path):
         "extra member": (_zip({**good, "evil.py": b"import os"}), 400, "'evil.py' is not allowed"),
         "zip bomb": (_zip({**good, "prompt.safetensors": bytes(100 * MiB)}), 400, "over the limit|zip bomb"),
         "oversize": (os.urandom(5 * MiB), 413, "over the limit of 4194304 bytes"),
-        "oversize request": (os.urandom(7 * MiB), 413, "request body over the limit"),
+        "oversize request": (os.urandom(7 * MiB), 413, f"request body over the limit of {6 * MiB} bytes"),
     }
     before = _count(server)
     for label, (data, status, message) in cases.items():
@@ -196,6 +196,9 @@ def test_bad_uploads_are_refused_with_json_errors(server, tmp_path):
 
     r = httpx.post(server.url + "/prompts", content=chunked(), timeout=30,
                    headers={"Content-Type": "multipart/form-data; boundary=b", "Authorization": f"Bearer {server.tokens['alice']}"})
+    assert r.status_code == 413 and r.json() == {"detail": "upload is over the limit of 4194304 bytes"}
+    r = httpx.post(server.url + "/jobs", content=chunked(), timeout=30,  # a route without its own limit
+                   headers={"Content-Type": "text/plain", "Authorization": f"Bearer {server.tokens['alice']}"})
     assert r.status_code == 413 and r.json() == {"detail": f"request body over the limit of {6 * MiB} bytes"}
     assert _count(server) == before
     rows, files = _store_state(server)

@@ -243,7 +243,16 @@ def test_apply_body_is_limited_to_the_image_size(tmp_path):
     app = create_app(Settings(store_dir=tmp_path / "store", max_image_bytes=1 * MiB))
     with TestClient(app) as client:
         r = client.post("/prompts/abc/apply", files={"image": ("a.png", b"x" * (2 * MiB))})
-        assert r.status_code == 413 and r.json()["detail"] == f"request body over the limit of {MiB + 64 * 1024} bytes"
+        assert r.status_code == 413 and r.json()["detail"] == f"image is over the limit of {MiB} bytes"
+
+        def chunked():  # no Content-Length: counted while it streams in
+            yield b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+            for _ in range(40):
+                yield b"x" * (64 * 1024)
+            yield b"\r\n--b--\r\n"
+
+        r = client.post("/prompts/abc/apply", content=chunked(), headers={"Content-Type": "multipart/form-data; boundary=b"})
+        assert r.status_code == 413 and r.json()["detail"] == f"image is over the limit of {MiB} bytes"
 
 
 # --------------------------------------------------------------------------- registry

@@ -86,9 +86,12 @@ class RequestGuard:
                 raise _TooSlow from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                current = min(limit, scope.get(ROUTE_LIMIT_KEY) or limit)  # the route may have set a smaller one
-                if seen > current:
-                    state["error"] = (413, f"request body over the limit of {current} bytes")
+                if seen > limit:
+                    state["error"] = (413, f"request body over the limit of {limit} bytes")
+                    raise _TooLarge
+                route = scope.get(ROUTE_LIMIT_KEY)  # the route's own, smaller limit
+                if route is not None and seen > route[0]:
+                    state["error"] = (413, route[1])
                     raise _TooLarge
                 state["body_done"] = not message.get("more_body", False)
             return message
@@ -122,12 +125,12 @@ def _declared_length(scope: Scope) -> int:
     return -1
 
 
-def route_limit(name: str | None, settings: Any) -> int | None:
-    """The body limit of a route that takes an upload (None: the request-wide limits apply)."""
+def route_limit(name: str | None, settings: Any) -> tuple[int, str] | None:
+    """(body limit, refusal) of a route that takes an upload; None: the request-wide limits apply."""
     if name == "apply_prompt":
-        return settings.max_image_bytes + _FORM_SLACK
+        return settings.max_image_bytes + _FORM_SLACK, f"image is over the limit of {settings.max_image_bytes} bytes"
     if name == "upload_prompt":
-        return settings.max_upload_bytes + _FORM_SLACK
+        return settings.max_upload_bytes + _FORM_SLACK, f"upload is over the limit of {settings.max_upload_bytes} bytes"
     return None
 
 
@@ -147,8 +150,8 @@ class GuardedRoute(APIRoute):
                     return JSONResponse({"detail": refusal}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
             limit = route_limit(name, ctx.settings)
             if limit is not None:
-                if _declared_length(request.scope) > limit:
-                    return JSONResponse({"detail": f"request body over the limit of {limit} bytes"}, status_code=413)
+                if _declared_length(request.scope) > limit[0]:
+                    return JSONResponse({"detail": limit[1]}, status_code=413)
                 request.scope[ROUTE_LIMIT_KEY] = limit
             return await handler(request)
 
