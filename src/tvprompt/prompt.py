@@ -37,6 +37,16 @@ PREVIEW_NAME = "preview.png"
 CARD_NAME = "README.md"
 SHAPES = ("padding", "fixed_patch", "random_patch", "full")
 _SHAPE_KEYS = {"padding": "prompt_width", "fixed_patch": "patch_size", "random_patch": "patch_size", "full": "epsilon"}
+# Bounds of a config's values: what torch, JSON and the service's database can hold.
+MAX_SIDE = 1 << 16
+MAX_SEED = (1 << 63) - 1
+MAX_TASK_CHARS = 128
+MAX_METHOD_CHARS = 32
+MAX_MODEL_ID_CHARS = 256
+MAX_SOURCES = 64
+MAX_JSON_DEPTH = 16
+_TEXT_FIELDS = {"task": MAX_TASK_CHARS, "method": MAX_METHOD_CHARS}
+_DICT_FIELDS = ("hyperparameters", "templates", "data", "metrics")
 
 
 @dataclass
@@ -62,14 +72,18 @@ class PromptConfig:
     metrics: dict[str, Any] = field(default_factory=dict, metadata={"help": "validation metrics, when known"})
 
     def __post_init__(self) -> None:
-        if self.shape not in SHAPES:
-            raise UsageError(f"field 'shape': {self.shape!r} is not one of {', '.join(SHAPES)}")
+        if not isinstance(self.shape, str) or self.shape not in SHAPES:
+            raise UsageError(f"field 'shape': {_short(self.shape)} is not one of {', '.join(SHAPES)}")
         for name in ("image_height", "image_width", "prompt_width", "patch_size", "seed"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
-                raise UsageError(f"field '{name}': expected an integer, got {value!r}")
+                raise UsageError(f"field '{name}': expected an integer, got {_short(value)}")
         if min(self.image_height, self.image_width) < 8:
             raise UsageError(f"field 'image_height'/'image_width': {self.image_height}x{self.image_width} is too small (min 8)")
+        if max(self.image_height, self.image_width) > MAX_SIDE:
+            raise UsageError(f"field 'image_height'/'image_width': {self.image_height}x{self.image_width} is too large (max {MAX_SIDE})")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UsageError(f"field 'seed': {self.seed} must be in [0, 2^63 - 1]")
         if self.shape == "padding" and not 0 < 2 * self.prompt_width < min(self.image_height, self.image_width):
             raise UsageError(
                 f"field 'prompt_width': {self.prompt_width} must be > 0 and leave an image inside "
@@ -77,12 +91,40 @@ class PromptConfig:
             )
         if self.shape.endswith("patch") and not 0 < self.patch_size <= min(self.image_height, self.image_width):
             raise UsageError(f"field 'patch_size': {self.patch_size} must be in [1, {min(self.image_height, self.image_width)}]")
-        if not isinstance(self.epsilon, int | float) or not (math.isfinite(self.epsilon) and self.epsilon > 0):
-            raise UsageError(f"field 'epsilon': {self.epsilon!r} must be a positive number")
+        if (not isinstance(self.epsilon, int | float) or isinstance(self.epsilon, bool)
+                or not (math.isfinite(self.epsilon) and self.epsilon > 0)):
+            raise UsageError(f"field 'epsilon': {_short(self.epsilon)} must be a positive number")
         if not isinstance(self.clamp, bool):
-            raise UsageError(f"field 'clamp': expected true or false, got {self.clamp!r}")
-        if list(self.pixel_range) != [0.0, 1.0]:
-            raise UsageError(f"field 'pixel_range': only [0.0, 1.0] is supported, got {self.pixel_range!r}")
+            raise UsageError(f"field 'clamp': expected true or false, got {_short(self.clamp)}")
+        if not isinstance(self.pixel_range, list | tuple) or list(self.pixel_range) != [0.0, 1.0]:
+            raise UsageError(f"field 'pixel_range': only [0.0, 1.0] is supported, got {_short(self.pixel_range)}")
+        self._check_provenance()
+
+    def _check_provenance(self) -> None:
+        """Types of the free-form fields: they end up in JSON responses and database columns."""
+        for name, limit in _TEXT_FIELDS.items():
+            value = getattr(self, name)
+            if value is not None:
+                _check_text(value, f"field '{name}'", limit)
+        if not isinstance(self.sources, list) or len(self.sources) > MAX_SOURCES:
+            raise UsageError(f"field 'sources': expected a list of at most {MAX_SOURCES} objects, got {_short(self.sources)}")
+        for k, src in enumerate(self.sources):
+            if not isinstance(src, dict):
+                raise UsageError(f"field 'sources[{k}]': expected an object like {{\"model_id\": \"hf:...\"}}, got {_short(src)}")
+            if src.get("model_id") is not None:
+                _check_text(src["model_id"], f"field 'sources[{k}].model_id'", MAX_MODEL_ID_CHARS)
+            _check_json(src, f"field 'sources[{k}]'")
+        if self.choices is not None:
+            if not isinstance(self.choices, list):
+                raise UsageError(f"field 'choices': expected a list of strings or null, got {_short(self.choices)}")
+            for k, choice in enumerate(self.choices):
+                if not isinstance(choice, str):
+                    raise UsageError(f"field 'choices[{k}]': expected a string, got {_short(choice)}")
+        for name in _DICT_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, dict):
+                raise UsageError(f"field '{name}': expected an object, got {_short(value)}")
+            _check_json(value, f"field '{name}'")
 
     @property
     def delta_shape(self) -> tuple[int, int, int]:
@@ -135,6 +177,37 @@ class PromptConfig:
             raise PromptFileError(f"{source}: {e}") from None
         except TypeError as e:
             raise PromptFileError(f"{source}: {e}") from None
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_text(value: Any, what: str, limit: int) -> None:
+    if not isinstance(value, str):
+        raise UsageError(f"{what}: expected a string, got {_short(value)}")
+    if not 0 < len(value) <= limit or not value.isprintable():
+        raise UsageError(f"{what}: {_short(value)} must be 1 to {limit} printable characters")
+
+
+def _check_json(value: Any, what: str, depth: int = 0) -> None:
+    """Plain JSON only: objects with string keys, lists, strings, booleans, null, finite numbers."""
+    if depth > MAX_JSON_DEPTH:
+        raise UsageError(f"{what}: nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise UsageError(f"{what}: key {_short(key)} is not a string")
+            _check_json(item, what, depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_json(item, what, depth + 1)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise UsageError(f"{what}: holds {value}; only finite numbers are allowed")
+    elif not isinstance(value, str | int | bool) and value is not None:
+        raise UsageError(f"{what}: {type(value).__name__} values are not allowed in a config")
 
 
 def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -274,6 +347,8 @@ class VisualPrompt(nn.Module):
             data = json.loads(cfg_path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise PromptFileError(f"{cfg_path}: not valid JSON ({e})") from None
+        except RecursionError:
+            raise PromptFileError(f"{cfg_path}: JSON nested too deeply") from None
         config = PromptConfig.from_dict(data, source=str(cfg_path))
         try:
             tensors = load_file(str(w_path))

@@ -22,6 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--apply-rate", type=float, default=120.0, help="apply calls per minute per client (default 120)")
     p.add_argument("--allow-model", action="append", metavar="ID", help="model id jobs may use (repeat; default any)")
     p.add_argument("--cors-origin", action="append", metavar="ORIGIN", help="allow browser calls from ORIGIN (default: CORS off)")
+    p.add_argument("--forwarded-allow-ips", default="", metavar="IPS",
+                   help="comma-separated proxy addresses whose X-Forwarded-For is trusted (default: none, "
+                        "the client is the TCP peer)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
     ssub = p.add_subparsers(dest="serve_command", metavar="SUBCOMMAND")
@@ -95,11 +98,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         apply_rate_per_minute=args.apply_rate,
         allowed_models=args.allow_model,
         cors_origins=args.cors_origin or [],
+        forwarded_allow_ips=[ip.strip() for ip in args.forwarded_allow_ips.split(",") if ip.strip()],
     )
-    app = create_app(settings)
-    import uvicorn
+    from ..serve.server import run
 
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
+    run(create_app(settings), settings, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 
