@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..errors import TvpError
+from .front import open_host
 from .jobs import JobRunner
 from .ratelimit import RateLimiter
 from .registry import Forbidden, NotFound, Registry
@@ -125,6 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = PromptStore(settings.store_dir)
         registry = Registry(sessions, store, settings.archive_limits, settings.max_prompt_pixels, settings.prompt_cache_size)
         registry.sweep()
+        app.state.host = open_host(settings, registry)
         jobs = JobRunner(settings, sessions, registry)
         jobs.start()
         app.state.ctx = Context(settings, sessions, registry, jobs, RateLimiter(settings.apply_rate_per_minute, settings.apply_burst))
@@ -132,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            app.state.host.stop()
             jobs.stop()
             engine.dispose()
 
@@ -140,12 +143,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Registry of transferable visual prompts: list, download, apply, upload, train.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
-    from .routers import health, jobs, prompts
+    from . import docs, web
+    from .routers import ask, health, jobs, prompts
 
     app.include_router(health.router)
     app.include_router(prompts.router)
     app.include_router(jobs.router)
+    app.include_router(ask.router)
+    app.include_router(web.router)
+    docs.install(app)
 
     @app.exception_handler(TvpError)
     async def _tvp_error(_request: Request, exc: TvpError) -> JSONResponse:
