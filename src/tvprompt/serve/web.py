@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 
 STATIC_DIR = Path(__file__).parent / "static"
 FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8",
@@ -33,6 +33,11 @@ def _file(name: str) -> FileResponse:
 @router.get("/")
 def index() -> FileResponse:
     return _file("index.html")
+
+
+@router.get("/favicon.ico")
+def favicon() -> Response:
+    return Response(status_code=204, headers=HEADERS)
 
 
 @router.get("/static/{name}")

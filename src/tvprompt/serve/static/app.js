@@ -15,7 +15,7 @@ function el(tag, attrs, ...children) {
     else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
     else e.setAttribute(k, v === true ? "" : String(v));
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     e.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -45,6 +45,8 @@ async function api(path, options) {
 }
 
 async function json(path, options) { return (await api(path, options)).json(); }
+
+function show(view, ...children) { view.replaceChildren(...children.filter((c) => c !== null && c !== undefined)); }
 
 function fmt(value) {
   if (typeof value === "number") return Number.isInteger(value) ? String(value) : value.toFixed(3);
@@ -88,7 +90,7 @@ async function showGallery(view) {
     count.textContent = shown.length + " of " + prompts.length + " prompts";
   };
   for (const input of [search, taskSel, methodSel]) input.addEventListener("input", render);
-  view.replaceChildren(
+  show(view,
     el("h1", {}, "Prompts"),
     el("div", { class: "filters" }, search, taskSel, methodSel, count),
     grid,
@@ -115,7 +117,7 @@ async function showPrompt(view, id) {
   const transfer = metrics.transfer;
   delete metrics.transfer;
   const zip = "/prompts/" + encodeURIComponent(p.id) + "/download";
-  view.replaceChildren(
+  show(view,
     el("p", {}, el("a", { href: "#/" }, "← all prompts")),
     el("h1", { id: "prompt-title" }, p.name, " ", el("span", { class: "muted" }, "v" + p.version)),
     el("section", { class: "panel cols", id: "prompt-card" },
