@@ -1,7 +1,8 @@
 """The web front in a real browser: `tvp serve --demo` driven by headless Chromium through Playwright.
 
 Needs the system Chromium (Debian: `apt-get install chromium`; or set TVP_CHROMIUM to a binary)
-and the `playwright` package; no browser is downloaded. Skipped when either is missing. Run with
+and the `playwright` package; no browser is downloaded. Skipped when either is missing (failed when
+TVP_REQUIRE_BROWSER is set, as in CI). Run with
 `pytest -m browser tests/test_serve_browser.py`; TVP_SCREENSHOTS=DIR also saves screenshots.
 """
 
@@ -36,6 +37,8 @@ def server(tmp_path_factory):
     from tvprompt.serve.demo import demo_models
 
     if not _chromium():
+        if os.environ.get("TVP_REQUIRE_BROWSER"):  # CI: a missing browser is a failure, not a skip
+            pytest.fail("no Chromium found (apt-get install chromium, or set TVP_CHROMIUM)")
         pytest.skip("no Chromium found (apt-get install chromium, or set TVP_CHROMIUM)")
     if not demo_models():
         pytest.skip("this checkout ships no model zoo")
