@@ -29,6 +29,13 @@ def test_demo_hosts_the_zoo_models_unless_models_are_given():
     assert _front_settings(parse(["serve"])) == {"hosted_models": [], "model_device": None, "demo": False}
 
 
+@pytest.mark.parametrize("bad", ["llava", "ftp:x", "zoo:no-such-model"])
+def test_a_bad_model_id_fails_before_the_server_starts(bad, tvp):
+    result = tvp("serve", "--model", bad, "--port", "1")
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert bad.split(":")[-1] in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
 def test_demo_without_a_zoo_says_what_to_do(monkeypatch):
     import tvprompt.serve.demo as demo
 

@@ -116,6 +116,10 @@ def _front_settings(args: argparse.Namespace) -> dict:
         models = demo_models()
         if not models:
             raise UsageError("--demo needs the model zoo, and this installation has none: run `tvp zoo build`")
+    from ..models.registry import resolve_source
+
+    for model_id in models:  # a bad id fails here in one line, not inside the server's start-up
+        resolve_source(model_id)
     return {"hosted_models": models, "model_device": args.model_device, "demo": args.demo}
 
 
