@@ -2,9 +2,9 @@
 
 At the first start the demo writes a small ShapeWorld downstream set, trains each prompt of
 :data:`DEMO_PROMPTS` for a few updates on the zoo's LLaVA with the library's own ``train``
-(fixed seeds, CPU, float32: the same bytes on every machine with the same library), evaluates
-it with ``evaluate`` on every zoo MLLM (the transfer table of its page), and registers it
-for the owner ``demo``. Later starts find the prompts in the registry and do nothing.
+(fixed seeds, float32: the same bytes on every run), evaluates it with ``evaluate`` on every
+hosted model (the transfer table of its page), and registers it for the owner ``demo``. A
+prompt already in the registry is not built again, so a restart only loads the models.
 """
 
 from __future__ import annotations
