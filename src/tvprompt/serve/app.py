@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import TvpError
+from .front import open_host
 from .gate import Gate
 from .guard import RequestGuard
 from .jobs import JobRunner
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = PromptStore(settings.store_dir)
         registry = Registry(sessions, store, settings.archive_limits, settings.max_prompt_pixels, settings.prompt_cache_size)
         registry.sweep()
+        app.state.host = open_host(settings, registry)
         jobs = JobRunner(settings, sessions, registry)
         jobs.start()
         app.state.ctx = Context(
@@ -73,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            app.state.host.stop()
             jobs.stop()
             engine.dispose()
 
@@ -81,12 +84,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Registry of transferable visual prompts: list, download, apply, upload, train.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
-    from .routers import health, jobs, prompts
+    from . import docs, web
+    from .routers import ask, health, jobs, prompts
 
     app.include_router(health.router)
     app.include_router(prompts.router)
     app.include_router(jobs.router)
+    app.include_router(ask.router)
+    app.include_router(web.router)
+    docs.install(app)
 
     @app.exception_handler(TvpError)
     async def _tvp_error(_request: Request, exc: TvpError) -> JSONResponse:
@@ -122,11 +131,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _openapi(app: FastAPI) -> dict:
-    """The generated schema, with 422 declared as the ``{"detail": "..."}`` body the service really sends."""
+    """The generated schema with the bearer scheme (:func:`docs.security_openapi`), and 422 declared as
+    the ``{"detail": "..."}`` body the service really sends."""
     if app.openapi_schema is None:
-        from fastapi.openapi.utils import get_openapi
+        from .docs import security_openapi
 
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema = security_openapi(app)
         error = {"description": "invalid request fields",
                  "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}}
         for operations in schema.get("paths", {}).values():

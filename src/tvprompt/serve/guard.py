@@ -127,7 +127,7 @@ def _declared_length(scope: Scope) -> int:
 
 def route_limit(name: str | None, settings: Any) -> tuple[int, str] | None:
     """(body limit, refusal) of a route that takes an upload; None: the request-wide limits apply."""
-    if name == "apply_prompt":
+    if name in ("apply_prompt", "ask"):
         return settings.max_image_bytes + _FORM_SLACK, f"image is over the limit of {settings.max_image_bytes} bytes"
     if name == "upload_prompt":
         return settings.max_upload_bytes + _FORM_SLACK, f"upload is over the limit of {settings.max_upload_bytes} bytes"

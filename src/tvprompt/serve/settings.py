@@ -51,6 +51,15 @@ class Settings:
     keep_alive_timeout_s: float = field(default=5.0, metadata={"help": "idle keep-alive connections are closed after this"})
     prompt_cache_size: int = 32
     torch_threads: int | None = 1
+    # hosted models for POST /prompts/{id}/ask (the web front's "ask")
+    hosted_models: list[str] = field(default_factory=list, metadata={"help": "model ids loaded at start for ask"})
+    model_device: str | None = field(default=None, metadata={"help": "device of the hosted models (None: CUDA if any)"})
+    ask_queue_size: int = 16
+    ask_batch_size: int = 8
+    ask_rate_per_minute: float = 30.0
+    ask_burst: int = 10
+    ask_timeout_s: float = 120.0
+    demo: bool = field(default=False, metadata={"help": "register the demo prompts at start (tvp serve --demo)"})
 
     def __post_init__(self) -> None:
         self.store_dir = Path(self.store_dir).resolve()
@@ -75,6 +84,9 @@ class Settings:
             "max_prompt_pixels",
             "apply_burst",
             "prompt_cache_size",
+            "ask_queue_size",
+            "ask_batch_size",
+            "ask_burst",
         ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -86,6 +98,10 @@ class Settings:
             if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
                 raise UsageError(f"setting '{name}': must be a number > 0, got {value!r}")
         self.forwarded_allow_ips = [str(x) for x in self.forwarded_allow_ips]
+        self.hosted_models = [str(m) for m in self.hosted_models]
+        for name in ("ask_rate_per_minute", "ask_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise UsageError(f"setting '{name}': must be > 0, got {getattr(self, name)!r}")
 
     @property
     def archive_limits(self) -> ArchiveLimits:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import io
 import math
-import tempfile
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, Request, UploadFile
 from fastapi.responses import Response
 
-from ...errors import ImageError, ImageTooLarge
 from ..deps import client_key, context, require_owner
 from ..gate import Busy
 from ..guard import GuardedRoute
+from ..images import decode_image, read_upload_bytes
 from ..registry import describe
 from ..schemas import ErrorOut, PromptDetail, PromptOut
 
@@ -24,13 +23,6 @@ PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 MAX_OFFSET = 1_000_000_000
 ERRORS = {400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 404: {"model": ErrorOut},
           413: {"model": ErrorOut}, 429: {"model": ErrorOut}, 503: {"model": ErrorOut}}
-
-
-def _read_limited(upload: UploadFile, limit: int, what: str) -> bytes:
-    data = upload.file.read(limit + 1)
-    if len(data) > limit:
-        raise HTTPException(413, f"{what} is over the limit of {limit} bytes")
-    return data
 
 
 @router.get("", response_model=list[PromptOut])
@@ -86,7 +78,7 @@ def upload_prompt(
 ) -> dict:
     """Register a prompt. It is validated exactly like ``VisualPrompt.from_pretrained`` validates a local directory."""
     ctx = context(request)
-    data = _read_limited(file, ctx.settings.max_upload_bytes, "upload")
+    data = read_upload_bytes(file, ctx.settings.max_upload_bytes, "upload")
     row = ctx.registry.add_archive(data, owner, name)
     return describe(row, ctx.registry.versions(row))
 
@@ -102,25 +94,17 @@ def apply_prompt(request: Request, prompt_id: PromptId, image: UploadFile = File
     """Prompt one image; returns the H×W PNG that ``tvp apply`` would write for it."""
     import torch
 
-    from ...imageio import load_image, tensor_to_pil
+    from ...imageio import tensor_to_pil
 
     ctx = context(request)
     wait = ctx.apply_limiter.hit(client_key(request))
     if wait > 0:
         raise HTTPException(429, f"rate limit: try again in {math.ceil(wait)} s", headers={"Retry-After": str(math.ceil(wait))})
-    data = _read_limited(image, ctx.settings.max_image_bytes, "image")
+    data = read_upload_bytes(image, ctx.settings.max_image_bytes, "image")
     prompt = ctx.registry.load(ctx.registry.get(prompt_id))
     try:
         with ctx.apply_gate.slot():  # decoding and prompting cost memory: a bounded number at once
-            with tempfile.NamedTemporaryFile(prefix="tvp-apply-") as tmp:
-                tmp.write(data)
-                tmp.flush()
-                try:
-                    pixels = load_image(tmp.name, max_pixels=ctx.settings.max_image_pixels)
-                except ImageTooLarge as e:
-                    raise HTTPException(413, f"{str(e).replace(tmp.name, 'image')} (max_image_pixels)") from None
-                except ImageError as e:
-                    raise ImageError(str(e).replace(tmp.name, "image")) from None
+            pixels = decode_image(data, ctx.settings)
             gen = torch.Generator().manual_seed(prompt.config.seed)
             with torch.no_grad():
                 out = prompt.apply(pixels[None], generator=gen)[0]
