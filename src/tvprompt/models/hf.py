@@ -147,7 +147,7 @@ class HFAdapter:
     answer_prefix: ClassVar[str] = " "  # text put before an answer when it is tokenized
     explicit_positions: ClassVar[bool] = True  # pass cumsum(mask)-1 position_ids (decoder-only)
     feature_kinds: ClassVar[tuple[str, ...]] = FEATURE_KINDS
-    # kinds whose features depend on the prompt (``vision_features`` then uses an empty prompt)
+    # kinds whose features depend on the prompt (``vision_features`` takes the prompts; default empty)
     prompt_dependent_features: ClassVar[tuple[str, ...]] = ()
     roles: ClassVar[tuple[str, ...]] = ("source", "target")
     extra: ClassVar[str | None] = None  # pip extra needed beyond the core install
@@ -406,9 +406,17 @@ class HFAdapter:
         assert feats is not None
         return loss, feats
 
-    def vision_features(self, pixels01: torch.Tensor, kind: str = "encoder") -> torch.Tensor:
+    def vision_features(
+        self, pixels01: torch.Tensor, kind: str = "encoder", prompts: list[str] | None = None
+    ) -> torch.Tensor:
         check_kind(kind)
-        return self.select_features(self.run_vision(self.preprocess(pixels01), _hw(pixels01)), kind)
+        if kind in self.prompt_dependent_features:
+            if prompts is not None and len(prompts) != pixels01.shape[0]:
+                raise UsageError(f"vision_features: {pixels01.shape[0]} images, {len(prompts)} prompts")
+            outputs = self.run_vision(self.preprocess(pixels01), _hw(pixels01), prompts=prompts)
+        else:
+            outputs = self.run_vision(self.preprocess(pixels01), _hw(pixels01))
+        return self.select_features(outputs, kind)
 
     def score_choices(self, pixels01: torch.Tensor, prompts: list[str], choices: list[str]) -> torch.Tensor:
         self._check_batch(pixels01, prompts)

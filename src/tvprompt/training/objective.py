@@ -33,36 +33,47 @@ class FcaReferences:
     def __init__(self, adapter: Any, prompt: VisualPrompt, kind: str, reference: str, cache_mb: float) -> None:
         self.adapter = adapter
         self.kind = kind
+        # InstructBLIP-like: the projected tokens read the instruction, so the reference must see
+        # the prompted pass's instruction too (else FCA is not 0 at δ = 0)
+        self.per_prompt = kind in getattr(adapter, "prompt_dependent_features", ())
         self.reference = reference
         self.blank = VisualPrompt(prompt.config).to(prompt.delta.device)  # same layout, δ = 0
         self.budget = int(cache_mb * 2**20)
         self.used = 0
-        self.cache: dict[tuple[str, bool], torch.Tensor] = {}
+        self.cache: dict[tuple[str, bool, str | None], torch.Tensor] = {}
         self.computed = 0  # samples whose features were computed (for tests and logs)
 
     @torch.no_grad()
-    def _compute(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def _compute(self, images: torch.Tensor, generator: torch.Generator | None = None,
+                 prompts: Sequence[str] | None = None) -> torch.Tensor:
         if self.reference == "shrunk":
             pixels = self.blank.apply(images, generator=generator)
         else:
             pixels = resize(images.to(self.blank.delta.device), (self.blank.config.image_height, self.blank.config.image_width))
         self.computed += pixels.shape[0]
-        return self.adapter.vision_features(pixels.to(self.adapter.device), kind=self.kind).detach()
+        pixels = pixels.to(self.adapter.device)
+        if self.per_prompt:
+            return self.adapter.vision_features(pixels, kind=self.kind, prompts=list(prompts or [])).detach()
+        return self.adapter.vision_features(pixels, kind=self.kind).detach()
 
     @torch.no_grad()
     def get(self, images: torch.Tensor, ids: Sequence[str], aug: Augmentation,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+            generator: torch.Generator | None = None, prompts: Sequence[str] | None = None) -> torch.Tensor:
         """(B, N, D) reference features of the augmented ``images`` of the samples ``ids``.
 
-        ``generator`` must draw the same patch positions as the prompted batch (``random_patch``).
+        ``generator`` must draw the same patch positions as the prompted batch (``random_patch``);
+        ``prompts`` are the prompted pass's instructions (used where the features depend on them).
         """
+        if self.per_prompt and (prompts is None or len(prompts) != len(ids)):
+            raise ValueError(f"FcaReferences.get: {self.kind} features of {self.adapter.name} need one prompt per image")
         random_layout = self.blank.config.shape == "random_patch" and self.reference == "shrunk"
         if not aug.deterministic or self.budget <= 0 or random_layout:
-            return self._compute(images, generator)
-        keys = list(zip(ids, aug.flipped.tolist(), strict=True))
+            return self._compute(images, generator, prompts)
+        texts = list(prompts) if self.per_prompt else [None] * len(ids)
+        keys = list(zip(ids, aug.flipped.tolist(), texts, strict=True))
         missing = [j for j, key in enumerate(keys) if key not in self.cache]
         if missing:
-            feats = self._compute(images[missing])
+            feats = self._compute(images[missing], prompts=[texts[j] for j in missing] if self.per_prompt else None)
             for j, f in zip(missing, feats, strict=True):
                 size = f.numel() * f.element_size()
                 if self.used + size <= self.budget:
@@ -126,7 +137,7 @@ class Objective:
             if self.fca_weight > 0:
                 llm, feats = adapter.lm_loss_with_features(pixels, prompts, answers, kind=self.fca_features)
                 same = torch.Generator().set_state(placement) if placement is not None else None
-                ref = self.references[k].get(images, [s.id for s in samples], aug, same)
+                ref = self.references[k].get(images, [s.id for s in samples], aug, same, prompts)
                 fcas.append(fca_loss(feats, ref).to(prompted.device))
             else:
                 llm = adapter.lm_loss(pixels, prompts, answers)
