@@ -114,6 +114,11 @@ class Objective:
     tse_weight: float
     fca_features: str = "encoder"
     tse_form: str = "similarity"
+    fca_distance: str = "squared"
+    tse_scale_clamp: float = 0.0
+    # set to a zero tensor of the frame's shape to accumulate Σ_b ∂L/∂x̃_b over the prompted images
+    # (the released code normalises this full-frame gradient; ``grad_norm_over: frame``)
+    frame_grad: torch.Tensor | None = None
     references: list[FcaReferences] | None = None
     guide: Any = None
     texts: TaskTexts | None = None
@@ -129,6 +134,8 @@ class Objective:
         spec = self.spec
         placement = generator.get_state() if generator is not None else None
         prompted = prompt.apply(images, generator=generator)
+        if self.frame_grad is not None and prompted.requires_grad:
+            prompted.register_hook(self._add_frame_grad)
         answers = [spec.answer_for(s) for s in samples]
         llms, fcas = [], []
         for k, adapter in enumerate(self.sources):
@@ -138,7 +145,7 @@ class Objective:
                 llm, feats = adapter.lm_loss_with_features(pixels, prompts, answers, kind=self.fca_features)
                 same = torch.Generator().set_state(placement) if placement is not None else None
                 ref = self.references[k].get(images, [s.id for s in samples], aug, same, prompts)
-                fcas.append(fca_loss(feats, ref).to(prompted.device))
+                fcas.append(fca_loss(feats, ref, self.fca_distance).to(prompted.device))
             else:
                 llm = adapter.lm_loss(pixels, prompts, answers)
             llms.append(llm.float().to(prompted.device))
@@ -151,6 +158,10 @@ class Objective:
                  "tse": (tse if tse is not None else zero).detach()}
         return total, terms
 
+    def _add_frame_grad(self, grad: torch.Tensor) -> None:
+        assert self.frame_grad is not None
+        self.frame_grad += grad.detach().sum(dim=0).to(self.frame_grad.device, self.frame_grad.dtype)
+
     def _tse(self, prompted: torch.Tensor, samples: Sequence[Any]) -> torch.Tensor | None:
         texts = [self.spec.tse_text_for(s) for s in samples]
         keep = [i for i, t in enumerate(texts) if t is not None]
@@ -159,6 +170,5 @@ class Objective:
         pixels = prompted if len(keep) == len(texts) else prompted[keep]
         img = self.guide.encode_image(pixels.to(self.guide.device))
         labels = self.texts.labels([texts[i] for i in keep])
-        return tse_loss(img, self.texts.embeddings, self.guide.logit_scale, form=self.tse_form, labels=labels).to(
-            prompted.device
-        )
+        return tse_loss(img, self.texts.embeddings, self.guide.logit_scale, form=self.tse_form, labels=labels,
+                        scale_clamp=self.tse_scale_clamp).to(prompted.device)
