@@ -175,3 +175,21 @@ def test_train_released_first_update_by_hand():
     result = train(_released_cfg(steps=1), sources=[ToyAdapter(0)], guide=guide, spec=TemplateSpec(),
                    train_set=data, batch_fn=iter_batches)
     torch.testing.assert_close(result.delta, _released_by_hand(data, ToyAdapter(0), hand_guide, 1)[0], rtol=0, atol=1e-6)
+
+
+def test_training_start_says_which_tse_texts_or_that_tse_is_off(caplog):
+    import logging
+
+    from .toy import ToyDataset, toy_batches
+
+    caplog.set_level(logging.INFO, logger="tvprompt.training.loop")
+    cfg = resolve_config("tvp", flags={"sources": ["toy"], "task": "toy", "data": "toy", "steps": 1, "batch_size": 4,
+                                       "image_size": H, "width": P, "val_split": None, "progress": False,
+                                       "guide": "toy-guide"})
+    train(cfg, sources=[ToyAdapter(0)], guide=ToyGuide(), spec=TemplateSpec(), train_set=ToyDataset(4),
+          batch_fn=toy_batches)
+    assert "TSE (λ2 0.001): 3 task text(s) from 'a photo of something {answer}'" in caplog.text
+    caplog.clear()
+    train(dataclasses.replace(cfg, tse=0.0), sources=[ToyAdapter(0)], spec=TemplateSpec(), train_set=ToyDataset(4),
+          batch_fn=toy_batches)
+    assert "tvp with --tse 0: TSE is off" in caplog.text

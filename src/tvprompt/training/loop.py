@@ -167,6 +167,12 @@ def _set_up(config: TrainConfig, world: World, *, resume: bool, sources: Sequenc
         ]
     if cfg.tse > 0:
         objective.texts = TaskTexts(guide, _task_texts(spec, train_set))
+        if world.is_main:
+            log.info("TSE (λ2 %g): %d task text(s) from %r, e.g. %r", cfg.tse, len(objective.texts.texts),
+                     getattr(spec, "tse_text", "?"), objective.texts.texts[0])
+    elif cfg.method == "tvp" and world.is_main:
+        log.warning("tvp with --tse 0: TSE is off, the prompt is trained with L_LLM%s only",
+                    " + FCA" if cfg.fca > 0 else "")
     metrics = MetricsLog(out, state.step if resume else 0, cfg.tensorboard) if (out and world.is_main) else None
     return _Run(cfg=cfg, out=out, world=world, spec=spec, train_set=train_set, val_set=val_set, batch_fn=batch_fn,
                 sources=sources, device=device, total=total, batches_per_epoch=batches_per_epoch, prompt=prompt, objective=objective, state=state,
