@@ -92,13 +92,13 @@ class TrainConfig:
     clamp: bool = _f(True, "project δ to [0, 1] after every update (false = released code)")
     grad_norm_over: str = _f("border", "normalise the gradient over the prompt's pixels (border) or the whole "
                              "frame, then mask (frame = released code)")
-    image_fit: str = _f("squash", "squash (to the frame, then to the inner size) | crop (one resize of the shorter "
+    image_fit: str = _f("crop", "squash (to the frame, then to the inner size) | crop (one resize of the shorter "
                         "side to the inner size + centre crop, as the released code)")
-    image_resample: str = _f("bilinear", "bilinear | bicubic (released) resize kernel, antialiased")
+    image_resample: str = _f("bicubic", "bicubic (released; CLIP-style processors) | bilinear resize kernel, antialiased")
     # loss
     fca: float = _f(0.005, "λ1: weight of feature-consistency alignment")
     tse: float = _f(0.001, "λ2: weight of task-semantics enrichment (needs a guide)")
-    fca_distance: str = _f("squared", "squared (½‖Δ‖² per token, the paper's Eq. 4) | l2 (‖Δ‖ per token, released code)")
+    fca_distance: str = _f("l2", "squared (½‖Δ‖² per token, the paper's Eq. 4) | l2 (‖Δ‖ per token, released code)")
     fca_features: str = _f("encoder", "encoder (vision-tower output) | projected (tokens the LLM sees)")
     fca_reference: str = _f("shrunk", "shrunk (same layout, δ = 0) | original (the unprompted image)")
     tse_form: str = _f("similarity", "similarity | contrastive")
