@@ -320,3 +320,24 @@ def test_other_prompt_shapes_train_and_resume_exactly(tmp_path, shape):
         train(cfg, sources=[ToyAdapter(0)], spec=ToySpec(), train_set=ToyDataset(8), batch_fn=stop_after(2))
     resumed = _run(cfg, [ToyAdapter(0)], resume=True)
     assert torch.equal(resumed.delta, full.delta)
+
+
+def test_resuming_a_checkpoint_from_before_the_new_options_keeps_its_behaviour(tmp_path):
+    """A checkpoint whose config predates fca_distance / image_fit / ... resumes with what it ran with."""
+    import json
+
+    cfg = _cfg("tvp", output=str(tmp_path / "old"), steps=2, ckpt_every=1, tse=0.0, fca=0.5,
+               fca_distance="squared", image_fit="squash", image_resample="bilinear")
+    full = _run(_cfg("tvp", output=str(tmp_path / "full"), steps=2, tse=0.0, fca=0.5, fca_distance="squared",
+                     image_fit="squash", image_resample="bilinear"), [ToyAdapter(0)])
+    _run(_cfg("tvp", output=str(tmp_path / "old"), steps=1, tse=0.0, fca=0.5, fca_distance="squared",
+              image_fit="squash", image_resample="bilinear"), [ToyAdapter(0)])
+    state = tmp_path / "old" / "checkpoint" / "state.json"
+    meta = json.loads(state.read_text())
+    for key in ("preset", "fca_distance", "grad_norm_over", "image_fit", "image_resample", "tse_template",
+                "tse_scale_clamp"):
+        del meta["config"][key]
+    meta["config"]["steps"] = 2
+    state.write_text(json.dumps(meta))
+    resumed = _run(cfg, [ToyAdapter(0)], resume=True)
+    assert torch.equal(resumed.delta, full.delta)

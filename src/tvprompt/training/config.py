@@ -48,6 +48,13 @@ RECIPES: dict[str, dict[str, Any]] = {
     },
 }
 
+# What a checkpoint written before these fields existed ran with (its config lacks them): a resumed
+# run keeps that behaviour rather than switching to today's defaults half-way.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "preset": None, "fca_distance": "squared", "grad_norm_over": "border", "image_fit": "squash",
+    "image_resample": "bilinear", "tse_template": None, "tse_scale_clamp": 0.0,
+}
+
 # Options that change how a run executes but not its result: they may differ on --resume and
 # are not part of the hyper-parameters saved with the prompt.
 RUNTIME_FIELDS = frozenset(

@@ -31,7 +31,7 @@ from ..files import write_text_atomic
 from ..prompt import PromptConfig, VisualPrompt
 from .augment import augment
 from .checkpoint import TrainState, has_checkpoint, load_checkpoint, restore_rng, save_checkpoint
-from .config import PRESETS, RUNTIME_FIELDS, TrainConfig, load_config_file, resolve_config
+from .config import LEGACY_DEFAULTS, PRESETS, RUNTIME_FIELDS, TrainConfig, load_config_file, resolve_config
 from .distributed import World, init_world
 from .objective import FcaReferences, Objective, TaskTexts
 from .runlog import MetricsLog, interrupt_flag, progress_bar
@@ -461,6 +461,7 @@ def _stamp(pc: PromptConfig, cfg: TrainConfig, spec: Any, sources: Sequence[Any]
 
 def _merge_resumed(flags_cfg: TrainConfig, saved: dict[str, Any]) -> TrainConfig:
     """The checkpoint's config, with runtime-only options from the current call."""
+    saved = {**LEGACY_DEFAULTS, **saved}
     saved_cfg = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
     runtime = {k: getattr(flags_cfg, k) for k in RUNTIME_FIELDS if getattr(flags_cfg, k) not in (None, [])}
     return replace(saved_cfg, **runtime)
