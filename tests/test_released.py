@@ -193,3 +193,21 @@ def test_training_start_says_which_tse_texts_or_that_tse_is_off(caplog):
     train(dataclasses.replace(cfg, tse=0.0), sources=[ToyAdapter(0)], spec=TemplateSpec(), train_set=ToyDataset(4),
           batch_fn=toy_batches)
     assert "tvp with --tse 0: TSE is off" in caplog.text
+
+
+def test_released_preset_puts_minigpt4_style_sources_on_the_released_template():
+    class Templated(ToyAdapter):
+        template = "chat"
+
+        def use_template(self, name):
+            self.template = name
+
+    source = Templated(0)
+    assert _released_cfg().minigpt4_template == "released"
+    train(_released_cfg(steps=1), sources=[source], guide=ToyGuide(), spec=TemplateSpec(), train_set=WideDataset(),
+          batch_fn=iter_batches)
+    assert source.template == "released"
+    other = Templated(0)
+    train(_released_cfg(steps=1, minigpt4_template="chat"), sources=[other], guide=ToyGuide(), spec=TemplateSpec(),
+          train_set=WideDataset(), batch_fn=iter_batches)
+    assert other.template == "chat"

@@ -67,6 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="per-token ½‖Δ‖² (squared, paper Eq. 4) or ‖Δ‖ (l2, released code)")
     g.add_argument("--fca-reference", choices=["shrunk", "original"], help="FCA reference image (shrunk)")
     g.add_argument("--tse-form", choices=["similarity", "contrastive"], help="TSE form (similarity)")
+    g.add_argument("--minigpt4-template", choices=["chat", "released"],
+                   help="MiniGPT-4/VPGTrans prompt: chat (default) or the released code's <Img>…</Img> + instruction")
     g.add_argument("--tse-template", metavar="TEXT", help="TSE text instead of the task's, e.g. 'this is a photo of a {answer}'")
     g.add_argument("--tse-scale-clamp", type=float, metavar="S", help="cap the guide's logit scale (released 100; 0 = none)")
     g.add_argument("--fca-cache-mb", type=float, help="FCA reference cache budget per source, MiB (1024)")

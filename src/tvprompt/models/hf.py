@@ -319,6 +319,10 @@ class HFAdapter:
                 ids = full[len(anchor) :]
         return list(ids) + [self.end_id]
 
+    def choice_ids(self, choice: str) -> list[int]:
+        """Token ids ``score_choices`` ranks a choice by: the answer's, end token included (decoders)."""
+        return self._tokens(choice)
+
     def bos(self) -> list[int]:
         bos = self.tokenizer.bos_token_id
         return [bos] if self.add_bos and bos is not None else []
@@ -506,7 +510,7 @@ class HFAdapter:
         first = out.logits[:, -1].float().log_softmax(-1)  # (B, V): predicts each choice's first token
         cache = self.cache_of(out)
         per_pass = max(1, self.score_rows_per_pass // len(prompts))
-        answers = [self._tokens(c) for c in choices]
+        answers = [self.choice_ids(c) for c in choices]
         if self._can_pack(prefix, cache):
             chunks = packed_chunks([len(a) for a in answers], per_pass, self.score_tokens_per_pass)
             parts = []

@@ -45,6 +45,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         "grad_norm_over": "frame", "lr_schedule": "cosine_epoch", "warmup_steps": 0, "min_lr": 0.0,
         "clamp": False, "image_fit": "crop", "image_resample": "bicubic",
         "tse_template": "this is a photo of a {answer}", "tse_scale_clamp": 100.0, "tse_form": "similarity",
+        "minigpt4_template": "released",
     },
 }
 
@@ -52,7 +53,7 @@ RECIPES: dict[str, dict[str, Any]] = {
 # run keeps that behaviour rather than switching to today's defaults half-way.
 LEGACY_DEFAULTS: dict[str, Any] = {
     "preset": None, "fca_distance": "squared", "grad_norm_over": "border", "image_fit": "squash",
-    "image_resample": "bilinear", "tse_template": None, "tse_scale_clamp": 0.0,
+    "image_resample": "bilinear", "tse_template": None, "tse_scale_clamp": 0.0, "minigpt4_template": "chat",
 }
 
 # Options that change how a run executes but not its result: they may differ on --resume and
@@ -102,6 +103,8 @@ class TrainConfig:
     image_fit: str = _f("crop", "squash (to the frame, then to the inner size) | crop (one resize of the shorter "
                         "side to the inner size + centre crop, as the released code)")
     image_resample: str = _f("bicubic", "bicubic (released; CLIP-style processors) | bilinear resize kernel, antialiased")
+    minigpt4_template: str = _f("chat", "MiniGPT-4 / VPGTrans sources: chat (###Human ... ###Assistant) | released "
+                                "(the released code's <Img>…</Img> + instruction; choices ranked without ###)")
     # loss
     fca: float = _f(0.005, "λ1: weight of feature-consistency alignment")
     tse: float = _f(0.001, "λ2: weight of task-semantics enrichment (needs a guide)")
@@ -151,6 +154,7 @@ class TrainConfig:
             ("grad_norm_over", GRAD_NORMS),
             ("image_fit", IMAGE_FITS),
             ("image_resample", RESAMPLES),
+            ("minigpt4_template", ("chat", "released")),
             ("fca_features", ("encoder", "projected")),
             ("fca_reference", ("shrunk", "original")),
             ("tse_form", ("similarity", "contrastive")),

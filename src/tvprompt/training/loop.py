@@ -130,6 +130,9 @@ def _set_up(config: TrainConfig, world: World, *, resume: bool, sources: Sequenc
         )
 
     sources = list(sources) if sources is not None else _load_sources(cfg, world)
+    for adapter in sources:  # MiniGPT-4 / VPGTrans: the chat or the released prompt (training and ranking)
+        if callable(getattr(adapter, "use_template", None)):
+            adapter.use_template(cfg.minigpt4_template)
     if cfg.tse > 0 and guide is None:
         from ..models.registry import load_guide
 
