@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from ..errors import UsageError
-from ..prompt import VisualPrompt, resize
+from ..imagefit import fit_images
+from ..prompt import VisualPrompt
 from .augment import Augmentation
 from .losses import fca_loss, total_loss, tse_loss
 
@@ -49,7 +50,9 @@ class FcaReferences:
         if self.reference == "shrunk":
             pixels = self.blank.apply(images, generator=generator)
         else:
-            pixels = resize(images.to(self.blank.delta.device), (self.blank.config.image_height, self.blank.config.image_width))
+            cfg = self.blank.config  # the unprompted image, fitted to the whole frame as the prompt fits its inner part
+            pixels = fit_images(images.to(self.blank.delta.device), (cfg.image_height, cfg.image_width), cfg.fit,
+                                cfg.resample)
         self.computed += pixels.shape[0]
         pixels = pixels.to(self.adapter.device)
         if self.per_prompt:
