@@ -255,9 +255,12 @@ def test_push_list_pull_round_trip_is_bit_exact(server, tmp_path):
 
 
 # --------------------------------------------------------------------------- apply
-@pytest.mark.parametrize("shape", ["padding", "random_patch"])
+@pytest.mark.parametrize("shape", ["padding", "random_patch", "padding-crop"])
 def test_apply_equals_local_tvp_apply(server, tmp_path, shape):
-    extra = {"shape": shape, "patch_size": 8, "seed": 7} if shape != "padding" else {}
+    """Also for a prompt that fits the original image itself (crop + bicubic, the training default)."""
+    extra = {"shape": shape, "patch_size": 8, "seed": 7} if shape == "random_patch" else {}
+    if shape == "padding-crop":
+        extra = {"fit": "crop", "resample": "bicubic"}
     src = make_prompt(tmp_path / "prompt", delta_seed=6, task="apply-test", **extra)
     pid = _client(server, "alice").push(src)["id"]
     rng = np.random.default_rng(0)

@@ -27,6 +27,7 @@ from torch import nn
 from . import __version__
 from .errors import PromptFileError, TvpError, UsageError
 from .files import atomic_dir
+from .imagefit import FITS, RESAMPLES, fit_images
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ class PromptConfig:
     patch_size: int = field(default=30, metadata={"help": "side of the fixed/random patch prompt"})
     epsilon: float = field(default=0.1, metadata={"help": "L-inf bound of the full-frame prompt"})
     clamp: bool = field(default=True, metadata={"help": "keep δ (and so the prompted image) in [0,1]"})
+    fit: str = field(default="squash", metadata={"help": "squash | crop: how an image becomes the inner image"})
+    resample: str = field(default="bilinear", metadata={"help": "bilinear | bicubic resize kernel (antialiased)"})
     pixel_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
     seed: int = field(default=0, metadata={"help": "seed for random patch placement at apply time"})
     method: str | None = field(default=None, metadata={"help": "vp | evp | tvp, or how it was made"})
@@ -94,6 +97,10 @@ class PromptConfig:
         if (not isinstance(self.epsilon, int | float) or isinstance(self.epsilon, bool)
                 or not (math.isfinite(self.epsilon) and self.epsilon > 0)):
             raise UsageError(f"field 'epsilon': {_short(self.epsilon)} must be a positive number")
+        if self.fit not in FITS:
+            raise UsageError(f"field 'fit': {_short(self.fit)} is not one of {', '.join(FITS)}")
+        if self.resample not in RESAMPLES:
+            raise UsageError(f"field 'resample': {_short(self.resample)} is not one of {', '.join(RESAMPLES)}")
         if not isinstance(self.clamp, bool):
             raise UsageError(f"field 'clamp': expected true or false, got {_short(self.clamp)}")
         if not isinstance(self.pixel_range, list | tuple) or list(self.pixel_range) != [0.0, 1.0]:
@@ -252,7 +259,7 @@ class VisualPrompt(nn.Module):
             raise UsageError(f"images must be (B, 3, h, w), got {tuple(images.shape)}")
         cfg = self.config
         delta = self.delta
-        x = resize(images.to(device=delta.device, dtype=delta.dtype), cfg.inner_size)
+        x = fit_images(images.to(device=delta.device, dtype=delta.dtype), cfg.inner_size, cfg.fit, cfg.resample)
         if cfg.shape == "padding":
             p = cfg.prompt_width
             return F.pad(x, (p, p, p, p)) + self.mask * delta

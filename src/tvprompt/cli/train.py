@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     a = p.add_argument
     a("--method", choices=["vp", "evp", "tvp"], help="preset: vp (SGD+momentum), evp (normalised step), tvp (evp+FCA+TSE); default tvp")
+    a("--preset", choices=["released"],
+      help="a named recipe over the method's preset: released = the released TVP code step for step (docs/training.md)")
     a("--source", action="extend", nargs="+", metavar="MODEL",
       help="source model id (hf:ID_OR_DIR, zoo:NAME); several (after one flag or repeated) = an ensemble")
     a("--task", help="task name (see `tvp tasks`) or task YAML")
@@ -41,7 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--update", choices=["sgd", "normalized"], help="update rule (set by --method)")
     g.add_argument("--lr", type=float, help="learning rate / step size γ (vp 40, evp 70, tvp 10)")
     g.add_argument("--momentum", type=float, help="momentum of the sgd update (0.9)")
-    g.add_argument("--lr-schedule", choices=["cosine", "constant"], help="default cosine")
+    g.add_argument("--lr-schedule", choices=["cosine", "cosine_epoch", "constant"],
+                   help="cosine per update (default), cosine_epoch (per epoch: released), constant")
     g.add_argument("--warmup-steps", type=int, help="linear warm-up updates (0)")
     g.add_argument("--min-lr", type=float, help="final learning rate of the cosine schedule (0)")
     g = p.add_argument_group("prompt")
@@ -51,12 +54,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--epsilon", type=float, help="L-inf bound of the full prompt (0.1)")
     g.add_argument("--image-size", type=int, help="side H of the prompted image (224)")
     g.add_argument("--no-clamp", dest="clamp", action="store_const", const=False, help="leave δ unbounded (released code)")
+    g.add_argument("--grad-norm-over", choices=["border", "frame"],
+                   help="normalise the gradient over the border (default) or the whole frame, then mask (released)")
+    g.add_argument("--image-fit", choices=["squash", "crop"],
+                   help="squash to the frame (default) or shorter side + centre crop to the inner size (released)")
+    g.add_argument("--image-resample", choices=["bilinear", "bicubic"], help="resize kernel (bilinear; released bicubic)")
     g = p.add_argument_group("loss")
     g.add_argument("--fca", type=float, metavar="L1", help="λ1, weight of FCA (tvp 0.005)")
     g.add_argument("--tse", type=float, metavar="L2", help="λ2, weight of TSE (tvp 0.001)")
     g.add_argument("--fca-features", choices=["encoder", "projected"], help="features FCA aligns (encoder)")
+    g.add_argument("--fca-distance", choices=["squared", "l2"],
+                   help="per-token ½‖Δ‖² (squared, paper Eq. 4) or ‖Δ‖ (l2, released code)")
     g.add_argument("--fca-reference", choices=["shrunk", "original"], help="FCA reference image (shrunk)")
     g.add_argument("--tse-form", choices=["similarity", "contrastive"], help="TSE form (similarity)")
+    g.add_argument("--minigpt4-template", choices=["chat", "released"],
+                   help="MiniGPT-4/VPGTrans prompt: chat (default) or the released code's <Img>…</Img> + instruction")
+    g.add_argument("--tse-template", metavar="TEXT", help="TSE text instead of the task's, e.g. 'this is a photo of a {answer}'")
+    g.add_argument("--tse-scale-clamp", type=float, metavar="S", help="cap the guide's logit scale (released 100; 0 = none)")
     g.add_argument("--fca-cache-mb", type=float, help="FCA reference cache budget per source, MiB (1024)")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, help="random horizontal flip (evp/tvp on)")
     g.add_argument("--jitter-scale", type=float, help="random zoom in [1-s, 1+s] (0)")

@@ -265,10 +265,37 @@ def _run_model(
     from ..data.batching import default_workers
 
     workers = setup.num_workers if setup.num_workers is not None else default_workers(adapter.device)
-    batches = backends.iter_batches(dataset, setup.batch_size, shuffle=False, seed=setup.seed, image_size=image_size,
-                                    num_workers=workers)
-    bar = tqdm(total=len(dataset), desc=f"{getattr(adapter, 'name', model_id)} [{', '.join(names)}]",
+    # prompts that fit the original image themselves (``fit: crop`` or another kernel) get batches fitted
+    # the same way, straight to their inner size: the pixels ``tvp apply`` gives for the same image
+    groups: dict[tuple, list[PromptRef | None]] = {}
+    for p in pending:
+        groups.setdefault(_image_options(p, image_size), []).append(p)
+    bar = tqdm(total=len(dataset) * len(groups), desc=f"{getattr(adapter, 'name', model_id)} [{', '.join(names)}]",
                unit="img", disable=None, file=sys.stderr, leave=False)
+    for options, group in groups.items():
+        batches = backends.iter_batches(dataset, setup.batch_size, shuffle=False, seed=setup.seed,
+                                        num_workers=workers, **dict(options))
+        _run_batches(adapter, spec, setup, group, batches, gens, records, feats, bar)
+    bar.close()
+    del adapter
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return records, {n: np.concatenate(v) for n, v in feats.items() if v}
+
+
+def _image_options(p: PromptRef | None, image_size: int) -> tuple:
+    """The batcher's sizing options for prompt ``p`` (None = no prompt), as a hashable key."""
+    config = p.prompt.config if p is not None else None
+    if config is None or (config.fit, config.resample) == ("squash", "bilinear"):
+        return (("image_size", image_size),)
+    return (("image_size", tuple(config.inner_size)), ("fit", config.fit), ("resample", config.resample))
+
+
+def _run_batches(adapter: Any, spec: Any, setup: EvalSetup, pending: list[PromptRef | None], batches: Any,
+                 gens: dict[str, torch.Generator], records: dict[str, list[dict]], feats: dict[str, list[np.ndarray]],
+                 bar: Any) -> None:
+    names = [p.name if p else CLEAN for p in pending]
     seen = 0
     for batch in batches:
         images = batch.images.to(adapter.device).float()
@@ -296,12 +323,6 @@ def _run_model(
                     feats[name].append(_features(adapter, pixels[c][:take]))
         seen += len(batch.samples)
         bar.update(len(batch.samples))
-    bar.close()
-    del adapter
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return records, {n: np.concatenate(v) for n, v in feats.items() if v}
 
 
 # ------------------------------------------------------------------- the matrix

@@ -14,6 +14,7 @@ when there is no validation), ``last/`` (δ after the final update), ``checkpoin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -30,11 +31,11 @@ from ..files import write_text_atomic
 from ..prompt import PromptConfig, VisualPrompt
 from .augment import augment
 from .checkpoint import TrainState, has_checkpoint, load_checkpoint, restore_rng, save_checkpoint
-from .config import PRESETS, RUNTIME_FIELDS, TrainConfig, load_config_file, resolve_config
+from .config import LEGACY_DEFAULTS, PRESETS, RUNTIME_FIELDS, TrainConfig, load_config_file, resolve_config
 from .distributed import World, init_world
 from .objective import FcaReferences, Objective, TaskTexts
 from .runlog import MetricsLog, interrupt_flag, progress_bar
-from .updates import lr_at, normalized_step, seed_for, sgd_momentum_step
+from .updates import frame_normalized_step, lr_at, normalized_step, seed_for, sgd_momentum_step
 from .validation import seeded_subset, source_name, validate
 
 __all__ = [
@@ -129,6 +130,9 @@ def _set_up(config: TrainConfig, world: World, *, resume: bool, sources: Sequenc
         )
 
     sources = list(sources) if sources is not None else _load_sources(cfg, world)
+    for adapter in sources:  # MiniGPT-4 / VPGTrans: the chat or the released prompt (training and ranking)
+        if callable(getattr(adapter, "use_template", None)):
+            adapter.use_template(cfg.minigpt4_template)
     if cfg.tse > 0 and guide is None:
         from ..models.registry import load_guide
 
@@ -158,6 +162,7 @@ def _set_up(config: TrainConfig, world: World, *, resume: bool, sources: Sequenc
     objective = Objective(
         sources=sources, spec=spec, fca_weight=cfg.fca, tse_weight=cfg.tse,
         fca_features=cfg.fca_features, tse_form=cfg.tse_form, guide=guide,
+        fca_distance=cfg.fca_distance, tse_scale_clamp=cfg.tse_scale_clamp,
     )
     if cfg.fca > 0:
         objective.references = [
@@ -165,9 +170,15 @@ def _set_up(config: TrainConfig, world: World, *, resume: bool, sources: Sequenc
         ]
     if cfg.tse > 0:
         objective.texts = TaskTexts(guide, _task_texts(spec, train_set))
+        if world.is_main:
+            log.info("TSE (λ2 %g): %d task text(s) from %r, e.g. %r", cfg.tse, len(objective.texts.texts),
+                     getattr(spec, "tse_text", "?"), objective.texts.texts[0])
+    elif cfg.method == "tvp" and world.is_main:
+        log.warning("tvp with --tse 0: TSE is off, the prompt is trained with L_LLM%s only",
+                    " + FCA" if cfg.fca > 0 else "")
     metrics = MetricsLog(out, state.step if resume else 0, cfg.tensorboard) if (out and world.is_main) else None
     return _Run(cfg=cfg, out=out, world=world, spec=spec, train_set=train_set, val_set=val_set, batch_fn=batch_fn,
-                sources=sources, device=device, total=total, prompt=prompt, objective=objective, state=state,
+                sources=sources, device=device, total=total, batches_per_epoch=batches_per_epoch, prompt=prompt, objective=objective, state=state,
                 momentum=momentum, best_delta=best_delta, metrics=metrics,
                 saved_step=state.step if resume else None)
 
@@ -179,9 +190,15 @@ def _open_data(cfg: TrainConfig, spec: Any, train_set: Any, val_set: Any,
         from ..tasks import load_task
 
         spec = load_task(cfg.task)
+        if cfg.tse_template is not None:
+            spec = dataclasses.replace(spec, tse_text=cfg.tse_template)  # checks its placeholders
         if cfg.tse > 0 and not spec.tse_text:  # fail before loading any model
             raise UsageError(f"task {spec.name!r} has no tse_text, so TSE (--tse {cfg.tse:g}) has nothing to match: "
                              "pass --tse 0 (TVP with FCA only) or give the task a tse_text")
+    elif cfg.tse_template is not None:
+        if not dataclasses.is_dataclass(spec):
+            raise UsageError("tse_template needs a task spec (TaskSpec) to render it")
+        spec = dataclasses.replace(spec, tse_text=cfg.tse_template)
     if train_set is None:
         from ..data import open_dataset
 
@@ -213,6 +230,7 @@ class _Run:
     sources: list[Any]
     device: torch.device
     total: int
+    batches_per_epoch: int
     prompt: VisualPrompt
     objective: Objective
     state: TrainState
@@ -272,8 +290,11 @@ class _Run:
     def update(self, step: int, data: Iterator[Any]) -> dict[str, Any]:
         """Accumulate the gradient over the micro-batches, all-reduce it, apply the update rule, log."""
         cfg, prompt, world = self.cfg, self.prompt, self.world
-        lr = lr_at(step, cfg, self.total)
+        lr = lr_at(step, cfg, self.total, max(1, self.batches_per_epoch // cfg.grad_accum))
         terms = torch.zeros(4, dtype=torch.float64, device=self.device)  # total, llm, fca, tse
+        frame = cfg.grad_norm_over == "frame" and cfg.update == "normalized"
+        if frame:
+            self.objective.frame_grad = torch.zeros_like(prompt.delta)
         for micro in range(cfg.grad_accum):
             batch = next(data)
             gen = torch.Generator().manual_seed(seed_for(cfg.seed, "augment", step, micro))
@@ -306,6 +327,11 @@ class _Run:
         with torch.no_grad():
             if cfg.update == "sgd":
                 new, self.momentum = sgd_momentum_step(prompt.delta, grad * mask, self.momentum, lr, cfg.momentum)
+            elif frame:
+                full = self.objective.frame_grad
+                world.all_reduce_sum(full)
+                new = frame_normalized_step(prompt.delta, full, mask, lr)
+                self.objective.frame_grad = None
             else:
                 new = normalized_step(prompt.delta, grad, mask, lr)
             prompt.delta.copy_(new)
@@ -380,7 +406,7 @@ def _micro_batches(dataset: Any, cfg: TrainConfig, state: TrainState, batch_fn: 
     """Endless training batches from the state's data position; advances the position as it yields."""
     while True:
         for batch in batch_fn(
-            dataset, cfg.batch_size, shuffle=True, seed=cfg.seed, image_size=cfg.image_size,
+            dataset, cfg.batch_size, shuffle=True, seed=cfg.seed, **cfg.image_options(),
             start=state.batch_in_epoch, epoch=state.epoch, num_workers=cfg.num_workers,
         ):
             state.batch_in_epoch += 1
@@ -409,7 +435,7 @@ def _prompt_config(cfg: TrainConfig) -> PromptConfig:
     return PromptConfig(
         shape=cfg.shape, image_height=cfg.image_size, image_width=cfg.image_size,
         prompt_width=cfg.width, patch_size=cfg.patch_size, epsilon=cfg.epsilon, clamp=cfg.clamp, seed=cfg.seed,
-        method=cfg.method,
+        method=cfg.method, fit=cfg.image_fit, resample=cfg.image_resample,
     )
 
 
@@ -438,6 +464,7 @@ def _stamp(pc: PromptConfig, cfg: TrainConfig, spec: Any, sources: Sequence[Any]
 
 def _merge_resumed(flags_cfg: TrainConfig, saved: dict[str, Any]) -> TrainConfig:
     """The checkpoint's config, with runtime-only options from the current call."""
+    saved = {**LEGACY_DEFAULTS, **saved}
     saved_cfg = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
     runtime = {k: getattr(flags_cfg, k) for k in RUNTIME_FIELDS if getattr(flags_cfg, k) not in (None, [])}
     return replace(saved_cfg, **runtime)

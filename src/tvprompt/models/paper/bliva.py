@@ -8,7 +8,7 @@ BLIVA's LLM tokenizer uses ``</s>`` as BOS, EOS and UNK (``tvp convert bliva`` w
 way); the Q-Former also reads the prompt, with a BERT tokenizer kept in ``qformer_tokenizer/``.
 Features: ``encoder`` = ``ln_vision(ViT(x))``; ``projected`` = the 32 + 256 tokens the LLM sees.
 As for InstructBLIP, the 32 query tokens depend on the instruction: ``lm_loss_with_features``
-gives them for the batch's prompts, ``vision_features`` for an empty instruction.
+gives them for the batch's prompts, ``vision_features`` for the prompts it is given (default empty).
 """
 
 from __future__ import annotations

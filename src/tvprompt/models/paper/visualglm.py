@@ -158,8 +158,9 @@ class VisualGLMAdapter(HFAdapter):
         check_kind(kind)
         return self._loss(pixels01, prompts, answers, kind)
 
-    def vision_features(self, pixels01: torch.Tensor, kind: str = "encoder") -> torch.Tensor:
-        check_kind(kind)
+    def vision_features(self, pixels01: torch.Tensor, kind: str = "encoder",
+                        prompts: list[str] | None = None) -> torch.Tensor:
+        check_kind(kind)  # the image encoder reads no text: ``prompts`` does not change the features
         enc = self.model.image_encoder
         x = self.preprocess(pixels01)
         out = enc.vit(x) if kind == "encoder" else enc(x)
