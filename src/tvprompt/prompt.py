@@ -217,13 +217,6 @@ def _check_json(value: Any, what: str, depth: int = 0) -> None:
         raise UsageError(f"{what}: {type(value).__name__} values are not allowed in a config")
 
 
-def resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear, antialiased resize of (B, 3, h, w); identity when the size already matches."""
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images
-    return F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
-
-
 class VisualPrompt(nn.Module):
     """A learnable pixel prompt. ``apply`` maps any-size [0,1] images to prompted (B, 3, H, W) images."""
 

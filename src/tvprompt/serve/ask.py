@@ -2,7 +2,7 @@
 
 ``tvp serve --model zoo:llava-p8 --model hf:...`` loads each model once when the server starts.
 An ask ranks the choices by likelihood with the adapter's ``score_choices``, as ``tvp eval`` does,
-for the clean image (resized to the prompt's size, the evaluator's "no prompt" cell) and for the
+for the clean image (fitted to the prompt's size as its inner image is fitted, the evaluator's "no prompt" cell) and for the
 prompted image. Requests go through a bounded queue (full: the caller gets 503) to one worker
 thread, which takes up to ``batch_size`` waiting requests and scores those sharing a choice set
 and an image size in one batched call per model.
@@ -22,7 +22,8 @@ from typing import Any
 import torch
 
 from ..errors import UsageError
-from ..prompt import VisualPrompt, resize
+from ..imagefit import fit_images
+from ..prompt import VisualPrompt
 from .ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,8 @@ def make_question(prompt: VisualPrompt, image: torch.Tensor, question: str, choi
     gen = torch.Generator().manual_seed(cfg.seed)
     with torch.no_grad():
         prompted = prompt.apply(image[None], generator=gen)[0]
-    return Question(question, choices, templates, resize(image[None], size)[0], prompted)
+    clean = fit_images(image[None], size, cfg.fit, cfg.resample)[0]  # the frame the prompt fits its inner image by
+    return Question(question, choices, templates, clean, prompted)
 
 
 class ModelHost:
