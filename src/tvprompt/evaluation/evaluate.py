@@ -30,7 +30,8 @@ import torch
 from .. import __version__
 from ..errors import TvpError, UsageError
 from ..files import write_text_atomic
-from ..prompt import CONFIG_NAME, WEIGHTS_NAME, VisualPrompt
+from ..hub import resolve_prompt_dir
+from ..prompt import CONFIG_NAME, WEIGHTS_NAME, VisualPrompt, display_name
 from ..tasks import normalize_answer  # the same match rule as tvprompt.evaluation.metrics
 
 log = logging.getLogger(__name__)
@@ -82,13 +83,18 @@ class Backends:
     compute_metrics: Callable[[Any, list[dict]], dict]
 
     @classmethod
-    def default(cls) -> Backends:
+    def default(cls, **load_options: Any) -> Backends:
+        """The project's pieces; ``load_options`` (device, dtype, revision, trust_remote_code) go to every
+        :func:`~tvprompt.models.registry.load_adapter` call."""
+        import functools
+
         from ..data import iter_batches, open_dataset
         from ..models.registry import load_adapter
         from ..tasks import load_task
         from .metrics import compute_metrics
 
-        return cls(load_task, open_dataset, iter_batches, load_adapter, compute_metrics)
+        load = functools.partial(load_adapter, **load_options) if load_options else load_adapter
+        return cls(load_task, open_dataset, iter_batches, load, compute_metrics)
 
 
 @dataclass
@@ -133,7 +139,8 @@ def _hash_files(paths: Sequence[Path]) -> str:
 
 
 def load_prompts(paths: Sequence[str | Path], names: Sequence[str] | None = None) -> list[PromptRef]:
-    """Load prompt directories; names are ``names`` or the folder names, made unique with a numeric suffix."""
+    """Load prompt directories or Hub repos; names are ``names``, else each prompt's own name from its config
+    (``tvp@llava-p8``), else (no source models recorded) the folder or repo name; made unique with a suffix."""
     if names is not None and len(names) != len(paths):
         raise UsageError(f"{len(names)} prompt names for {len(paths)} prompts")
     if names is not None and (len(set(names)) != len(names) or CLEAN in names):
@@ -141,9 +148,10 @@ def load_prompts(paths: Sequence[str | Path], names: Sequence[str] | None = None
     refs: list[PromptRef] = []
     used: set[str] = {CLEAN}
     for k, raw in enumerate(paths):
-        path = Path(raw)
+        path = resolve_prompt_dir(raw)
         prompt = VisualPrompt.from_pretrained(path)
-        name, i = (names[k] if names else path.resolve().name) or "prompt", 2
+        own = display_name(prompt.config) if prompt.config.sources else Path(str(raw).split("@")[0]).name
+        name, i = (names[k] if names else own) or "prompt", 2
         base = name
         while name in used:
             name, i = f"{base}-{i}", i + 1
