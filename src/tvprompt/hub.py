@@ -8,6 +8,7 @@ directory (:meth:`tvprompt.prompt.VisualPrompt.from_pretrained`); nothing is eve
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -17,6 +18,7 @@ from .errors import PromptFileError, TvpError, UsageError
 
 # the files a prompt directory is made of (= prompt.CONFIG_NAME, WEIGHTS_NAME, PREVIEW_NAME, CARD_NAME)
 PROMPT_FILES = ("prompt_config.json", "prompt.safetensors", "preview.png", "README.md")
+log = logging.getLogger(__name__)
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -115,20 +117,28 @@ def push_prompt(
     return str(getattr(info, "commit_url", None) or getattr(url, "url", None) or url)
 
 
-# weight formats that are pickles (or not for transformers): never fetched, so never unpickled
-_MODEL_IGNORE = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.h5", "*.msgpack", "*.onnx", "*.ot", "*.gguf",
-                 "*.tflite", "original/*"]
+# other frameworks' weights and single-file exports transformers does not read here: never fetched
+_MODEL_IGNORE = ["*.h5", "*.msgpack", "*.onnx", "*.ot", "*.gguf", "*.tflite", "*.pt", "*.pth", "*.ckpt", "original/*"]
+# pickled PyTorch weights: fetched only when a repo has no safetensors weights
+_PICKLED = "*.bin"
 
 
 def download_model(repo_id: str, revision: str | None = None) -> Path:
-    """The local snapshot of a Hub model repo (safetensors weights, configs, tokenizer, code files).
+    """The local snapshot of a Hub model repo (configs, tokenizer, code files, safetensors weights).
 
-    Offline or unreachable without a cached copy: a one-line :class:`TvpError`, no retries."""
+    ``pytorch_model*.bin`` files are fetched only for a repo without safetensors weights (transformers
+    then reads them with ``weights_only``). Offline or unreachable without a cached copy: a one-line
+    :class:`TvpError`, no retries."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     what = repo_id + (f"@{revision}" if revision else "")
     try:
-        return Path(snapshot_download(repo_id, revision=revision, ignore_patterns=_MODEL_IGNORE))
+        path = Path(snapshot_download(repo_id, revision=revision, ignore_patterns=[*_MODEL_IGNORE, _PICKLED]))
+        if not any(path.glob("*.safetensors")):
+            path = Path(snapshot_download(repo_id, revision=revision, ignore_patterns=_MODEL_IGNORE))
+            if any(path.glob(_PICKLED)):
+                log.warning("%s: no safetensors weights; using its pickled .bin files (loaded weights-only)", what)
+        return path
     except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as e:
         raise TvpError(hub_error(what, e, local="a local model directory")) from None
