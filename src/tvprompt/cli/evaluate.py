@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-workers", type=int, metavar="N",
                    help="image-decoding worker processes (default: up to 4 on a GPU, 0 on a CPU)")
     p.add_argument("--output", required=True, metavar="DIR", help="output folder (rerun to resume)")
+    p.add_argument("--label", action="extend", nargs="+", metavar="NAME",
+                   help="row names of the prompts, in --prompt order (default: from each prompt's config, e.g. tvp@llava-p8)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout (for scripts) instead of the table")
     add_model_args(p)
     p.set_defaults(func=cmd_eval)
@@ -68,7 +70,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
     )
     command = shlex.join(["tvp", *sys.argv[1:]]) if sys.argv[1:] else None
-    results = evaluate(args.prompt, args.model, setup, args.output, command=command,
+    results = evaluate(args.prompt, args.model, setup, args.output, command=command, names=args.label,
                        backends=Backends.default(**load_options(args)))
     written = write_report(args.output, tsne=args.tsne)
     if args.json:
