@@ -91,3 +91,12 @@ def test_eval_json_summary_and_integer_counts(tmp_path):
     assert summary["prompted"]["tvp@a"]["toy:b"] == results["transfer"]["tvp@a"]["toy:b"]["prompted"][metric]
     assert summary["clean"]["toy:a"] == results["clean"]["toy:a"][metric]
     assert all(isinstance(n, int) and n > 0 for n in summary["samples"].values())
+
+
+def test_sample_counts_are_integers_in_metrics_and_log_lines():
+    from tvprompt.evaluation.evaluate import _fmt_metrics
+    from tvprompt.evaluation.metrics import compute_metrics
+
+    metrics = compute_metrics("cifar10", [{"label": 0, "pred": 0}, {"label": 1, "pred": 0}, {"label": 2, "pred": 2}])
+    assert metrics["n"] == 3 and isinstance(metrics["n"], int)
+    assert _fmt_metrics(metrics).startswith("n=3, ") and "top1=0.6667" in _fmt_metrics(metrics)
