@@ -63,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _eval_args(p)
     _train_args(p, required=False)
     p.add_argument("--prompt", metavar="PROMPT", help="an existing prompt, directory or Hub id (else one is trained)")
-    p.add_argument("--corruptions", nargs="+", help="corruption names (default: the 15 of ImageNet-C)")
+    p.add_argument("--corruptions", nargs="+",
+                   help="corruption names (default: all 15; CIFAR-10-C strengths, spatial sizes scaled to the image side)")
     p.add_argument("--severities", type=int, nargs="+", help="severities 1-5 (default all)")
     p = names.add_parser("efficiency", help="Tab. 5: prompt training vs full fine-tuning vs LoRA")
     p.add_argument("--model", required=True, metavar="MODEL", help="the model to measure on")

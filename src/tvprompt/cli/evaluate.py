@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="samples per batch; each adapter call holds B × (pending cells) images (default 16)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="data seed (default 0)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="generation length for open tasks")
-    p.add_argument("--corruption", help="evaluate on corrupted images (a name from tvprompt.data.corruptions)")
+    p.add_argument("--corruption", help="evaluate on corrupted images: a CIFAR-10-C corruption (gaussian_noise, ..., "
+                   "jpeg_compression; CIFAR-10-C strengths, spatial sizes scaled to the image side)")
     p.add_argument("--severity", type=int, default=3, help="corruption severity 1-5 (default 3)")
     p.add_argument("--image-size", type=int, metavar="S",
                    help="side images are loaded at before prompting (default: the first prompt's height, else 224)")
