@@ -1,9 +1,14 @@
-"""`tvp eval`: the transfer matrix of prompts × models on one task, with a Table-1-style report."""
+"""`tvp eval`: the transfer matrix of prompts × models on one task, with a Table-1-style report.
+
+``accelerate launch -m tvprompt eval ...`` shards the samples over the processes (one per GPU);
+the results are those of one process.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -73,6 +78,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     command = shlex.join(["tvp", *sys.argv[1:]]) if sys.argv[1:] else None
     results = evaluate(args.prompt, args.model, setup, args.output, command=command, names=args.label,
                        backends=Backends.default(**load_options(args)))
+    if int(os.environ.get("RANK", "0")) != 0:  # `accelerate launch`: the main process reports
+        return 0
     written = write_report(args.output, tsne=args.tsne)
     if args.json:
         print(json.dumps(eval_summary(results, args.output)))
