@@ -100,3 +100,18 @@ def test_sample_counts_are_integers_in_metrics_and_log_lines():
     metrics = compute_metrics("cifar10", [{"label": 0, "pred": 0}, {"label": 1, "pred": 0}, {"label": 2, "pred": 2}])
     assert metrics["n"] == 3 and isinstance(metrics["n"], int)
     assert _fmt_metrics(metrics).startswith("n=3, ") and "top1=0.6667" in _fmt_metrics(metrics)
+
+
+def test_transformers_weight_bars_are_off_while_a_model_loads(tmp_path, monkeypatch):
+    from transformers.utils import logging as hf_logging
+
+    from tvprompt.models import registry
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    cls = registry.get_family("llava")
+    seen = []
+    monkeypatch.setattr(cls, "from_pretrained", classmethod(lambda c, source, **kw: seen.append(
+        hf_logging.is_progress_bar_enabled()) or "adapter"))
+    hf_logging.enable_progress_bar()
+    assert registry.load_adapter(str(tmp_path)) == "adapter"
+    assert seen == [False] and hf_logging.is_progress_bar_enabled()  # off during the load, restored after
