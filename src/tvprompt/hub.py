@@ -79,7 +79,10 @@ def resolve_prompt_dir(name_or_path: str | os.PathLike, revision: str | None = N
             raise UsageError(f"{path}: a local directory has no revision (drop revision=)")
         return path
     if looks_like_repo_id(str(name_or_path)):
-        return download_prompt(str(name_or_path), revision)
+        try:
+            return download_prompt(str(name_or_path), revision)
+        except PromptFileError as e:  # it may have been meant as a local path: say both
+            raise PromptFileError(f"{e} (nor is it a local directory)") from None
     return path  # let the loader report the missing directory
 
 
