@@ -115,3 +115,4 @@ def test_transformers_weight_bars_are_off_while_a_model_loads(tmp_path, monkeypa
     hf_logging.enable_progress_bar()
     assert registry.load_adapter(str(tmp_path)) == "adapter"
     assert seen == [False] and hf_logging.is_progress_bar_enabled()  # off during the load, restored after
+
