@@ -105,3 +105,18 @@ def test_cli_usage_errors_exit_2(tvp, tmp_path):
     assert r.returncode == 2 and "select on test data" in r.stderr
     r = tvp("train", "--resume", "--output", tmp_path / "nothing")
     assert r.returncode == 1 and "no checkpoint to resume from" in r.stderr
+
+
+def test_every_train_config_field_has_a_flag_and_every_flag_a_field():
+    """CLI, YAML and Python share TrainConfig: `tvp train` may not grow or lose an option on its own."""
+    import dataclasses
+
+    from tvprompt.cli import build_parser
+    from tvprompt.cli.train import _RENAMES
+    from tvprompt.training.config import TrainConfig
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    cli_only = {"help", "config", "resume", "json"}
+    dests = {_RENAMES.get(a.dest, a.dest) for a in train._actions if a.dest not in cli_only}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert dests == fields, f"flags without a field: {sorted(dests - fields)}; fields without a flag: {sorted(fields - dests)}"

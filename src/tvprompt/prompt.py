@@ -315,8 +315,10 @@ class VisualPrompt(nn.Module):
         return tensor_to_pil(self.render())
 
     # ---------------------------------------------------------------- files
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write the prompt directory atomically (temp dir + rename). Returns its path."""
+    def save_pretrained(self, directory: str | os.PathLike, transfer: dict[str, Any] | None = None) -> Path:
+        """Write the prompt directory atomically (temp dir + rename). Returns its path.
+
+        ``transfer``: a transfer table for the card (:func:`transfer_from_results` of a ``tvp eval``)."""
         from safetensors.torch import save_file
 
         from .imageio import tensor_to_pil
@@ -327,16 +329,23 @@ class VisualPrompt(nn.Module):
             (tmp / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n")
             save_file({"delta": delta}, str(tmp / WEIGHTS_NAME), metadata={"format": "tvprompt"})
             tensor_to_pil(self.render()).save(tmp / PREVIEW_NAME)
-            (tmp / CARD_NAME).write_text(model_card(self.config))
+            (tmp / CARD_NAME).write_text(model_card(self.config, transfer))
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device | None = None) -> VisualPrompt:
-        """Load and validate a prompt directory. Every failure is a one-line :class:`PromptFileError`."""
+    def from_pretrained(
+        cls, directory: str | os.PathLike, device: str | torch.device | None = None, revision: str | None = None,
+    ) -> VisualPrompt:
+        """Load and validate a prompt directory, or a Hub repo ``user/name`` (``@rev`` or ``revision=``).
+
+        Hub repos are downloaded to the huggingface_hub cache (prompt files only) and then validated
+        like a local directory. Every failure is a one-line :class:`PromptFileError`."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        directory = Path(directory)
+        from .hub import resolve_prompt_dir
+
+        directory = resolve_prompt_dir(directory, revision)
         if not directory.is_dir():
             raise PromptFileError(f"{directory}: not a prompt directory (expected {CONFIG_NAME} and {WEIGHTS_NAME})")
         cfg_path, w_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
@@ -376,12 +385,95 @@ class VisualPrompt(nn.Module):
             prompt.delta.copy_(delta)
         return prompt.to(device) if device is not None else prompt
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        transfer: dict[str, Any] | None = None,
+    ) -> str:
+        """Create ``repo_id`` on the Hugging Face Hub if needed and upload this prompt's files; returns the URL."""
+        from .hub import push_prompt
 
-def model_card(config: PromptConfig) -> str:
-    """A short human-readable card for a prompt directory."""
+        return push_prompt(self, repo_id, private=private, token=token, revision=revision,
+                           commit_message=commit_message, transfer=transfer)
+
+
+def display_name(config: PromptConfig) -> str:
+    """``method@source+source`` (``tvp@llava-p8``), the name tables give a prompt; ``prompt`` when unknown."""
+    names = [str(s.get("name") or _model_name(str(s.get("model_id", "?")))) for s in config.sources]
+    if not names:
+        return config.method or "prompt"
+    return f"{config.method or 'prompt'}@{'+'.join(names)}"
+
+
+def _model_name(model_id: str) -> str:
+    return Path(model_id.split(":", 1)[-1].rstrip("/")).name or model_id
+
+
+def _hub_model(model_id: str) -> str | None:
+    """The Hub repo id of a source model id (``hf:org/name`` or ``org/name``), None for zoo and local ones."""
+    from .hub import looks_like_repo_id
+
+    if model_id.startswith("zoo:") or not looks_like_repo_id(model_id):
+        return None
+    return model_id.removeprefix("hf:")
+
+
+def card_metadata(config: PromptConfig) -> dict[str, Any]:
+    """The model card's YAML metadata (Hub conventions: library, tags, base models, dataset, model-index)."""
+    meta: dict[str, Any] = {"library_name": "tvprompt"}
+    meta["tags"] = ["tvprompt", "visual-prompting", "image-text-to-text"] + ([config.method] if config.method else [])
+    base = [b for b in (_hub_model(str(s.get("model_id", ""))) for s in config.sources) if b]
+    if base:
+        meta["base_model"] = base
+    data_path = str(config.data.get("path") or "")
+    dataset = data_path.removeprefix("hf:") if _hub_model(data_path) else config.task
+    if dataset:
+        meta["datasets"] = [dataset]
+    val = config.metrics.get("val_accuracy")
+    if isinstance(val, int | float) and not isinstance(val, bool):
+        meta["metrics"] = ["accuracy"]
+        meta["model-index"] = [{
+            "name": display_name(config),
+            "results": [{
+                "task": {"type": "image-text-to-text", "name": config.task or "visual prompting"},
+                "dataset": {"name": config.task or dataset or "unknown", "type": dataset or "unknown",
+                            "split": config.data.get("val_split") or "val"},
+                "metrics": [{"type": "accuracy", "value": float(val), "name": "validation accuracy"}],
+            }],
+        }]
+    return meta
+
+
+def transfer_from_results(results: dict[str, Any], prompt_name: str) -> dict[str, Any]:
+    """The rows of one prompt in a ``tvp eval`` results.json: ``{metric, task, rows: {model: {...}}}``."""
+    transfer = results.get("transfer", {})
+    if prompt_name not in transfer:
+        known = ", ".join(sorted(transfer)) or "none"
+        raise UsageError(f"results.json has no prompt {prompt_name!r} (prompts: {known})")
+    metric = results.get("primary_metric", "accuracy")
+    rows = {m: {"clean": r["clean"].get(metric), "prompted": r["prompted"].get(metric),
+                "delta": r["delta"].get(metric), "source": bool(r.get("source"))}
+            for m, r in transfer[prompt_name].items()}
+    return {"metric": metric, "task": results.get("task", {}).get("name"),
+            "split": results.get("setup", {}).get("split"), "rows": rows}
+
+
+def model_card(config: PromptConfig, transfer: dict[str, Any] | None = None) -> str:
+    """The prompt's README.md: Hub metadata (YAML front matter), then a card for people."""
+    import yaml
+
     src = ", ".join(s.get("model_id", "?") for s in config.sources) or "unknown"
     lines = [
-        f"# Visual prompt: {config.task or 'untitled'}",
+        "---",
+        yaml.safe_dump(card_metadata(config), sort_keys=False, allow_unicode=True).rstrip(),
+        "---",
+        "",
+        f"# Visual prompt {display_name(config)}: {config.task or 'untitled'}",
         "",
         f"- method: {config.method or 'unknown'}",
         f"- shape: {config.shape}, {config.image_height}x{config.image_width}"
@@ -396,11 +488,26 @@ def model_card(config: PromptConfig) -> str:
         lines += ["| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in config.metrics.items()]
         lines.append("")
+    if transfer and transfer.get("rows"):
+        metric = transfer.get("metric", "accuracy")
+        lines += [f"Transfer ({transfer.get('task') or config.task or 'task'}, split {transfer.get('split') or '?'}, "
+                  f"{metric}; *italic* = a source model of this prompt):", "",
+                  "| model | no prompt | prompted | Δ |", "|---|---|---|---|"]
+        for model, r in transfer["rows"].items():
+            name = f"*{model}*" if r.get("source") else model
+            cells = [f"{r[k]:.4f}" if isinstance(r.get(k), int | float) else "-" for k in ("clean", "prompted", "delta")]
+            lines.append(f"| {name} | {' | '.join(cells)} |")
+        lines.append("")
     lines += [
-        "Apply it to your images:",
+        "Apply it to your images (a local directory or this Hub repository):",
         "",
         "```bash",
-        "tvp apply --prompt THIS_DIR photos/ --output prompted/",
+        "tvp apply --prompt THIS_DIR_OR_USER/REPO photos/ --output prompted/",
+        "```",
+        "",
+        "```python",
+        "from tvprompt import VisualPrompt",
+        "prompt = VisualPrompt.from_pretrained(\"THIS_DIR_OR_USER/REPO\")",
         "```",
         "",
     ]

@@ -10,6 +10,7 @@ Options combine as: the method's preset, then ``--config FILE.yaml``, then flags
 from __future__ import annotations
 
 import argparse
+import json
 from typing import Any
 
 # flag dest -> TrainConfig field, for flags whose names differ
@@ -18,6 +19,7 @@ _RENAMES = {"source": "sources", "source_device": "source_devices"}
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..training.config import COMPILE_MODES  # torch-free
+    from ..training.trackers import REPORT_TO  # torch-free
     p = sub.add_parser(
         "train",
         help="learn a visual prompt (vp | evp | tvp) on source models",
@@ -88,12 +90,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--device", help="device for δ and models (cuda if available, else cpu)")
     g.add_argument("--source-device", action="extend", nargs="+", metavar="DEVICE", help="device per --source, in order")
     g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="model dtype (auto: bf16 on GPU)")
+    g.add_argument("--device-map", choices=["auto"], help="auto: spread each source over every GPU (big models)")
+    g.add_argument("--revision", metavar="REV", help="branch, tag or commit of the Hub source models (org/name@REV: one model)")
+    g.add_argument("--trust-remote-code", action="store_const", const=True,
+                   help="allow model families that run the checkpoint's own code (VisualGLM)")
     g.add_argument("--gradient-checkpointing", action="store_const", const=True, help="save memory in the models")
     g.add_argument("--compile", choices=COMPILE_MODES,
                    help="torch.compile the models' transformer blocks (off; try default on a GPU at batch >= 16)")
     g.add_argument("--num-workers", type=int, help="image-decoding worker processes (default: up to 4 on a GPU, 0 on a CPU)")
-    g.add_argument("--tensorboard", action="store_const", const=True, help="also log to OUTPUT/tensorboard")
+    g.add_argument("--report-to", action="extend", nargs="+", choices=REPORT_TO, metavar="TRACKER",
+                   help=f"log every metric row to these trackers ({', '.join(REPORT_TO)}; default none); "
+                        "tensorboard writes OUTPUT/tensorboard")
+    g.add_argument("--tensorboard", action="store_const", const=True, help="same as --report-to tensorboard")
     g.add_argument("--no-progress", dest="progress", action="store_const", const=False, help="hide the progress bar")
+    a("--json", action="store_true", help="print a JSON summary on stdout (for scripts) instead of the sentence")
     p.set_defaults(func=cmd_train)
 
 
@@ -108,6 +118,19 @@ def flag_values(args: argparse.Namespace) -> dict[str, Any]:
         if name in known and value is not None:
             out[name] = value
     return out
+
+
+def train_summary(result: Any) -> dict[str, Any]:
+    """What ``tvp train --json`` prints: where the prompt is and how it was selected."""
+    last_val = next((r for r in reversed(result.history) if "accuracy" in r), None)
+    return {
+        "output": str(result.output) if result.output else None,
+        "prompt": str(result.output / "prompt") if result.output else None,
+        "steps": int(result.step),
+        "best_step": result.best_step,
+        "best_val_accuracy": result.best_metric,
+        "last_val_accuracy": last_val["accuracy"] if last_val else None,
+    }
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -136,6 +159,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         config = resolve_config(None, file_values, flags)
         config.check_runnable()
     result = train(config, resume=args.resume)
+    if args.json:
+        print(json.dumps(train_summary(result)))
+        return 0
     where = result.output / "prompt" if result.output else "(no output)"
     if result.best_step is not None:
         print(f"wrote {where} (val accuracy {result.best_metric:.4f} at step {result.best_step} of {result.step})")

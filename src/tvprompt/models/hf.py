@@ -151,6 +151,7 @@ class HFAdapter:
     prompt_dependent_features: ClassVar[tuple[str, ...]] = ()
     roles: ClassVar[tuple[str, ...]] = ("source", "target")
     extra: ClassVar[str | None] = None  # pip extra needed beyond the core install
+    remote_code: ClassVar[bool] = False  # runs the checkpoint's own code: from_pretrained takes trust_remote_code
     notes: ClassVar[str] = ""
     untested: ClassVar[str | None] = None  # why a family has no offline tiny checkpoint / contract tests
     # score_choices packs all choices after ONE copy of each image's cached prefix (see ranking.py):

@@ -59,7 +59,8 @@ LEGACY_DEFAULTS: dict[str, Any] = {
 # Options that change how a run executes but not its result: they may differ on --resume and
 # are not part of the hyper-parameters saved with the prompt.
 RUNTIME_FIELDS = frozenset(
-    {"output", "device", "source_devices", "tensorboard", "progress", "num_workers", "gradient_checkpointing", "compile"}
+    {"output", "device", "source_devices", "tensorboard", "progress", "num_workers", "gradient_checkpointing", "compile",
+     "report_to", "device_map", "trust_remote_code"}
 )
 
 
@@ -132,11 +133,16 @@ class TrainConfig:
     device: str | None = _f(None, "device for δ and the models (default: cuda if available, else cpu)")
     source_devices: list[str] = _f([], "one device per source (ensembles over several GPUs)")
     dtype: str = _f("auto", "model dtype: auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
+    device_map: str | None = _f(None, "auto: spread each source over every visible GPU (accelerate big-model loading)")
+    revision: str | None = _f(None, "branch, tag or commit of the Hub source models (org/name@rev: one model, the guide too)")
+    trust_remote_code: bool = _f(False, "allow model families that run the checkpoint's own code (VisualGLM)")
     gradient_checkpointing: bool = _f(False, "trade compute for memory in the source models")
     compile: str = _f("off", "torch.compile the transformer blocks of the sources and the guide: off | default | "
                       "reduce-overhead (CUDA graphs) | max-autotune; GPU, large batches; first steps pay compile time")
     num_workers: int | None = _f(None, "image-decoding worker processes (default: up to 4 on a GPU, 0 on a CPU)")
-    tensorboard: bool = _f(False, "also log to OUTPUT/tensorboard (needs the tensorboard package)")
+    report_to: list[str] = _f([], "experiment trackers for every metric row: tensorboard (OUTPUT/tensorboard), wandb, "
+                              "trackio, mlflow, comet_ml, aim, clearml, dvclive, swanlab, all (installed ones) or none")
+    tensorboard: bool = _f(False, "same as report_to: [tensorboard] (kept for old configs)")
     progress: bool = _f(True, "show a progress bar")
 
     def __post_init__(self) -> None:
@@ -191,6 +197,17 @@ class TrainConfig:
             if self.val_split == "test":
                 raise bad("val_split", "validating on the test split would select on test data; use a val split")
             self.val_split = None
+        if self.device_map not in (None, "auto"):
+            raise bad("device_map", f"{self.device_map!r}: only auto is supported")
+        if self.device_map and (self.device or self.source_devices):
+            raise UsageError("give --device / --source-device or --device-map auto, not both")
+        if isinstance(self.report_to, str):
+            self.report_to = [self.report_to]
+        from .trackers import check_report_to
+
+        check_report_to(list(self.report_to))
+        if self.tensorboard and "tensorboard" not in self.report_to:
+            self.report_to = [n for n in self.report_to if n != "none"] + ["tensorboard"]
         if self.source_devices and len(self.source_devices) != len(self.sources):
             raise bad("source_devices", f"{len(self.source_devices)} devices for {len(self.sources)} sources")
 
@@ -238,7 +255,7 @@ def normalise_keys(values: dict[str, Any], source: str) -> dict[str, Any]:
             name = "sources"
         if name not in known:
             raise UsageError(f"{source}: unknown key '{key}' (known: {', '.join(sorted(known))})")
-        if name in ("sources", "source_devices") and isinstance(value, str):
+        if name in ("sources", "source_devices", "report_to") and isinstance(value, str):
             value = [value]
         out[name] = value
     return out

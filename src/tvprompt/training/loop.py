@@ -9,7 +9,7 @@ Only δ is trained: the models are frozen, so backward computes input gradients 
 
 Outputs under ``OUTPUT/``: ``prompt/`` (the prompt to use: best on validation, or the last one
 when there is no validation), ``last/`` (δ after the final update), ``checkpoint/``,
-``metrics.jsonl`` and optionally ``tensorboard/``.
+``metrics.jsonl`` and, with ``report_to: [tensorboard]``, ``tensorboard/``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from .checkpoint import TrainState, has_checkpoint, load_checkpoint, restore_rng
 from .config import LEGACY_DEFAULTS, PRESETS, RUNTIME_FIELDS, TrainConfig, load_config_file, resolve_config
 from .distributed import World, init_world
 from .objective import FcaReferences, Objective, TaskTexts
-from .runlog import MetricsLog, interrupt_flag, progress_bar
+from .runlog import MetricsLog, interrupt_flag, log_every, progress_bar, step_line, validation_line
+from .trackers import Trackers
 from .updates import frame_normalized_step, lr_at, normalized_step, seed_for, sgd_momentum_step
 from .validation import seeded_subset, source_name, validate
 
@@ -176,10 +177,14 @@ def _set_up(config: TrainConfig, world: World, *, resume: bool, sources: Sequenc
     elif cfg.method == "tvp" and world.is_main:
         log.warning("tvp with --tse 0: TSE is off, the prompt is trained with L_LLM%s only",
                     " + FCA" if cfg.fca > 0 else "")
-    metrics = MetricsLog(out, state.step if resume else 0, cfg.tensorboard) if (out and world.is_main) else None
+    metrics = MetricsLog(out, state.step if resume else 0) if (out and world.is_main) else None
+    trackers = None
+    if cfg.report_to and world.is_main:
+        trackers = Trackers(cfg.report_to, out, run_name=out.name if out else "tvprompt", config=cfg.to_dict())
     return _Run(cfg=cfg, out=out, world=world, spec=spec, train_set=train_set, val_set=val_set, batch_fn=batch_fn,
-                sources=sources, device=device, total=total, batches_per_epoch=batches_per_epoch, prompt=prompt, objective=objective, state=state,
-                momentum=momentum, best_delta=best_delta, metrics=metrics,
+                sources=sources, device=device, total=total, batches_per_epoch=batches_per_epoch, prompt=prompt,
+                objective=objective, state=state, momentum=momentum, best_delta=best_delta, metrics=metrics,
+                trackers=trackers,
                 saved_step=state.step if resume else None)
 
 
@@ -237,6 +242,7 @@ class _Run:
     momentum: torch.Tensor
     best_delta: torch.Tensor | None
     metrics: MetricsLog | None
+    trackers: Trackers | None
     saved_step: int | None  # the step of the newest checkpoint on disk (None: none written)
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -244,6 +250,8 @@ class _Run:
         self.history.append(row)
         if self.metrics:
             self.metrics.write(row)
+        if self.trackers:
+            self.trackers.log(row)
 
     # ------------------------------------------------------------ the loop
     def loop(self) -> None:
@@ -251,6 +259,9 @@ class _Run:
         cfg, state = self.cfg, self.state
         data = _micro_batches(self.train_set, cfg, state, self.batch_fn)
         bar = progress_bar(self.total, state.step, enabled=cfg.progress and self.world.is_main)
+        # no bar (not a terminal, or --no-progress): a log line every few steps instead
+        lines = self.world.is_main and bar.disable
+        every = log_every(self.total)
         if cfg.early_stop and state.bad_validations >= cfg.early_stop:  # resuming a run that had stopped early
             self.total = state.step
         with interrupt_flag() as interrupted:
@@ -259,12 +270,16 @@ class _Run:
                     row = self.update(step, data)
                     bar.update(1)
                     bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "llm", "fca", "tse") if k == "loss" or row[k]})
+                    if lines and (row["step"] % every == 0 or row["step"] == self.total):
+                        log.info("%s", step_line(row))
                     if self._stop_after_update(interrupted):
                         break
             finally:
                 bar.close()
                 if self.metrics:
                     self.metrics.close()
+                if self.trackers:
+                    self.trackers.close()
 
     def _stop_after_update(self, interrupted: threading.Event) -> bool:
         """Validation, selection and checkpoint after an update; True to end the loop early."""
@@ -346,7 +361,10 @@ class _Run:
     # ------------------------------------------------------------ phase 3: validation and selection
     def validate(self, step: int) -> dict[str, float]:
         result = validate(self.prompt, self.sources, self.spec, self.val_set, self.cfg, self.batch_fn, self.world)
-        self.log_row({"step": step, "total_steps": self.total, "split": self.cfg.val_split, **result})
+        row = {"step": step, "total_steps": self.total, "split": self.cfg.val_split, **result}
+        self.log_row(row)
+        if self.world.is_main:
+            log.info("%s", validation_line(row))
         return result
 
     def validate_and_select(self) -> str | None:
@@ -484,7 +502,9 @@ def _compile_models(mode: str, sources: Sequence[Any], guide: Any) -> None:
 def _load_sources(cfg: TrainConfig, world: World) -> list[Any]:
     from ..models.registry import load_adapter
 
-    if cfg.source_devices:
+    if cfg.device_map:
+        devices = [cfg.device_map] * len(cfg.sources)  # "auto": accelerate spreads each model
+    elif cfg.source_devices:
         devices = list(cfg.source_devices)
     elif world.device is not None and world.size > 1:
         devices = [str(world.device)] * len(cfg.sources)
@@ -496,6 +516,7 @@ def _load_sources(cfg: TrainConfig, world: World) -> list[Any]:
     else:
         devices = ["cpu"] * len(cfg.sources)
     return [
-        load_adapter(m, device=d, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing)
+        load_adapter(m, device=d, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
+                     revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
         for m, d in zip(cfg.sources, devices, strict=True)
     ]
