@@ -28,10 +28,12 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..data.subset import stratified_subset
 from ..errors import TvpError, UsageError
 from ..files import write_text_atomic
 from ..prompt import CONFIG_NAME, WEIGHTS_NAME, VisualPrompt
 from ..tasks import normalize_answer  # the same match rule as tvprompt.evaluation.metrics
+from .fingerprint import data_fingerprint, digest, model_fingerprint, task_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,7 @@ class Backends:
     iter_batches: Callable[..., Any]
     load_adapter: Callable[[str], Any]
     compute_metrics: Callable[[Any, list[dict]], dict]
+    fingerprint_model: Callable[[str], str] = model_fingerprint  # refuses an id naming no model
 
     @classmethod
     def default(cls) -> Backends:
@@ -152,49 +155,20 @@ def load_prompts(paths: Sequence[str | Path], names: Sequence[str] | None = None
     return refs
 
 
-def model_fingerprint(model_id: str) -> str:
-    """Cheap identity of a local model directory (file names, sizes, mtimes); the id otherwise."""
-    local = Path(model_id.removeprefix("hf:"))
-    if not local.is_dir():
-        return model_id
-    items = sorted((p.relative_to(local).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
-                   for p in local.rglob("*") if p.is_file())
-    return hashlib.sha256(json.dumps([model_id, items]).encode()).hexdigest()
-
-
-def cell_fingerprint(setup: EvalSetup, spec: Any, model_id: str, prompt: PromptRef | None) -> str:
+def cell_fingerprint(setup: EvalSetup, inputs: dict[str, str], model: str, prompt: PromptRef | None) -> str:
+    """One cell's identity: the setup that changes numbers, the task and data contents
+    (``inputs`` from :func:`input_fingerprints`), the model's fingerprint, the prompt's bytes, the version."""
     fields = dataclasses.asdict(setup)
-    for key in ("batch_size", "tsne", "tsne_samples", "num_workers"):  # metrics do not depend on these (up to float noise)
+    for key in ("task", "data", "batch_size", "tsne", "tsne_samples", "num_workers"):  # covered by inputs / no effect
         fields.pop(key)
-    fields["data"] = str(Path(setup.data).resolve()) if Path(setup.data).exists() else setup.data
-    payload = {
-        "setup": fields,
-        "task_version": getattr(spec, "version", None),
-        "model": model_fingerprint(model_id),
-        "prompt": prompt.sha256 if prompt else None,
-        "tvprompt": __version__,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return digest({"setup": fields, **inputs, "model": model, "prompt": prompt.sha256 if prompt else None,
+                   "tvprompt": __version__})
 
 
-class _Head:
-    """The first ``n`` items of an indexable dataset (for --limit)."""
-
-    def __init__(self, dataset: Any, n: int) -> None:
-        self.dataset, self.n = dataset, min(n, len(dataset))
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> Any:
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        return self.dataset[i]
-
-    def __getattr__(self, name: str) -> Any:  # readers may expose e.g. ``spec`` or ``path``
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
+def input_fingerprints(setup: EvalSetup, spec: Any) -> dict[str, str]:
+    """Content fingerprints of the task spec and the data (with any reader option naming a path)."""
+    return {"task": task_fingerprint(spec),
+            "data": data_fingerprint(setup.data, getattr(spec, "format_options", None))}
 
 
 def _sample_id(sample: Any, index: int) -> str:
@@ -327,6 +301,7 @@ def evaluate(
     backends = backends or Backends.default()
     output = Path(output)
     refs = load_prompts(prompts, names)
+    model_fps = {m: backends.fingerprint_model(m) for m in models}  # an unknown model fails before any output
     spec = backends.load_task(setup.task)
     kwargs: dict[str, Any] = {"seed": setup.seed}
     if setup.corruption:
@@ -335,7 +310,8 @@ def evaluate(
     if len(dataset) == 0:
         raise TvpError(f"{setup.data}: split {setup.split!r} holds no samples")
     if setup.limit:
-        dataset = _Head(dataset, setup.limit)
+        dataset = stratified_subset(dataset, setup.limit, setup.seed)
+    inputs = input_fingerprints(setup, spec)
     image_size = setup.image_size or (refs[0].prompt.config.image_height if refs else 224)
     cells_dir = output / CELLS_DIR
     cells_dir.mkdir(parents=True, exist_ok=True)
@@ -346,7 +322,7 @@ def evaluate(
         for ref in all_cells:
             name = ref.name if ref else CLEAN
             path = cells_dir / f"{cell_key(model_id, name)}.json"
-            fp = cell_fingerprint(setup, spec, model_id, ref)
+            fp = cell_fingerprint(setup, inputs, model_fps[model_id], ref)
             if path.is_file() and _read_json(path).get("fingerprint") == fp and (
                     not setup.tsne or (output / FEATURES_DIR / f"{cell_key(model_id, name)}.npy").is_file()):
                 log.info("cell %s × %s: done, reusing %s", name, model_id, path)
@@ -365,7 +341,7 @@ def evaluate(
                 _save_npy(output / FEATURES_DIR / f"{key}.npy", feats[name])
             cell = {
                 "model": model_id, "prompt": None if ref is None else ref.name,
-                "fingerprint": cell_fingerprint(setup, spec, model_id, ref),
+                "fingerprint": cell_fingerprint(setup, inputs, model_fps[model_id], ref),
                 "n": len(records[name]), "seconds": round(seconds / len(pending), 3),
                 "metrics": backends.compute_metrics(spec, records[name]), "records": records[name],
             }
@@ -375,6 +351,8 @@ def evaluate(
     cells = {(m, r.name if r else CLEAN): _read_json(cells_dir / f"{cell_key(m, r.name if r else CLEAN)}.json")
              for m in models for r in all_cells}
     results = summarize(cells, refs, list(models), spec, setup, command)
+    results["fingerprints"] = {**inputs, "models": model_fps, "prompts": {r.name: r.sha256 for r in refs},
+                               "tvprompt": __version__}
     _write_samples(output / SAMPLES_NAME, cells)
     write_text_atomic(output / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
     return results
@@ -406,8 +384,8 @@ def summarize(cells: dict[tuple[str, str], dict], refs: list[PromptRef], models:
         "primary_metric": primary,
         "models": [{"id": m, "name": Path(m.split(":", 1)[-1]).name or m} for m in models],
         "prompts": [r.summary() for r in refs],
-        "cells": [{"model": m, "prompt": None if p == CLEAN else p, "n": c["n"], "metrics": c["metrics"]}
-                  for (m, p), c in cells.items()],
+        "cells": [{"model": m, "prompt": None if p == CLEAN else p, "n": c["n"], "metrics": c["metrics"],
+                   "fingerprint": c.get("fingerprint")} for (m, p), c in cells.items()],
         "clean": clean,
         "transfer": transfer,
         "average_delta": average,
