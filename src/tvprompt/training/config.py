@@ -36,7 +36,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Options that change how a run executes but not its result: they may differ on --resume and
 # are not part of the hyper-parameters saved with the prompt.
 RUNTIME_FIELDS = frozenset(
-    {"output", "device", "source_devices", "tensorboard", "progress", "num_workers", "gradient_checkpointing", "compile"}
+    {"output", "device", "source_devices", "tensorboard", "progress", "num_workers", "gradient_checkpointing", "compile",
+     "overwrite"}
 )
 
 
@@ -104,6 +105,7 @@ class TrainConfig:
     num_workers: int | None = _f(None, "image-decoding worker processes (default: up to 4 on a GPU, 0 on a CPU)")
     tensorboard: bool = _f(False, "also log to OUTPUT/tensorboard (needs the tensorboard package)")
     progress: bool = _f(True, "show a progress bar")
+    overwrite: bool = _f(False, "replace the prompt/ (and checkpoint/) of an earlier run in --output")
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> UsageError:
@@ -186,6 +188,18 @@ def config_keys() -> set[str]:
 
 _FLAGS = {"sources": "--source", "source_devices": "--source-device", "clamp": "--no-clamp",
           "progress": "--no-progress"}
+
+
+def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """``task`` (when it names a YAML file) and ``data`` made absolute, so ``--resume`` works from any folder."""
+    out = dict(values)
+    task = out.get("task")
+    if isinstance(task, str) and (task.endswith((".yaml", ".yml")) or "/" in task) and Path(task).expanduser().exists():
+        out["task"] = str(Path(task).expanduser().resolve())
+    data = out.get("data")
+    if isinstance(data, str) and Path(data).expanduser().exists():
+        out["data"] = str(Path(data).expanduser().resolve())
+    return out
 
 
 def flag_name(field_name: str) -> str:
