@@ -21,6 +21,7 @@ from .splits import SALT_HOLDOUT, SALT_VAL, split_off, subsample
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+VAL_NAMES = ("val", "validation", "valid")  # what datasets call their validation split
 HOLDOUT_SEED = 0
 
 
@@ -176,6 +177,8 @@ def open_dataset(
     for s in ("train", "test"):
         if names[s] is None and "all" in available:
             names[s] = "all"
+    if names["val"] is None:  # the data's own val split beats carving one from train (unless it is the test set)
+        names["val"] = next((v for v in VAL_NAMES if v in available and v != names["test"]), None)
     if names[split] is None and split != "val":
         want = spec.splits.get(split)
         raise TvpError(f"{source}: no {split} split {want!r} (found {', '.join(available) or 'none'})")
