@@ -429,3 +429,15 @@ def test_datasets_is_a_declared_extra():
 
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
     assert any(req.startswith("datasets") for req in project["optional-dependencies"]["hf"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 13])
+def test_holdout_is_the_same_and_disjoint_from_train_at_every_seed(tmp_path, seed):
+    write_imagefolder(tmp_path, ["cat", "dog", "eel"], per_class=9)
+    spec = TaskSpec.from_dict({"version": 1, "name": "pets"})
+    test = {s.id for s in open_dataset(spec, tmp_path, "test", seed=seed).samples}
+    assert test == {s.id for s in open_dataset(spec, tmp_path, "test", seed=0).samples}  # never moves with the seed
+    train = {s.id for s in open_dataset(spec, tmp_path, "train", seed=seed, val_fraction=0.2).samples}
+    val = {s.id for s in open_dataset(spec, tmp_path, "val", seed=seed, val_fraction=0.2).samples}
+    assert not (train & test) and not (val & test) and not (train & val)
+    assert len(train | val | test) == 27
