@@ -132,7 +132,7 @@ def test_cli_end_to_end_kill_and_resume_identical(world, tmp_path):
     full = _tvp(*args, "--output", tmp_path / "full")
     killed = _tvp(*args, "--output", tmp_path / "killed")
     out, rows = tmp_path / "killed" / "metrics.jsonl", []
-    k = random.Random().randint(2, 6)
+    k = random.Random(21).randint(2, 6)  # seeded: every run kills at the same step
     t0 = time.time()
     while len(rows) < k:
         assert killed.poll() is None, killed.communicate()
