@@ -63,6 +63,7 @@ class EvalSetup:
     tsne: bool = False
     tsne_samples: int = 256
     num_workers: int | None = None  # image-decoding workers (default: up to 4 on a GPU, 0 on a CPU)
+    progress: bool = True  # show a progress bar (on a terminal)
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -159,7 +160,7 @@ def cell_fingerprint(setup: EvalSetup, inputs: dict[str, str], model: str, promp
     """One cell's identity: the setup that changes numbers, the task and data contents
     (``inputs`` from :func:`input_fingerprints`), the model's fingerprint, the prompt's bytes, the version."""
     fields = dataclasses.asdict(setup)
-    for key in ("task", "data", "batch_size", "tsne", "tsne_samples", "num_workers"):  # covered by inputs / no effect
+    for key in ("task", "data", "batch_size", "tsne", "tsne_samples", "num_workers", "progress"):  # inputs / no effect
         fields.pop(key)
     return digest({"setup": fields, **inputs, "model": model, "prompt": prompt.sha256 if prompt else None,
                    "tvprompt": __version__})
@@ -242,7 +243,7 @@ def _run_model(
     batches = backends.iter_batches(dataset, setup.batch_size, shuffle=False, seed=setup.seed, image_size=image_size,
                                     num_workers=workers)
     bar = tqdm(total=len(dataset), desc=f"{getattr(adapter, 'name', model_id)} [{', '.join(names)}]",
-               unit="img", disable=None, file=sys.stderr, leave=False)
+               unit="img", disable=None if setup.progress else True, file=sys.stderr, leave=False)
     seen = 0
     for batch in batches:
         images = batch.images.to(adapter.device).float()
