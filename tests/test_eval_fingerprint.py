@@ -148,3 +148,15 @@ def test_limit_takes_a_seeded_stratified_subset(tmp_path):
     other = run(tmp_path / "seed1", {}, dataset=data, limit=6, models=["toy:a"], seed=1)
     other_ids = [json.loads(x)["id"] for x in (tmp_path / "seed1" / "out" / "samples.jsonl").read_text().splitlines()]
     assert other["cells"][0]["n"] == 6 and other_ids != ids
+
+
+def test_images_count_by_size_and_mtime_small_annotations_by_hash(tmp_path):
+    import os
+
+    (tmp_path / "a.png").write_bytes(b"png bytes")
+    (tmp_path / "labels.csv").write_text("a,cat\n")
+    base = data_fingerprint(str(tmp_path))
+    os.utime(tmp_path / "labels.csv", ns=(1, 1))
+    assert data_fingerprint(str(tmp_path)) == base  # same bytes: same annotations
+    os.utime(tmp_path / "a.png", ns=(1, 1))
+    assert data_fingerprint(str(tmp_path)) != base  # an image is not read, only stat'ed

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..imageio import IMAGE_SUFFIXES
 
-SMALL_FILE = 64 * 1024  # files up to this size are hashed (annotations, lists, small images)
+SMALL_FILE = 64 * 1024  # non-image files up to this size are hashed (annotations, lists, configs)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -30,6 +31,8 @@ def digest(obj: Any) -> str:
 def path_manifest(path: str | os.PathLike) -> list[list[Any]]:
     """``[relative path, size, sha256 | mtime_ns]`` for every file under ``path`` (or ``path`` itself).
 
+    Small non-image files are hashed, so rewriting one with the same bytes changes nothing; images
+    and large files count by size and mtime (hashing a million JPEGs would cost more than the eval).
     Hidden entries (``.cache``, ``.DS_Store``) are left out: readers ignore them too.
     """
     root = Path(path)
@@ -39,7 +42,8 @@ def path_manifest(path: str | os.PathLike) -> list[list[Any]]:
     rows = []
     for p in files:
         st = p.stat()
-        ident: str | int = hashlib.sha256(p.read_bytes()).hexdigest() if st.st_size <= SMALL_FILE else st.st_mtime_ns
+        small = st.st_size <= SMALL_FILE and p.suffix.lower() not in IMAGE_SUFFIXES
+        ident: str | int = hashlib.sha256(p.read_bytes()).hexdigest() if small else st.st_mtime_ns
         rows.append([p.relative_to(root).as_posix() if p != root else p.name, st.st_size, ident])
     return rows
 
