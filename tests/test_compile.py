@@ -244,6 +244,7 @@ def test_reduce_overhead_pads_text_and_matches_eager_on_cpu(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_train_with_compile_gives_the_eager_prompt(tmp_path):
     from tvprompt.models.guide import build_tiny_guide
     from tvprompt.training.loop import resolve_config, train

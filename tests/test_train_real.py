@@ -124,6 +124,7 @@ def test_cli_writes_a_prompt_directory(world, clip, tvp, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_cli_end_to_end_kill_and_resume_identical(world, tmp_path):
     model, task, data = world
     args = ["--method", "evp", "--source", f"hf:{model}", "--task", task, "--data", data, "--steps", 8,
