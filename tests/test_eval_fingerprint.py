@@ -160,3 +160,16 @@ def test_images_count_by_size_and_mtime_small_annotations_by_hash(tmp_path):
     assert data_fingerprint(str(tmp_path)) == base  # same bytes: same annotations
     os.utime(tmp_path / "a.png", ns=(1, 1))
     assert data_fingerprint(str(tmp_path)) != base  # an image is not read, only stat'ed
+
+
+def test_tsne_features_cover_every_class(tmp_path):
+    import numpy as np
+
+    from tvprompt.evaluation.evaluate import _tsne_rows
+
+    data = class_sorted(3, 10)
+    run(tmp_path, {}, dataset=data, models=["toy:a"], tsne=True, tsne_samples=6)
+    feats = np.load(next((tmp_path / "out" / "features").glob("*.npy")))
+    assert feats.shape[0] == 6
+    rows = _tsne_rows(data, EvalSetup(task="t", data="d", tsne_samples=6))
+    assert sorted(data[r].label for r in rows) == [0, 0, 1, 1, 2, 2]  # the first 6 would all be class 0

@@ -14,6 +14,7 @@ SALT_VAL = 2
 SALT_SUBSAMPLE = 3
 SALT_LIMIT = 4  # eval --limit (and the analyses): a fixed-size subset
 SALT_VAL_SUBSET = 5  # training's val_max_samples
+SALT_TSNE = 6  # the rows a t-SNE plot shows
 
 
 def strata(samples: Sequence[Sample]) -> list[str]:

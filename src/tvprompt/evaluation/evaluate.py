@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..data.splits import SALT_TSNE
 from ..data.subset import stratified_subset
 from ..errors import TvpError, UsageError
 from ..files import write_text_atomic
@@ -221,6 +222,13 @@ def _predict(adapter: Any, spec: Any, samples: list, pixels: list[torch.Tensor],
     return out  # type: ignore[return-value]
 
 
+def _tsne_rows(dataset: Any, setup: EvalSetup) -> set[int]:
+    """The rows whose features the t-SNE plot shows: a seeded subset stratified by class, not the first N."""
+    if len(dataset) <= setup.tsne_samples:
+        return set(range(len(dataset)))
+    return set(stratified_subset(dataset, setup.tsne_samples, setup.seed, SALT_TSNE).rows)
+
+
 def _features(adapter: Any, pixels: torch.Tensor) -> np.ndarray:
     feats = adapter.vision_features(pixels.to(adapter.device), kind="encoder").float()
     return (feats.mean(1) if feats.ndim == 3 else feats.flatten(1)).cpu().numpy()
@@ -244,6 +252,7 @@ def _run_model(
                                     num_workers=workers)
     bar = tqdm(total=len(dataset), desc=f"{getattr(adapter, 'name', model_id)} [{', '.join(names)}]",
                unit="img", disable=None if setup.progress else True, file=sys.stderr, leave=False)
+    tsne_rows = _tsne_rows(dataset, setup) if setup.tsne else set()
     seen = 0
     for batch in batches:
         images = batch.images.to(adapter.device).float()
@@ -264,11 +273,11 @@ def _run_model(
         for c, name in enumerate(names):
             for j, rec in enumerate(per_cell[c]):
                 records[name].append({"id": _sample_id(batch.samples[j], seen + j), **rec})
-        if setup.tsne and seen < setup.tsne_samples:
-            take = min(len(batch.samples), setup.tsne_samples - seen)
+        take = [j for j in range(len(batch.samples)) if seen + j in tsne_rows]
+        if take:
             with torch.no_grad():
                 for c, name in enumerate(names):
-                    feats[name].append(_features(adapter, pixels[c][:take]))
+                    feats[name].append(_features(adapter, pixels[c][take]))
         seen += len(batch.samples)
         bar.update(len(batch.samples))
     bar.close()
