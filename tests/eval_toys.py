@@ -39,9 +39,10 @@ class ToySpec:
     kind: str = "classification"
     choices: list[str] = field(default_factory=lambda: ["red", "green", "blue"])
     metrics: list[str] = field(default_factory=lambda: ["top1"])
+    instruction: str = "What colour dominates?"
 
     def prompt_for(self, sample, family=None):
-        return f"What colour dominates? ({family})"
+        return f"{self.instruction} ({family})"
 
     def choices_for(self, sample):
         return list(sample.choices or self.choices)
@@ -152,7 +153,16 @@ def toy_backends(calls: dict, spec: ToySpec | None = None, dataset=None) -> Back
             return [ToySample(s.id, s.image * factor, s.label, s.answer, s.choices) for s in data]
         return data
 
-    return Backends(lambda name: spec, open_dataset, toy_iter_batches, load_adapter, toy_accuracy)
+    return Backends(lambda name: spec, open_dataset, toy_iter_batches, load_adapter, toy_accuracy, toy_fingerprint)
+
+
+def toy_fingerprint(model_id: str) -> str:
+    """Toy ids name no files: the id is the model's identity; ``toy:`` is the only scheme known."""
+    from tvprompt.errors import UsageError
+
+    if not model_id.startswith("toy:"):
+        raise UsageError(f"--model {model_id}: unknown toy model")
+    return model_id
 
 
 def make_prompt(path, value: float = 0.9, width: int = 4, size: int = 32, sources=(), method="tvp", channel=None):

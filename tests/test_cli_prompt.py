@@ -60,10 +60,24 @@ def test_bad_input_one_line_error_and_nothing_written_for_it(tmp_path, prompt_di
     assert res.returncode == 1
     assert "Traceback" not in res.stderr
     err_lines = [line for line in res.stderr.splitlines() if "error" in line]
-    assert len(err_lines) == 1 and "b_bad.png" in err_lines[0]
-    assert not (tmp_path / "o" / "b_bad.png").exists()
-    leftovers = [p.name for p in (tmp_path / "o").iterdir() if p.name.startswith(".")]
-    assert leftovers == []
+    assert len(err_lines) == 1 and "b_bad.png" in err_lines[0] and "nothing written" in err_lines[0]
+    assert not (tmp_path / "o").exists()  # not even the good image: a rerun needs no --overwrite
+    (tmp_path / "in" / "b_bad.png").unlink()
+    assert tvp("apply", "--prompt", pdir, tmp_path / "in", "--output", tmp_path / "o").returncode == 0
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["a_good.png"]
+
+
+def test_bad_input_keeps_earlier_outputs_untouched_with_overwrite(tmp_path, prompt_dir, tvp):
+    pdir, _ = prompt_dir
+    (tmp_path / "in" / "sub").mkdir(parents=True)
+    Image.new("RGB", (10, 10)).save(tmp_path / "in" / "a.png")
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "a.png").write_bytes(b"earlier result")
+    (tmp_path / "in" / "sub" / "z.png").write_bytes(b"broken")
+    res = tvp("apply", "--prompt", pdir, tmp_path / "in", "--output", tmp_path / "o", "--overwrite")
+    assert res.returncode == 1
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["a.png"]  # no sub/, no temporary files
+    assert (tmp_path / "o" / "a.png").read_bytes() == b"earlier result"
 
 
 def test_skip_bad_counts(tmp_path, prompt_dir, tvp):

@@ -86,7 +86,7 @@ def test_off_compiles_nothing_and_bad_modes_are_one_line_usage_errors():
     assert "'fast' is not one of off, default, reduce-overhead, max-autotune" in str(e.value)
     with pytest.raises(UsageError) as e:
         TrainConfig(compile="bogus")
-    assert str(e.value).startswith("field 'compile': 'bogus' is not one of") and "\n" not in str(e.value)
+    assert str(e.value).startswith("--compile: 'bogus' is not one of") and "\n" not in str(e.value)
     assert COMPILE_MODES == regional.COMPILE_MODES
     assert TrainConfig(compile="max-autotune").compile == "max-autotune"
     assert "compile" not in TrainConfig(compile="default").hyperparameters()  # runtime only: resume may change it
@@ -244,6 +244,7 @@ def test_reduce_overhead_pads_text_and_matches_eager_on_cpu(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_train_with_compile_gives_the_eager_prompt(tmp_path):
     from tvprompt.models.guide import build_tiny_guide
     from tvprompt.training.loop import resolve_config, train

@@ -63,7 +63,7 @@ def _run(env: dict[str, str], out: Path, *extra: str) -> subprocess.CompletedPro
 
 def test_demo_quick_end_to_end_small(zoo_env, tmp_path):
     r = _run(zoo_env, tmp_path / "demo", "--methods", "vp", "tvp", "--targets", "zoo:llava-p8", "zoo:blip2-opt",
-             "--steps", "2", "--eval-limit", "10", "--n-images", "60")
+             "--steps", "2", "--limit", "10", "--n", "60")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "| no prompt |" in r.stdout and "tvp@llava-p8+blip2-opt" in r.stdout
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())

@@ -17,7 +17,7 @@ from tvprompt.prompt import VisualPrompt
 from tvprompt.tasks import load_task
 
 from ._data_fixtures import write_cifar10
-from .eval_toys import ToyAdapter, make_prompt, toy_iter_batches
+from .eval_toys import ToyAdapter, make_prompt, toy_fingerprint, toy_iter_batches
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +38,10 @@ def test_ranking_with_a_real_adapter_equals_per_choice_lm_loss(world, tmp_path):
     assert len(lines) == 6
     # brute force: one lm_loss per (sample, choice); score = −mean CE over answer tokens (+EOS)
     from tvprompt.data import iter_batches, open_dataset
+    from tvprompt.data.subset import stratified_subset
 
     spec = load_task("cifar10")
-    ds = open_dataset(spec, root / "cifar", "test")
+    ds = stratified_subset(open_dataset(spec, root / "cifar", "test"), 3, seed=0)  # the rows --limit 3 takes
     adapter = load_adapter(model_id)
     vp = VisualPrompt.from_pretrained(prompt)
     (batch,) = list(iter_batches(ds, 3, image_size=32))[:1]
@@ -106,7 +107,7 @@ def binary_backends(spec, calls):
         data.append(Sample(id=f"m{i}", image=img.clamp(0, 1), answer=["yes", "no"][label], question="Is there a dog?",
                            text="a meme", label=label))
     return Backends(lambda name: spec, lambda *a, **k: data, toy_iter_batches,
-                    lambda m: ToyAdapter(m, calls), compute_metrics)
+                    lambda m: ToyAdapter(m, calls), compute_metrics, toy_fingerprint)
 
 
 @pytest.mark.parametrize("task", ["hateful_memes", "pope_random"])

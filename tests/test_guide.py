@@ -69,6 +69,14 @@ def test_preprocessing_and_features_match_the_hf_processor(guide):
         torch.testing.assert_close(guide.encode_image(pixels), reference, atol=2e-2, rtol=0)
 
 
+def test_large_detailed_images_are_antialiased_like_pil(guide):
+    processor = load_image_processor(guide.model_id.split(":", 1)[1])
+    array = np.random.default_rng(0).integers(0, 256, size=(160, 208, 3), dtype=np.uint8)  # 5x downscale of noise
+    expected = torch.as_tensor(np.asarray(processor(images=Image.fromarray(array), return_tensors="np")["pixel_values"]))
+    ours = guide.preprocess(torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255)
+    assert (ours - expected).abs().max().item() < 0.05  # without antialiasing: errors of about 1
+
+
 def test_an_mllm_directory_is_not_a_guide(tmp_path):
     from tvprompt.models.tiny import build_tiny_model
 

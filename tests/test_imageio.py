@@ -54,6 +54,10 @@ def test_sixteen_bit_scaled_not_clipped(tmp_path):
     make_mode_images(tmp_path)
     x = load_image(tmp_path / "deep.png")
     assert 0.3 < x.max() <= 1.0 and x[0, 0, 0] == 0  # 16-bit max ~ 57300/65535 ~ 0.87
+    raw = np.arange(12 * 16).reshape(12, 16) * 300.0
+    expected = torch.from_numpy(np.floor(raw / 65535 * 255 + 0.5) / 255).float()
+    assert torch.allclose(x[0], expected, atol=1e-6)  # every pixel scaled by 255/65535, none clipped
+    assert x[0, 0, 1] == pytest.approx(1 / 255) and x[0, 11, 15] == pytest.approx(223 / 255)
 
 
 def test_grey_is_replicated(tmp_path):

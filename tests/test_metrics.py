@@ -17,14 +17,10 @@ def _rec(label, pred, scores):
 
 def test_top1_top5_hand_computed():
     spec = load_task("cifar10")
-    # label ranks: 1st, 3rd, 6th, 2nd -> top1 = 1/4, top5 = 3/4
-    records = [
-        _rec(0, 0, [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]),
-        _rec(2, 0, [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]),
-        _rec(5, 0, [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]),
-        _rec(1, 0, [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]),
-    ]
-    assert compute_metrics(spec, records) == {"n": 4.0, "top1": 0.25, "top5": 0.75}
+    # label ranks: 1st, 3rd, 6th, 2nd, 5th -> top1 = 1/5, top5 = 4/5 (top4 would be 3/5, top6 5/5)
+    scores = [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]
+    records = [_rec(label, 0, scores) for label in (0, 2, 5, 1, 4)]
+    assert compute_metrics(spec, records) == {"n": 5.0, "top1": pytest.approx(1 / 5), "top5": pytest.approx(4 / 5)}
 
 
 def test_top5_only_with_more_than_five_choices():
@@ -39,16 +35,14 @@ def test_counting_accuracy():
 
 
 def test_pope_hand_computed():
-    # choices [yes, no]: yes = 0. labels: y y y n n ; preds: y n y y n
-    labels, preds = [0, 0, 0, 1, 1], [0, 1, 0, 0, 1]
+    # choices [yes, no]: yes = 0. labels: y y y n n n ; preds: y n n y n n -> tp 1, fn 2, fp 1, tn 2
+    labels, preds = [0, 0, 0, 1, 1, 1], [0, 1, 1, 0, 1, 1]
     out = compute_metrics("pope_random", [_rec(label, p, [0, 0]) for label, p in zip(labels, preds, strict=True)])
-    tp, fp, fn = 2, 1, 1
-    precision, recall = tp / (tp + fp), tp / (tp + fn)
-    assert out["accuracy"] == pytest.approx(3 / 5)
-    assert out["precision"] == pytest.approx(precision)
-    assert out["recall"] == pytest.approx(recall)
-    assert out["f1"] == pytest.approx(2 * precision * recall / (precision + recall))
-    assert out["yes_ratio"] == pytest.approx(3 / 5)
+    assert out["accuracy"] == pytest.approx(3 / 6)
+    assert out["precision"] == pytest.approx(1 / 2)  # tp / (tp + fp)
+    assert out["recall"] == pytest.approx(1 / 3)  # tp / (tp + fn): differs from precision, so a swap shows
+    assert out["f1"] == pytest.approx(0.4)  # harmonic mean 2PR / (P + R); the arithmetic mean would be 5/12
+    assert out["yes_ratio"] == pytest.approx(2 / 6)
 
 
 def test_auc_hand_computed_from_softmax_difference():

@@ -242,7 +242,7 @@ def test_hf_disk_without_datasets_says_what_to_install(tmp_path):
         pytest.skip("datasets is installed")
     (tmp_path / "dataset_dict.json").write_text(json.dumps({"splits": ["train"]}))
     assert detect_format(tmp_path) == "hf_disk"
-    with pytest.raises(UsageError, match="pip install datasets"):
+    with pytest.raises(UsageError, match=r"pip install 'tvprompt\[hf\]'"):
         open_dataset("cifar10", tmp_path, "test")
 
 
@@ -351,3 +351,95 @@ def test_registered_reader_is_detected_and_used(tmp_path):
             register_reader(CsvReader)
     finally:
         _READERS.pop("test_csv_index", None)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_pickles_of_every_protocol_load(tmp_path, protocol):
+    import pickle
+
+    from tvprompt.data.readers.torchvision_fmt import safe_unpickle
+
+    data = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
+    (tmp_path / "batch").write_bytes(pickle.dumps({b"labels": [1, 2], b"data": data}, protocol=protocol))
+    loaded = safe_unpickle(tmp_path / "batch")
+    assert loaded["labels"] == [1, 2] and np.array_equal(loaded["data"], data)
+    (tmp_path / "evil").write_bytes(pickle.dumps({"x": print}, protocol=protocol))
+    with pytest.raises(TvpError, match=r"refusing to load (__builtin__|builtins)\.print"):
+        safe_unpickle(tmp_path / "evil")
+
+
+def _fake_hf(monkeypatch, tmp_path, splits):
+    import sys
+    import types
+
+    fake = types.ModuleType("datasets")
+    fake.load_from_disk = lambda p: splits
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    (tmp_path / "dataset_dict.json").write_text(json.dumps({"splits": sorted(splits)}))
+
+
+def test_hf_disk_label_and_answer_columns(tmp_path, monkeypatch):
+    from PIL import Image
+
+    img = Image.new("RGB", (4, 4))
+    rows = [{"img": img, "fine_label": i % 3, "coarse_label": 0} for i in range(6)]
+    features = {"fine_label": _FakeClassLabel(["apple", "aquarium_fish", "baby"]), "coarse_label": _FakeClassLabel(["x"])}
+    _fake_hf(monkeypatch, tmp_path, {"train": _FakeHFDataset(rows, features), "test": _FakeHFDataset(rows, features)})
+    spec = TaskSpec.from_dict({"version": 1, "name": "c100", "format_options": {"label_column": "fine_label"}})
+    ds = open_dataset(spec, tmp_path, "test")
+    assert [s.answer for s in ds.samples[:3]] == ["apple", "aquarium fish", "baby"] and ds.samples[1].label == 1
+    with pytest.raises(TvpError, match=r"needs a ClassLabel column 'label' or a text column 'answer'.*label_column"):
+        open_dataset(TaskSpec.from_dict({"version": 1, "name": "c100"}), tmp_path, "test")
+    with pytest.raises(TvpError, match=r"format_options.label_column 'fine' is not a column \(columns: coarse_label"):
+        open_dataset(spec, tmp_path, "test", format_options={"label_column": "fine"})
+
+    memes = [{"img": img, "label": i % 2, "text": "t", "caption": ["no", "yes"][i % 2]} for i in range(8)]
+    _fake_hf(monkeypatch, tmp_path, {"train": _FakeHFDataset(memes, {}), "test_seen": _FakeHFDataset(memes, {})})
+    ds = open_dataset("hateful_memes", tmp_path, "test", format_options={"label_names": ["no", "yes"]})
+    assert [s.answer for s in ds.samples[:2]] == ["no", "yes"]
+    assert [ds.spec.label_index(s) for s in ds.samples[:2]] == [1, 0]  # the task's choices are [yes, no]
+    ds = open_dataset("hateful_memes", tmp_path, "test", format_options={"answer_column": "caption"})
+    assert [s.answer for s in ds.samples[:2]] == ["no", "yes"]
+
+
+def test_the_datas_own_val_split_is_used(tmp_path, monkeypatch):
+    from PIL import Image
+
+    img = Image.new("RGB", (4, 4))
+    make = lambda n, tag: _FakeHFDataset([{"image": img, "label": i % 2, "id": f"{tag}{i}"} for i in range(n)],  # noqa: E731
+                                         {"label": _FakeClassLabel(["cat", "dog"])})
+    _fake_hf(monkeypatch, tmp_path, {"train": make(10, "tr"), "validation": make(4, "va"), "test": make(4, "te")})
+    val = open_dataset("cifar10", tmp_path, "val")
+    assert [s.id for s in val.samples] == ["va0", "va1", "va2", "va3"]
+    assert len(open_dataset("cifar10", tmp_path, "train")) == 10  # nothing carved from train
+
+
+def test_imagefolder_val_folder_is_used_but_never_the_test_split(tmp_path):
+    root = write_imagefolder(tmp_path / "f", ["cat", "dog"], per_class=3, splits=("train", "val", "test"))
+    spec = TaskSpec.from_dict({"version": 1, "name": "t", "format": "imagefolder"})
+    assert all(s.id.startswith("val/") for s in open_dataset(spec, root, "val").samples)
+    assert len(open_dataset(spec, root, "train")) == 6
+    nette = TaskSpec.from_dict({"version": 1, "name": "n", "format": "imagefolder",
+                                "splits": {"train": "train", "val": None, "test": "val"}})
+    val = open_dataset(nette, root, "val", val_fraction=0.34)  # val/ is the test set here: carve from train
+    assert all(s.id.startswith("train/") for s in val.samples)
+
+
+def test_datasets_is_a_declared_extra():
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert any(req.startswith("datasets") for req in project["optional-dependencies"]["hf"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7, 13])
+def test_holdout_is_the_same_and_disjoint_from_train_at_every_seed(tmp_path, seed):
+    write_imagefolder(tmp_path, ["cat", "dog", "eel"], per_class=9)
+    spec = TaskSpec.from_dict({"version": 1, "name": "pets"})
+    test = {s.id for s in open_dataset(spec, tmp_path, "test", seed=seed).samples}
+    assert test == {s.id for s in open_dataset(spec, tmp_path, "test", seed=0).samples}  # never moves with the seed
+    train = {s.id for s in open_dataset(spec, tmp_path, "train", seed=seed, val_fraction=0.2).samples}
+    val = {s.id for s in open_dataset(spec, tmp_path, "val", seed=seed, val_fraction=0.2).samples}
+    assert not (train & test) and not (val & test) and not (train & val)
+    assert len(train | val | test) == 27

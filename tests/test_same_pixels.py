@@ -87,7 +87,7 @@ def test_train_eval_and_apply_see_the_same_pixels(tmp_path, fit, resample):
             applied[CHOICES[i]] = prompt.apply(load_image(tmp_path / f"{i}.png")[None])[0]
 
     evaluated = Recording()
-    backends = dataclasses.replace(Backends.default(), load_adapter=lambda _id: evaluated)
+    backends = dataclasses.replace(Backends.default(), load_adapter=lambda _id: evaluated, fingerprint_model=lambda i: i)
     evaluate([prompt_dir], ["toy"], EvalSetup(task=str(task), data=str(manifest), split="test", batch_size=3),
              tmp_path / "eval", backends=backends)
     assert len(evaluated.seen) == 2  # the no-prompt cell, then the prompt's (its own batches)

@@ -1,6 +1,7 @@
 """Prompt archives: canonical packing and safe, limited unpacking (no server needed)."""
 
 import io
+import re
 import stat
 import struct
 import zipfile
@@ -41,16 +42,34 @@ def test_single_top_folder_is_accepted(prompt_files):
     assert read_archive(data, LIMITS) == prompt_files
 
 
+MALFORMED, DOTS = "absolute or malformed name", "'..' or '.' in a name is not allowed"
+
+
 @pytest.mark.parametrize(
-    "name",
-    ["../prompt.safetensors", "/etc/prompt.safetensors", "a/../prompt.safetensors", "..\\prompt.safetensors",
-     "C:/prompt.safetensors", "./prompt.safetensors"],
+    "name, error",
+    [("../prompt.safetensors", DOTS), ("/etc/prompt.safetensors", MALFORMED), ("a/../prompt.safetensors", DOTS),
+     ("..\\prompt.safetensors", MALFORMED), ("C:/prompt.safetensors", MALFORMED), ("./prompt.safetensors", DOTS)],
 )
-def test_traversal_names_are_refused(prompt_files, name):
+def test_traversal_names_are_refused(prompt_files, name, error):
     members = dict(prompt_files)
     members[name] = members.pop("prompt.safetensors")
-    with pytest.raises(ArchiveError, match="not allowed|malformed"):
+    with pytest.raises(ArchiveError, match=re.escape(error)):  # the name check's own error, not a later layer's
         read_archive(_zip(members), LIMITS)
+
+
+def test_stream_longer_than_declared_is_stopped_while_reading(prompt_files, monkeypatch):
+    """zipfile itself stops at the declared size; the reader's own check must hold if a stream does not."""
+    data = _zip(prompt_files)
+    real_open = zipfile.ZipFile.open
+
+    def endless(self, info, *a, **kw):
+        if getattr(info, "filename", info) == "prompt.safetensors":
+            return io.BytesIO(bytes(info.file_size + 1))
+        return real_open(self, info, *a, **kw)
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", endless)
+    with pytest.raises(ArchiveError, match="'prompt.safetensors' unpacks past its declared size"):
+        read_archive(data, LIMITS)
 
 
 def test_unknown_member_and_missing_member(prompt_files):

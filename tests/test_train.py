@@ -269,7 +269,8 @@ def test_early_stop_after_patience(tmp_path):
     assert again.step == 3 and torch.equal(again.delta, result.delta)
 
 
-def test_resume_after_crash_in_process_is_bit_exact(tmp_path):
+@pytest.mark.parametrize("method", ["tvp", "vp"])  # vp: the SGD momentum buffer must survive the crash too
+def test_resume_after_crash_in_process_is_bit_exact(tmp_path, method):
     def crashing(after):
         def fn(*a, **kw):
             for b in toy_batches(*a, **kw):
@@ -280,9 +281,9 @@ def test_resume_after_crash_in_process_is_bit_exact(tmp_path):
         return fn
 
     crashing.count = 0
-    cfg = _cfg("tvp", steps=7, guide="g", ckpt_every=1, grad_accum=2, output=str(tmp_path / "a"))
+    cfg = _cfg(method, steps=7, guide="g", ckpt_every=1, grad_accum=2, output=str(tmp_path / "a"))
     full = _run(cfg, [ToyAdapter(0), ToyAdapter(1)], n=10, guide=ToyGuide())
-    cfg_b = _cfg("tvp", steps=7, guide="g", ckpt_every=1, grad_accum=2, output=str(tmp_path / "b"))
+    cfg_b = _cfg(method, steps=7, guide="g", ckpt_every=1, grad_accum=2, output=str(tmp_path / "b"))
     with pytest.raises(RuntimeError, match="boom"):
         train(cfg_b, sources=[ToyAdapter(0), ToyAdapter(1)], guide=ToyGuide(), spec=ToySpec(),
               train_set=ToyDataset(10), batch_fn=crashing(7))

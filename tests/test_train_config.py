@@ -29,7 +29,11 @@ def test_preset_then_file_then_flags(tmp_path):
 def test_config_file_errors(tmp_path):
     f = tmp_path / "bad.yaml"
     f.write_text("learning_rate: 3\n")
-    with pytest.raises(UsageError, match=r"bad.yaml: unknown key 'learning_rate'"):
+    with pytest.raises(UsageError, match=r"bad.yaml: unknown key 'learning_rate'; `tvp train --help`") as e:
+        load_config_file(f)
+    assert "val_max_samples" not in str(e.value)  # a pointer, not the list of every key
+    f.write_text("val-max-sample: 8\n")
+    with pytest.raises(UsageError, match=r"unknown key 'val-max-sample'; did you mean val_max_samples\b"):
         load_config_file(f)
     f.write_text("- a\n- b\n")
     with pytest.raises(UsageError, match="expected a mapping"):
@@ -41,15 +45,31 @@ def test_config_file_errors(tmp_path):
 @pytest.mark.parametrize("kw, match", [
     ({"val_split": "test"}, "select on test data"),
     ({"steps": 10, "epochs": 1.0}, "either --steps or --epochs"),
-    ({"fca_reference": "clean"}, "fca_reference"),
-    ({"lr": -1.0}, "field 'lr'"),
-    ({"batch_size": 0}, "field 'batch_size'"),
-    ({"method": "sgd"}, "field 'method'"),
-    ({"num_workers": -1}, "field 'num_workers'"),
+    ({"fca_reference": "clean"}, "^--fca-reference: 'clean'"),
+    ({"lr": -1.0}, "^--lr: must be"),
+    ({"batch_size": 0}, "^--batch-size: must be"),
+    ({"method": "sgd"}, "^--method: 'sgd'"),
+    ({"num_workers": -1}, "^--num-workers: must be"),
+    ({"width": 112}, r"^--width: 112 leaves no image inside a 224-pixel prompt"),
+    ({"shape": "fixed_patch", "patch_size": 300}, "^--patch-size: 300 is larger than --image-size 224"),
+    ({"train_split": "test"}, "^--train-split: training on the test split"),
+    ({"sources": ["hf:a"], "source_devices": ["cpu", "cpu"]}, "^--source-device: 2 devices for 1 sources"),
 ])
 def test_bad_values_are_usage_errors(kw, match):
     with pytest.raises(UsageError, match=match):
         TrainConfig(**kw)
+
+
+def test_yaml_numbers_as_users_write_them(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("lr: 4e1\nmin-lr: 1e-3\nmomentum: 0.9\nfca: 5E-3\nsteps: 10\n")
+    values = load_config_file(f)
+    assert values["lr"] == 40.0 and values["min_lr"] == 0.001 and values["fca"] == 0.005
+    cfg = resolve_config(None, values)
+    assert (cfg.lr, cfg.min_lr, cfg.fca, cfg.steps) == (40.0, 0.001, 0.005, 10)
+    f.write_text("lr: fast\n")
+    with pytest.raises(UsageError, match="^--lr: must be a finite number >= 0, got 'fast'"):
+        resolve_config(None, load_config_file(f))
 
 
 def test_num_workers_defaults_to_the_device_choice():
@@ -95,7 +115,7 @@ def test_cli_preset_released_and_its_named_options():
     assert (default.fca_distance, default.grad_norm_over, default.image_fit, default.image_resample) == (
         "l2", "border", "crop", "bicubic")
     assert default.clamp and default.lr_schedule == "cosine" and default.preset is None
-    with pytest.raises(UsageError, match="grad_norm_over"):
+    with pytest.raises(UsageError, match="--grad-norm-over"):
         resolve_config("tvp", flags={"grad_norm_over": "frame", "shape": "fixed_patch"})
 
 

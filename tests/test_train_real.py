@@ -124,6 +124,7 @@ def test_cli_writes_a_prompt_directory(world, clip, tvp, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 def test_cli_end_to_end_kill_and_resume_identical(world, tmp_path):
     model, task, data = world
     args = ["--method", "evp", "--source", f"hf:{model}", "--task", task, "--data", data, "--steps", 8,
@@ -132,7 +133,7 @@ def test_cli_end_to_end_kill_and_resume_identical(world, tmp_path):
     full = _tvp(*args, "--output", tmp_path / "full")
     killed = _tvp(*args, "--output", tmp_path / "killed")
     out, rows = tmp_path / "killed" / "metrics.jsonl", []
-    k = random.Random().randint(2, 6)
+    k = random.Random(21).randint(2, 6)  # seeded: every run kills at the same step
     t0 = time.time()
     while len(rows) < k:
         assert killed.poll() is None, killed.communicate()

@@ -71,6 +71,7 @@ def test_manifest_accuracy_reproduces_on_a_quick_sample():
 
 
 @pytest.mark.slow
+@pytest.mark.ci
 @needs_zoo
 @pytest.mark.parametrize("entry", MLLMS, ids=lambda e: e.name)
 def test_manifest_accuracy_reproduces_in_full(entry):

@@ -69,7 +69,7 @@ class DemoConfig:
         if bad or not self.methods:
             raise UsageError(f"--methods: choose among {', '.join(METHODS)}")
         if self.seeds < 1 or self.steps < 1 or self.n_images < 20 or self.batch_size < 1:
-            raise UsageError("--seeds and --steps must be >= 1 and --n-images >= 20")
+            raise UsageError("--seeds and --steps must be >= 1 and --n >= 20")
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:

@@ -106,12 +106,17 @@ def save_png(image: torch.Tensor, path: str | os.PathLike) -> None:
         tensor_to_pil(image).save(tmp, format="PNG")
 
 
+def is_junk(name: str) -> bool:
+    """Hidden entries and archive/OS droppings (``.DS_Store``, ``._x.jpg``, ``__MACOSX``): never data."""
+    return name.startswith((".", "__"))
+
+
 def iter_image_files(root: str | os.PathLike) -> Iterator[Path]:
-    """Image files (by suffix) under a folder, recursively, in sorted order."""
+    """Image files (by suffix) under a folder, recursively, in sorted order; junk entries skipped."""
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if not is_junk(d))
         for name in sorted(filenames):
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES and not is_junk(name):
                 yield Path(dirpath) / name
 
 

@@ -29,12 +29,14 @@ def _eval_args(p: argparse.ArgumentParser, data_required: bool = True) -> None:
     p.add_argument("--task", required=data_required, help="task name or YAML")
     p.add_argument("--data", required=data_required, metavar="PATH", help="dataset path")
     p.add_argument("--split", default="test", help="evaluation split (default test)")
-    p.add_argument("--limit", type=int, metavar="N", help="evaluate the first N samples only")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="evaluate N samples only: a subset seeded by --seed, stratified by class")
     p.add_argument("--batch-size", type=int, default=16, help="evaluation batch (default 16)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", required=True, metavar="DIR")
     p.add_argument("--reduced", action="store_true", help="a small grid (quick checks, tests)")
     add_model_args(p)
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
 
 ORDER = 65  # `tvp --help` lists commands by ORDER
 
@@ -129,7 +131,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                    backends=backends, **kw)
     else:
         setup = EvalSetup(task=args.task or "", data=args.data or "", split=args.split, limit=args.limit,
-                          batch_size=args.batch_size, seed=args.seed, image_size=args.image_size)
+                          batch_size=args.batch_size, seed=args.seed, image_size=args.image_size,
+                          progress=args.progress)
         runtime = {"device": args.device, "device_map": args.device_map, "dtype": args.dtype,
                    "revision": args.revision, "trust_remote_code": args.trust_remote_code}
         trainer = functools.partial(an.train_prompt, runtime={k: v for k, v in runtime.items() if v is not None})

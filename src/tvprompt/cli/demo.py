@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ._flags import deprecated_alias
+
 ORDER = 5  # the first command a new user runs
 
 
@@ -19,8 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--targets", nargs="+", metavar="MODEL", help="models to evaluate on (default: every zoo MLLM)")
     p.add_argument("--methods", nargs="+", choices=["vp", "evp", "tvp"], help="methods (default: all three)")
     p.add_argument("--steps", type=int, help="prompt updates per run")
-    p.add_argument("--n-images", type=int, help="ShapeWorld images generated (split 60/20/20)")
-    p.add_argument("--eval-limit", type=int, help="test images per evaluation")
+    p.add_argument("--n", dest="n_images", type=int, help="ShapeWorld images generated (split 60/20/20)")
+    p.add_argument("--limit", dest="eval_limit", type=int,
+                   help="test images per evaluation (a seeded subset, stratified by class)")
+    deprecated_alias(p, "--n-images", "--n", "n_images", type=int)
+    deprecated_alias(p, "--eval-limit", "--limit", "eval_limit", type=int)
     p.add_argument("--paper-defaults", action="store_true",
                    help="use every released hyper-parameter (EVP step size γ=70 instead of the demo's 10)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")

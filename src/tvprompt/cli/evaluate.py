@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", required=True, help="built-in task name or task YAML file")
     p.add_argument("--data", required=True, metavar="PATH", help="dataset folder or file")
     p.add_argument("--split", default="test", help="dataset split (default: test)")
-    p.add_argument("--limit", type=int, metavar="N", help="evaluate the first N samples only")
+    p.add_argument("--limit", type=int, metavar="N",
+                   help="evaluate N samples only: a subset seeded by --seed, stratified by class")
     p.add_argument("--batch-size", type=int, default=16, metavar="B",
                    help="samples per batch; each adapter call holds B × (pending cells) images (default 16)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="data seed (default 0)")
@@ -45,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="row names of the prompts, in --prompt order (default: from each prompt's config, e.g. tvp@llava-p8)")
     p.add_argument("--json", action="store_true", help="print a JSON summary on stdout (for scripts) instead of the table")
     add_model_args(p)
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     p.set_defaults(func=cmd_eval)
 
 
@@ -73,7 +75,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         task=args.task, data=args.data, split=args.split, limit=args.limit, batch_size=args.batch_size,
         seed=args.seed, max_new_tokens=args.max_new_tokens, corruption=args.corruption,
         severity=args.severity if args.corruption else None, tsne=args.tsne, image_size=args.image_size,
-        num_workers=args.num_workers,
+        num_workers=args.num_workers, progress=args.progress,
     )
     command = shlex.join(["tvp", *sys.argv[1:]]) if sys.argv[1:] else None
     results = evaluate(args.prompt, args.model, setup, args.output, command=command, names=args.label,

@@ -77,17 +77,32 @@ def cmd_apply(args: argparse.Namespace) -> int:
                 raise TvpError(f"{dst}: exists; pass --overwrite to replace it")
     gen = torch.Generator().manual_seed(prompt.config.seed)
     bad = 0
-    with torch.no_grad():
-        for src, dst in tqdm(pairs, desc="apply", unit="img", disable=None, file=sys.stderr):
-            try:
-                image = load_image(src)
-            except ImageError as e:
-                if not args.skip_bad:
-                    raise
-                log.warning("skipped %s", e)
-                bad += 1
-                continue
-            save_png(prompt.apply(image[None], generator=gen)[0], dst)
+    new_dirs = sorted({d for _, dst in pairs for d in (dst.parent, *dst.parent.parents) if not d.exists()},
+                      key=lambda d: len(d.parts), reverse=True)
+    staged: list[tuple[Path, Path]] = []  # every output is written beside its name and renamed at the end,
+    try:                                  # so a bad input without --skip-bad leaves no output at all
+        with torch.no_grad():
+            for src, dst in tqdm(pairs, desc="apply", unit="img", disable=None, file=sys.stderr):
+                try:
+                    image = load_image(src)
+                except ImageError as e:
+                    if not args.skip_bad:
+                        raise TvpError(f"{e}; nothing written (pass --skip-bad to skip unreadable images)") from None
+                    log.warning("skipped %s", e)
+                    bad += 1
+                    continue
+                tmp = dst.with_name(f".{dst.name}.apply.tmp")
+                staged.append((tmp, dst))
+                save_png(prompt.apply(image[None], generator=gen)[0], tmp)
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        for d in new_dirs:
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        raise
+    for tmp, dst in staged:
+        tmp.replace(dst)
     print(f"wrote {len(pairs) - bad} image(s) to {output}" + (f"; skipped {bad} bad input(s)" if bad else ""))
     return 1 if bad and bad == len(pairs) else 0
 

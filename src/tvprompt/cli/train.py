@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a("--output", metavar="DIR", help="output folder (prompt/, last/, checkpoint/, metrics.jsonl)")
     a("--config", metavar="FILE.yaml", help="YAML file of training options (keys as below, - or _)")
     a("--resume", action="store_true", help="continue the run in --output from its checkpoint")
+    a("--overwrite", action="store_const", const=True, help="replace the results of an earlier run in --output")
     g = p.add_argument_group("schedule")
     g.add_argument("--steps", type=int, help="number of prompt updates")
     g.add_argument("--epochs", type=float, help="passes over the training split (instead of --steps)")
@@ -136,11 +137,11 @@ def train_summary(result: Any) -> dict[str, Any]:
 def cmd_train(args: argparse.Namespace) -> int:
     from ..errors import UsageError
     from ..training.checkpoint import load_checkpoint
-    from ..training.config import RUNTIME_FIELDS, load_config_file, resolve_config
+    from ..training.config import RUNTIME_FIELDS, absolute_paths, load_config_file, resolve_config
     from ..training.loop import train
 
-    flags = flag_values(args)
-    file_values = load_config_file(args.config) if args.config else {}
+    flags = absolute_paths(flag_values(args))
+    file_values = absolute_paths(load_config_file(args.config)) if args.config else {}
     if args.resume:
         if not flags.get("output") and not file_values.get("output"):
             raise UsageError("--resume needs --output DIR (the folder holding checkpoint/)")

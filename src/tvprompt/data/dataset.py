@@ -21,6 +21,7 @@ from .splits import SALT_HOLDOUT, SALT_VAL, split_off, subsample
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+VAL_NAMES = ("val", "validation", "valid")  # what datasets call their validation split
 HOLDOUT_SEED = 0
 
 
@@ -99,8 +100,13 @@ def _map_labels(spec: TaskSpec, samples: list[Sample], choices: list[str] | None
             lookup.setdefault(normalize_answer(c), i)
         key = refine_name
     missing: list[str] = []
+    fixed = choices is spec.choices  # the task lists its answers: per-sample answer sets must stay within them
+    allowed = {f(c) for c in choices for f in (refine_name, normalize_answer)}
     for s in samples:
         if s.choices:  # per-sample answer sets keep their own labels
+            outside = refine_name(s.answer) not in allowed and normalize_answer(s.answer) not in allowed
+            if fixed and outside and s.answer not in missing:
+                missing.append(s.answer)
             continue
         i = lookup.get(key(s.answer))
         if i is None and key is refine_name:
@@ -114,7 +120,7 @@ def _map_labels(spec: TaskSpec, samples: list[Sample], choices: list[str] | None
         shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise TvpError(
             f"{where}: answer(s) {shown} not among task {spec.name}'s {len(choices)} choices; "
-            "list them under choices (or classes) in the task YAML"
+            "is the data for this task? (else list them under choices or classes in the task YAML)"
         )
 
 
@@ -171,6 +177,8 @@ def open_dataset(
     for s in ("train", "test"):
         if names[s] is None and "all" in available:
             names[s] = "all"
+    if names["val"] is None:  # the data's own val split beats carving one from train (unless it is the test set)
+        names["val"] = next((v for v in VAL_NAMES if v in available and v != names["test"]), None)
     if names[split] is None and split != "val":
         want = spec.splits.get(split)
         raise TvpError(f"{source}: no {split} split {want!r} (found {', '.join(available) or 'none'})")

@@ -12,6 +12,9 @@ from .sample import Sample
 SALT_HOLDOUT = 1  # test carved from a one-pool dataset: fixed seed, so test never moves with the run seed
 SALT_VAL = 2
 SALT_SUBSAMPLE = 3
+SALT_LIMIT = 4  # eval --limit (and the analyses): a fixed-size subset
+SALT_VAL_SUBSET = 5  # training's val_max_samples
+SALT_TSNE = 6  # the rows a t-SNE plot shows
 
 
 def strata(samples: Sequence[Sample]) -> list[str]:
@@ -20,11 +23,12 @@ def strata(samples: Sequence[Sample]) -> list[str]:
 
 
 def stratified_pick(
-    keys: Sequence[str], fraction: float, seed: int, salt: int, *, min_per_class: int = 0, keep_one: bool = False
+    keys: Sequence[str], fraction: float, seed: int, salt: int, *, min_per_class: int = 0, keep_one: bool = False,
+    count: int | None = None,
 ) -> list[int]:
-    """Indices (sorted) of a seeded, stratified ``fraction`` of ``keys``.
+    """Indices (sorted) of a seeded, stratified ``fraction`` of ``keys`` (or exactly ``count`` of them).
 
-    The total is ``fraction * len(keys)`` rounded half up, shared among the classes by largest
+    The total is ``count``, else ``fraction * len(keys)`` rounded half up, shared among the classes by largest
     remainder (ties broken by the seed), so small splits keep their overall proportion. Each
     class then gets at least ``min_per_class``; ``keep_one`` leaves every class with two or more
     samples at least one unpicked (carving must not empty a class). At least one index is
@@ -40,9 +44,13 @@ def stratified_pick(
         return []
     rng = np.random.default_rng([seed, salt])
     sizes = np.array([len(groups[g]) for g in names])
-    exact = fraction * sizes
+    if count is None:
+        total, exact = int(fraction * len(keys) + 0.5), fraction * sizes
+    else:
+        total = min(count, len(keys))
+        exact = total * sizes / len(keys)
     counts = np.floor(exact).astype(int)
-    extra = max(0, int(fraction * len(keys) + 0.5) - int(counts.sum()))
+    extra = max(0, total - int(counts.sum()))
     if extra:
         tie = rng.random(len(names))
         order = sorted(range(len(names)), key=lambda j: (-(exact[j] - counts[j]), tie[j]))

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 
 from .. import __version__
+from ..data.splits import SALT_TSNE
+from ..data.subset import stratified_subset
 from ..errors import TvpError, UsageError
 from ..files import write_text_atomic
 from ..hub import resolve_prompt_dir
@@ -35,6 +37,7 @@ from ..prompt import CONFIG_NAME, WEIGHTS_NAME, VisualPrompt, display_name
 from ..tasks import normalize_answer  # the same match rule as tvprompt.evaluation.metrics
 from ..training.distributed import World, init_world
 from ..training.updates import seed_for
+from .fingerprint import data_fingerprint, digest, model_fingerprint, task_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,7 @@ class EvalSetup:
     tsne: bool = False
     tsne_samples: int = 256
     num_workers: int | None = None  # image-decoding workers (default: up to 4 on a GPU, 0 on a CPU)
+    progress: bool = True  # show a progress bar (on a terminal)
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -83,6 +87,7 @@ class Backends:
     iter_batches: Callable[..., Any]
     load_adapter: Callable[[str], Any]
     compute_metrics: Callable[[Any, list[dict]], dict]
+    fingerprint_model: Callable[[str], str] = model_fingerprint  # refuses an id naming no model
 
     @classmethod
     def default(cls, **load_options: Any) -> Backends:
@@ -162,49 +167,20 @@ def load_prompts(paths: Sequence[str | Path], names: Sequence[str] | None = None
     return refs
 
 
-def model_fingerprint(model_id: str) -> str:
-    """Cheap identity of a local model directory (file names, sizes, mtimes); the id otherwise."""
-    local = Path(model_id.removeprefix("hf:"))
-    if not local.is_dir():
-        return model_id
-    items = sorted((p.relative_to(local).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
-                   for p in local.rglob("*") if p.is_file())
-    return hashlib.sha256(json.dumps([model_id, items]).encode()).hexdigest()
-
-
-def cell_fingerprint(setup: EvalSetup, spec: Any, model_id: str, prompt: PromptRef | None) -> str:
+def cell_fingerprint(setup: EvalSetup, inputs: dict[str, str], model: str, prompt: PromptRef | None) -> str:
+    """One cell's identity: the setup that changes numbers, the task and data contents
+    (``inputs`` from :func:`input_fingerprints`), the model's fingerprint, the prompt's bytes, the version."""
     fields = dataclasses.asdict(setup)
-    for key in ("batch_size", "tsne", "tsne_samples", "num_workers"):  # metrics do not depend on these (up to float noise)
+    for key in ("task", "data", "batch_size", "tsne", "tsne_samples", "num_workers", "progress"):  # inputs / no effect
         fields.pop(key)
-    fields["data"] = str(Path(setup.data).resolve()) if Path(setup.data).exists() else setup.data
-    payload = {
-        "setup": fields,
-        "task_version": getattr(spec, "version", None),
-        "model": model_fingerprint(model_id),
-        "prompt": prompt.sha256 if prompt else None,
-        "tvprompt": __version__,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+    return digest({"setup": fields, **inputs, "model": model, "prompt": prompt.sha256 if prompt else None,
+                   "tvprompt": __version__})
 
 
-class _Head:
-    """The first ``n`` items of an indexable dataset (for --limit)."""
-
-    def __init__(self, dataset: Any, n: int) -> None:
-        self.dataset, self.n = dataset, min(n, len(dataset))
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> Any:
-        if not 0 <= i < self.n:
-            raise IndexError(i)
-        return self.dataset[i]
-
-    def __getattr__(self, name: str) -> Any:  # readers may expose e.g. ``spec`` or ``path``
-        if name == "dataset":
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
+def input_fingerprints(setup: EvalSetup, spec: Any) -> dict[str, str]:
+    """Content fingerprints of the task spec and the data (with any reader option naming a path)."""
+    return {"task": task_fingerprint(spec),
+            "data": data_fingerprint(setup.data, getattr(spec, "format_options", None))}
 
 
 def _sample_id(sample: Any, index: int) -> str:
@@ -256,6 +232,13 @@ def _predict(adapter: Any, spec: Any, samples: list, pixels: list[torch.Tensor],
     return out  # type: ignore[return-value]
 
 
+def _tsne_rows(dataset: Any, setup: EvalSetup) -> set[int]:
+    """The rows whose features the t-SNE plot shows: a seeded subset stratified by class, not the first N."""
+    if len(dataset) <= setup.tsne_samples:
+        return set(range(len(dataset)))
+    return set(stratified_subset(dataset, setup.tsne_samples, setup.seed, SALT_TSNE).rows)
+
+
 def _features(adapter: Any, pixels: torch.Tensor) -> np.ndarray:
     feats = adapter.vision_features(pixels.to(adapter.device), kind="encoder").float()
     return (feats.mean(1) if feats.ndim == 3 else feats.flatten(1)).cpu().numpy()
@@ -280,15 +263,16 @@ def _run_model(
     workers = setup.num_workers if setup.num_workers is not None else default_workers(adapter.device)
     # prompts that fit the original image themselves (``fit: crop`` or another kernel) get batches fitted
     # the same way, straight to their inner size: the pixels ``tvp apply`` gives for the same image
+    tsne_rows = _tsne_rows(dataset, setup) if setup.tsne else set()
     groups: dict[tuple, list[PromptRef | None]] = {}
     for p in pending:
         groups.setdefault(_image_options(p, image_size), []).append(p)
     bar = tqdm(total=len(dataset) * len(groups), desc=f"{getattr(adapter, 'name', model_id)} [{', '.join(names)}]",
-               unit="img", disable=None if world.is_main else True, file=sys.stderr, leave=False)
+               unit="img", disable=None if (setup.progress and world.is_main) else True, file=sys.stderr, leave=False)
     for options, group in groups.items():
         batches = backends.iter_batches(dataset, setup.batch_size, shuffle=False, seed=setup.seed,
                                         num_workers=workers, **dict(options))
-        _run_batches(adapter, spec, setup, group, batches, records, feats, bar, world)
+        _run_batches(adapter, spec, setup, group, batches, records, feats, bar, world, tsne_rows)
     bar.close()
     del adapter
     gc.collect()
@@ -321,7 +305,8 @@ def _gather(local: tuple[dict[str, list], dict[str, list]], world: World) -> tup
 
 
 def _run_batches(adapter: Any, spec: Any, setup: EvalSetup, pending: list[PromptRef | None], batches: Any,
-                 records: dict[str, list], feats: dict[str, list], bar: Any, world: World) -> None:
+                 records: dict[str, list], feats: dict[str, list], bar: Any, world: World,
+                 tsne_rows: set[int]) -> None:
     """Records (and features) of ``pending``'s cells, keyed by batch index; this process takes every
     ``world.size``-th batch."""
     names = [p.name if p else CLEAN for p in pending]
@@ -350,11 +335,11 @@ def _run_batches(adapter: Any, spec: Any, setup: EvalSetup, pending: list[Prompt
         for c, name in enumerate(names):
             records[name].append((index, [{"id": _sample_id(batch.samples[j], seen + j), **rec}
                                           for j, rec in enumerate(per_cell[c])]))
-        if setup.tsne and seen < setup.tsne_samples:
-            take = min(len(batch.samples), setup.tsne_samples - seen)
+        take = [j for j in range(len(batch.samples)) if seen + j in tsne_rows]
+        if take:
             with torch.no_grad():
                 for c, name in enumerate(names):
-                    feats[name].append((index, _features(adapter, pixels[c][:take])))
+                    feats[name].append((index, _features(adapter, pixels[c][take])))
         bar.update(min(len(batch.samples) * world.size, bar.total - bar.n))
 
 
@@ -396,6 +381,7 @@ def _evaluate(prompts: Sequence[str | Path], models: Sequence[str], setup: EvalS
     backends = backends or Backends.default()
     output = Path(output)
     refs = load_prompts(prompts, names)
+    model_fps = {m: backends.fingerprint_model(m) for m in models}  # an unknown model fails before any output
     spec = backends.load_task(setup.task)
     kwargs: dict[str, Any] = {"seed": setup.seed}
     if setup.corruption:
@@ -404,7 +390,8 @@ def _evaluate(prompts: Sequence[str | Path], models: Sequence[str], setup: EvalS
     if len(dataset) == 0:
         raise TvpError(f"{setup.data}: split {setup.split!r} holds no samples")
     if setup.limit:
-        dataset = _Head(dataset, setup.limit)
+        dataset = stratified_subset(dataset, setup.limit, setup.seed)
+    inputs = input_fingerprints(setup, spec)
     image_size = setup.image_size or (refs[0].prompt.config.image_height if refs else 224)
     cells_dir = output / CELLS_DIR
     cells_dir.mkdir(parents=True, exist_ok=True)
@@ -415,7 +402,7 @@ def _evaluate(prompts: Sequence[str | Path], models: Sequence[str], setup: EvalS
         for ref in all_cells:
             name = ref.name if ref else CLEAN
             path = cells_dir / f"{cell_key(model_id, name)}.json"
-            fp = cell_fingerprint(setup, spec, model_id, ref)
+            fp = cell_fingerprint(setup, inputs, model_fps[model_id], ref)
             if path.is_file() and _read_json(path).get("fingerprint") == fp and (
                     not setup.tsne or (output / FEATURES_DIR / f"{cell_key(model_id, name)}.npy").is_file()):
                 if world.is_main:
@@ -437,7 +424,7 @@ def _evaluate(prompts: Sequence[str | Path], models: Sequence[str], setup: EvalS
                 _save_npy(output / FEATURES_DIR / f"{key}.npy", feats[name])
             cell = {
                 "model": model_id, "prompt": None if ref is None else ref.name,
-                "fingerprint": cell_fingerprint(setup, spec, model_id, ref),
+                "fingerprint": cell_fingerprint(setup, inputs, model_fps[model_id], ref),
                 "n": len(records[name]), "seconds": round(seconds / len(pending), 3),
                 "metrics": backends.compute_metrics(spec, records[name]), "records": records[name],
             }
@@ -448,6 +435,8 @@ def _evaluate(prompts: Sequence[str | Path], models: Sequence[str], setup: EvalS
     cells = {(m, r.name if r else CLEAN): _read_json(cells_dir / f"{cell_key(m, r.name if r else CLEAN)}.json")
              for m in models for r in all_cells}
     results = summarize(cells, refs, list(models), spec, setup, command)
+    results["fingerprints"] = {**inputs, "models": model_fps, "prompts": {r.name: r.sha256 for r in refs},
+                               "tvprompt": __version__}
     if world.is_main:
         _write_samples(output / SAMPLES_NAME, cells)
         write_text_atomic(output / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
@@ -481,8 +470,8 @@ def summarize(cells: dict[tuple[str, str], dict], refs: list[PromptRef], models:
         "primary_metric": primary,
         "models": [{"id": m, "name": Path(m.split(":", 1)[-1]).name or m} for m in models],
         "prompts": [r.summary() for r in refs],
-        "cells": [{"model": m, "prompt": None if p == CLEAN else p, "n": c["n"], "metrics": c["metrics"]}
-                  for (m, p), c in cells.items()],
+        "cells": [{"model": m, "prompt": None if p == CLEAN else p, "n": c["n"], "metrics": c["metrics"],
+                   "fingerprint": c.get("fingerprint")} for (m, p), c in cells.items()],
         "clean": clean,
         "transfer": transfer,
         "average_delta": average,

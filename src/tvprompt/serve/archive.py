@@ -16,7 +16,7 @@ import stat
 import zipfile
 import zlib
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from ..errors import PromptFileError
 
@@ -86,8 +86,8 @@ def _member_name(raw: str, prefix: str | None) -> str:
 def _check_name(raw: str) -> None:
     if not raw or "\\" in raw or "\x00" in raw or raw.startswith("/") or (len(raw) > 1 and raw[1] == ":"):
         raise ArchiveError(f"archive member {raw!r}: absolute or malformed name")
-    parts = PurePosixPath(raw).parts
-    if any(p in ("..", ".") for p in parts) or "" in raw.split("/")[:-1]:
+    parts = raw.split("/")  # not PurePosixPath(raw).parts, which drops "." segments
+    if any(p in ("..", ".") for p in parts) or "" in parts[:-1]:
         raise ArchiveError(f"archive member {raw!r}: '..' or '.' in a name is not allowed")
 
 

@@ -21,6 +21,7 @@ Placeholders: ``{question}``, ``{text}``, ``{choices}`` (comma-joined) in the in
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import logging
 import string
 from dataclasses import dataclass, field
@@ -155,8 +156,10 @@ class TaskSpec:
             raise TvpError(f"{where}: missing field 'version' (write `version: {SPEC_VERSION}`)")
         known = {f.name for f in dataclasses.fields(cls)} - {"source"}
         unknown = sorted(set(data) - known)
-        if unknown:
-            log.warning("%s: ignoring unknown key(s) %s", where, ", ".join(unknown))
+        if unknown:  # a misspelt key would otherwise train with that field's default (an empty instruction)
+            close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}"
+            raise TvpError(f"{where}: unknown key(s) {', '.join(repr(k) for k in unknown)}; {hint}")
         kwargs = {k: v for k, v in data.items() if k in known}
         for key, typ in [("choices", list), ("classes", list), ("metrics", list), ("splits", dict),
                          ("instruction_by_family", dict), ("format_options", dict),

@@ -12,6 +12,7 @@ The three methods are presets of one trainer (DESIGN §1):
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,7 @@ LEGACY_DEFAULTS: dict[str, Any] = {
 # are not part of the hyper-parameters saved with the prompt.
 RUNTIME_FIELDS = frozenset(
     {"output", "device", "source_devices", "tensorboard", "progress", "num_workers", "gradient_checkpointing", "compile",
-     "report_to", "device_map", "trust_remote_code"}
+     "report_to", "device_map", "trust_remote_code", "overwrite"}
 )
 
 
@@ -144,10 +145,11 @@ class TrainConfig:
                               "trackio, mlflow, comet_ml, aim, clearml, dvclive, swanlab, all (installed ones) or none")
     tensorboard: bool = _f(False, "same as report_to: [tensorboard] (kept for old configs)")
     progress: bool = _f(True, "show a progress bar")
+    overwrite: bool = _f(False, "replace the prompt/ (and checkpoint/) of an earlier run in --output")
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> UsageError:
-            return UsageError(f"field '{name}': {why}")
+            return UsageError(f"{flag_name(name)}: {why}")
 
         if self.method not in METHODS:
             raise bad("method", f"{self.method!r} is not one of {', '.join(METHODS)}")
@@ -193,6 +195,15 @@ class TrainConfig:
                 continue
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise bad(name, f"must be an integer >= 0, got {getattr(self, name)!r}")
+        if self.shape == "padding" and not 2 * self.width < self.image_size:
+            raise bad("width", f"{self.width} leaves no image inside a {self.image_size}-pixel prompt "
+                               "(need 2 x --width < --image-size)")
+        if self.shape in ("fixed_patch", "random_patch") and self.patch_size > self.image_size:
+            raise bad("patch_size", f"{self.patch_size} is larger than --image-size {self.image_size}")
+        if self.shape == "full" and not self.epsilon > 0:
+            raise bad("epsilon", f"must be > 0 for the full prompt, got {self.epsilon!r}")
+        if self.train_split == "test":
+            raise bad("train_split", "training on the test split would report results on training data; use train")
         if self.val_split in ("test", "none", ""):
             if self.val_split == "test":
                 raise bad("val_split", "validating on the test split would select on test data; use a val split")
@@ -245,6 +256,40 @@ def config_keys() -> set[str]:
     return {f.name for f in dataclasses.fields(TrainConfig)}
 
 
+_FLAGS = {"sources": "--source", "source_devices": "--source-device", "clamp": "--no-clamp",
+          "progress": "--no-progress"}
+
+
+def absolute_paths(values: dict[str, Any]) -> dict[str, Any]:
+    """``task`` (when it names a YAML file) and ``data`` made absolute, so ``--resume`` works from any folder."""
+    out = dict(values)
+    task = out.get("task")
+    if isinstance(task, str) and (task.endswith((".yaml", ".yml")) or "/" in task) and Path(task).expanduser().exists():
+        out["task"] = str(Path(task).expanduser().resolve())
+    data = out.get("data")
+    if isinstance(data, str) and Path(data).expanduser().exists():
+        out["data"] = str(Path(data).expanduser().resolve())
+    return out
+
+
+def flag_name(field_name: str) -> str:
+    """The command-line flag of a TrainConfig field (``val_max_samples`` -> ``--val-max-samples``)."""
+    return _FLAGS.get(field_name) or "--" + field_name.replace("_", "-")
+
+
+_FLOAT_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if "float" in str(f.type))
+
+
+def _number(name: str, value: Any) -> Any:
+    """YAML 1.1 reads ``4e1`` and ``1e-3`` (no dot) as strings: read them as the numbers users meant."""
+    if name in _FLOAT_FIELDS and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value  # __post_init__ names the field and the bad value
+    return value
+
+
 def normalise_keys(values: dict[str, Any], source: str) -> dict[str, Any]:
     """Accept ``some-key`` and ``some_key``; ``source`` as an alias of ``sources``; reject unknown keys."""
     out: dict[str, Any] = {}
@@ -254,10 +299,12 @@ def normalise_keys(values: dict[str, Any], source: str) -> dict[str, Any]:
         if name == "source":
             name = "sources"
         if name not in known:
-            raise UsageError(f"{source}: unknown key '{key}' (known: {', '.join(sorted(known))})")
+            close = difflib.get_close_matches(name, sorted(known), n=3)
+            hint = f"did you mean {', '.join(close)}?" if close else "`tvp train --help` lists the options"
+            raise UsageError(f"{source}: unknown key '{key}'; {hint}")
         if name in ("sources", "source_devices", "report_to") and isinstance(value, str):
             value = [value]
-        out[name] = value
+        out[name] = _number(name, value)
     return out
 
 

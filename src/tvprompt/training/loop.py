@@ -31,7 +31,15 @@ from ..files import write_text_atomic
 from ..prompt import PromptConfig, VisualPrompt
 from .augment import augment
 from .checkpoint import TrainState, has_checkpoint, load_checkpoint, restore_rng, save_checkpoint
-from .config import LEGACY_DEFAULTS, PRESETS, RUNTIME_FIELDS, TrainConfig, load_config_file, resolve_config
+from .config import (
+    LEGACY_DEFAULTS,
+    PRESETS,
+    RUNTIME_FIELDS,
+    TrainConfig,
+    absolute_paths,
+    load_config_file,
+    resolve_config,
+)
 from .distributed import World, init_world
 from .objective import FcaReferences, Objective, TaskTexts
 from .runlog import MetricsLog, interrupt_flag, log_every, progress_bar, step_line, validation_line
@@ -112,13 +120,14 @@ def _set_up(config: TrainConfig, world: World, *, resume: bool, sources: Sequenc
     """Config (the checkpoint's when resuming) -> task and data -> models -> δ and the objective."""
     cfg, out = config, Path(config.output) if config.output else None
     state, rng = TrainState(), None
+    _check_output(out, resume=resume, overwrite=cfg.overwrite)
     if resume:  # the checkpoint's config wins; result-affecting fields must not change
         if out is None:
             raise UsageError("--resume needs --output (the folder holding checkpoint/)")
         state, saved, rng_meta, rng_tensors = load_checkpoint(out)
         cfg, rng = _merge_resumed(cfg, saved), (rng_meta, rng_tensors)
-    elif out is not None and has_checkpoint(out):
-        raise UsageError(f"{out}: holds a checkpoint of an earlier run; pass --resume to continue it or pick a new --output")
+    else:
+        cfg = replace(cfg, **absolute_paths({"task": cfg.task, "data": cfg.data}))
 
     spec, train_set, val_set, batch_fn = _open_data(cfg, spec, train_set, val_set, batch_fn)
     batches_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
@@ -214,6 +223,7 @@ def _open_data(cfg: TrainConfig, spec: Any, train_set: Any, val_set: Any,
         from ..data import iter_batches as batch_fn
     if len(train_set) == 0:
         raise TvpError(f"{cfg.data}: the {cfg.train_split!r} split is empty")
+    _check_readable(train_set, cfg)
     if val_set is not None and cfg.val_max_samples and len(val_set) > cfg.val_max_samples:
         val_set = seeded_subset(val_set, cfg.val_max_samples, cfg.seed)
     if not cfg.val_split:
@@ -420,6 +430,38 @@ class _Run:
 
 
 # ---------------------------------------------------------------- helpers
+def _check_output(out: Path | None, *, resume: bool, overwrite: bool) -> None:
+    """Refuse, before any model loads, an --output that is a file or holds an earlier run's results."""
+    if out is None:
+        return
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output {out}: is a file; give a folder (it will hold prompt/, checkpoint/, metrics.jsonl)")
+    if resume or overwrite:
+        return
+    if has_checkpoint(out):
+        raise UsageError(f"--output {out}: holds a checkpoint of an earlier run; pass --resume to continue it, "
+                         "--overwrite to start again, or pick a new --output")
+    if (out / "prompt").exists():
+        raise UsageError(f"--output {out}: holds prompt/ of an earlier run; pass --overwrite to replace it "
+                         "or pick a new --output")
+
+
+def _check_readable(dataset: Any, cfg: TrainConfig) -> None:
+    """At least one training image decodes (checked before any model loads); stops at the first that does."""
+    load = getattr(dataset, "load_image", None)
+    if load is None:
+        return
+    first = None
+    for i in range(len(dataset)):
+        try:
+            load(i)
+            return
+        except (TvpError, OSError, ValueError) as e:
+            first = first or str(e).splitlines()[0]
+    raise TvpError(f"{cfg.data}: none of the {len(dataset)} images of the {cfg.train_split!r} split is readable "
+                   f"(first: {first})")
+
+
 def _micro_batches(dataset: Any, cfg: TrainConfig, state: TrainState, batch_fn: Callable) -> Iterator[Any]:
     """Endless training batches from the state's data position; advances the position as it yields."""
     while True:

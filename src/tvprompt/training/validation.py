@@ -7,10 +7,11 @@ from typing import Any
 
 import torch
 
+from ..data.splits import SALT_VAL_SUBSET
+from ..data.subset import stratified_subset
 from ..prompt import VisualPrompt
 from .config import TrainConfig
 from .distributed import World
-from .updates import seed_for
 
 
 @torch.no_grad()
@@ -59,20 +60,5 @@ def source_name(adapter: Any, k: int) -> str:
 
 
 def seeded_subset(dataset: Any, n: int, seed: int) -> Any:
-    """``n`` rows of ``dataset`` drawn with a generator seeded by ``seed`` (kept in dataset order)."""
-    g = torch.Generator().manual_seed(seed_for(seed, "val-subset"))
-    rows = sorted(torch.randperm(len(dataset), generator=g)[:n].tolist())
-    return Subset(dataset, rows)
-
-
-class Subset:
-    """A fixed selection of a dataset's rows (sized and indexable, like the dataset)."""
-
-    def __init__(self, dataset: Any, rows: list[int]) -> None:
-        self.dataset, self.rows = dataset, rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.dataset[self.rows[i]]
+    """``n`` rows of ``dataset``, stratified by class and drawn with ``seed`` (kept in dataset order)."""
+    return stratified_subset(dataset, n, seed, SALT_VAL_SUBSET)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import TvpError
-from ...imageio import IMAGE_SUFFIXES, iter_image_files
+from ...imageio import IMAGE_SUFFIXES, is_junk, iter_image_files
 from ..sample import Sample
 from . import RawSplit, Reader, register_reader
 
@@ -14,11 +14,11 @@ SPLIT_DIRS = ("train", "val", "valid", "validation", "test")
 
 
 def _class_dirs(path: Path) -> list[Path]:
-    return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in path.iterdir() if p.is_dir() and not is_junk(p.name))
 
 
 def _has_images(path: Path) -> bool:
-    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir() if p.is_file())
+    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir() if p.is_file() and not is_junk(p.name))
 
 
 @register_reader

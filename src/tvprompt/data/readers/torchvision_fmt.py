@@ -34,6 +34,8 @@ _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"),
     ("_codecs", "encode"),
+    ("numpy.core.numeric", "_frombuffer"),  # arrays pickled with protocol 5 (numpy 1 / numpy 2 names)
+    ("numpy._core.numeric", "_frombuffer"),
 }
 
 

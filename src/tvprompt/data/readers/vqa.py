@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -158,9 +159,13 @@ class PopeReader(Reader):
 
     def _question_file(self, path: Path, options: dict[str, Any]) -> Path:
         files = self._files(path)
-        if path.is_file():
-            return path
         subset = options.get("subset")
+        if path.is_file():
+            named = re.search(r"pope_(random|popular|adversarial)$", path.stem)
+            if subset and named and named.group(1) != subset:
+                raise TvpError(f"{path}: this is the POPE {named.group(1)} subset but the task asks for {subset}; "
+                               f"use --task pope_{named.group(1)}")
+            return path
         for f in files:
             if subset is None or f.stem.endswith(f"_{subset}"):
                 return f
