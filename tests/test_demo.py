@@ -15,7 +15,7 @@ from tvprompt.errors import UsageError
 from tvprompt.zoo import catalog as zoo
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-SHIPPED = [e for e in zoo.list_zoo(Path(SRC) / "tvprompt" / "zoo") if e.kind == "mllm"]
+SHIPPED = [e for e in zoo.list_zoo(Path(zoo.__file__).resolve().parent / "weights") if e.kind == "mllm"]
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from tvprompt.zoo import catalog as zoo
 from tvprompt.zoo.build import QUICK_N, build_zoo, evaluate_adapter, make_eval_data
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-SHIPPED = zoo.list_zoo(Path(SRC) / "tvprompt" / "zoo")
+SHIPPED = zoo.list_zoo(Path(zoo.__file__).resolve().parent / "weights")
 MLLMS = [e for e in SHIPPED if e.kind == "mllm"]
 needs_zoo = pytest.mark.skipif(not MLLMS, reason="no zoo shipped in this checkout")
 
@@ -114,3 +114,10 @@ def test_build_reproduces_the_shipped_weights_bit_for_bit(tmp_path, entry):
     shipped = load_file(entry.path / "model.safetensors")
     rebuilt = load_file(tmp_path / entry.name / "model.safetensors")
     assert shipped.keys() == rebuilt.keys() and all(torch.equal(shipped[k], rebuilt[k]) for k in shipped)
+
+
+def test_the_shipped_zoo_is_found_where_the_catalog_looks():
+    """The zoo tests skip without a zoo: make sure that never hides a zoo that is there."""
+    weights = Path(zoo.__file__).resolve().parent / "weights"
+    assert weights.is_dir() and zoo.zoo_dir() == weights
+    assert sorted(e.name for e in MLLMS) == ["blip2-opt", "instructblip-p12", "llava-next-p6", "llava-p8"]
