@@ -29,7 +29,8 @@ out = Path(args.output)
 out.mkdir(parents=True, exist_ok=True)
 n_lines = len(Path(args.data).read_text().splitlines())
 if args.task == "fail":
-    print("fake trainer: task 'fail' fails on purpose", file=sys.stderr)
+    print(f"fake trainer: task 'fail' fails on purpose reading {args.data} into {args.output}", file=sys.stderr)
+    print(f"  File \"{Path(__file__).resolve()}\", line 1", file=sys.stderr)
     sys.exit(3)
 if args.task == "spawn":
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])

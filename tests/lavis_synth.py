@@ -7,6 +7,7 @@ BLIVA ``forward``), so a converted model that matches it has every weight in the
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,3 +266,73 @@ def ref_bliva_image_tokens(sd: dict[str, torch.Tensor], image: torch.Tensor, t: 
     queries = F.linear(ref_qformer(sd, enc, t, text_ids, text_mask), sd["llm_proj.weight"], sd["llm_proj.bias"])
     patches = F.linear(blocks[-2][:, 1:], sd["vision_project.weight"], sd["vision_project.bias"])
     return torch.cat([queries, patches], 1)
+
+
+# ---- files as the upstream runners save them ---------------------------------------------------
+def rotary_buffers(prefix: str, layers: int, head_dim: int) -> dict[str, torch.Tensor]:
+    """The LAVIS-era LLaMA code's saved ``inv_freq`` buffer of every layer (``prefix`` = ``llama_model.``)."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    return {f"{prefix}model.layers.{i}.self_attn.rotary_emb.inv_freq": inv_freq.clone() for i in range(layers)}
+
+
+def qformer_position_ids(t: Tiny) -> dict[str, torch.Tensor]:
+    """The BERT embeddings' ``position_ids`` buffer, kept even where the embeddings themselves are removed."""
+    return {"Qformer.bert.embeddings.position_ids": torch.arange(t.bert_positions).unsqueeze(0)}
+
+
+def saved_llm(llama_dir: Path, prefix: str, extra_rows: int = 0, seed: int = 4) -> dict[str, torch.Tensor]:
+    """The LLM as BLIVA's runner saves it: every weight in fp16, the vocabulary resized by ``extra_rows``
+    random rows (BLIVA adds ``[PAD]``), and the rotary buffers."""
+    from transformers import LlamaForCausalLM
+
+    llm = LlamaForCausalLM.from_pretrained(llama_dir)
+    sd = {prefix + k: v.detach().clone().half() for k, v in llm.state_dict().items()}
+    g = torch.Generator().manual_seed(seed)
+    for name in ("model.embed_tokens.weight", "lm_head.weight"):
+        w = sd[prefix + name]
+        sd[prefix + name] = torch.cat([w, torch.randn(extra_rows, w.shape[1], generator=g).half() * 0.2])
+    cfg = llm.config
+    sd.update(rotary_buffers(prefix, cfg.num_hidden_layers, cfg.hidden_size // cfg.num_attention_heads))
+    return sd
+
+
+def runner_checkpoint(model: dict[str, torch.Tensor], epoch: int = 3) -> dict[str, object]:
+    """LAVIS / MiniGPT-4 ``RunnerBase._save_checkpoint``: the state dict with the optimizer, config, scaler
+    and epoch beside it (all weights-only loadable: tensors, numbers, strings, tuples, None)."""
+    trainable = [v.float().clone().requires_grad_() for v in model.values() if v.is_floating_point()][:3]
+    opt = torch.optim.AdamW(trainable, lr=1e-4, betas=(0.9, 0.999), weight_decay=0.05)
+    sum(p.square().sum() for p in trainable).backward()
+    opt.step()
+    config = {"model": {"arch": "mini_gpt4", "freeze_vit": True, "end_sym": "###", "ckpt": None},
+              "run": {"lr_sched": "linear_warmup_cosine_lr", "init_lr": 3e-5, "max_epoch": 5}}
+    scaler = {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+              "_growth_tracker": 7}
+    return {"model": model, "optimizer": opt.state_dict(), "config": config, "scaler": scaler, "epoch": epoch}
+
+
+def slow_vicuna_dir(path: Path, t: Tiny, seed: int = 3) -> Path:
+    """A Vicuna folder as FastChat's ``apply_delta`` writes it: the LLaMA SentencePiece ``tokenizer.model``
+    (byte fallback, <unk>/<s>/</s> = 0/1/2) and no ``tokenizer.json``. Needs ``sentencepiece``."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(CORPUS * 20), model_writer=model, vocab_size=400, model_type="bpe", byte_fallback=True,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, hard_vocab_limit=False, minloglevel=2)
+    path.mkdir(parents=True)
+    (path / "tokenizer.model").write_bytes(model.getvalue())
+    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+              "add_bos_token": True, "add_eos_token": False}
+    (path / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    llm_config = LlamaConfig(vocab_size=400, hidden_size=t.llm, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=4, bos_token_id=1, eos_token_id=2,
+                             tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    llm = LlamaForCausalLM(llm_config)
+    for p in llm.parameters():
+        torch.nn.init.normal_(p, std=0.2) if p.ndim > 1 else None
+    llm.save_pretrained(path)
+    return path

@@ -4,10 +4,9 @@ import json
 import sys
 from pathlib import Path
 
-import uvicorn
-
 from tvprompt.serve import Settings, create_app
+from tvprompt.serve.server import run
 
 if __name__ == "__main__":
     settings = Settings(**json.loads(Path(sys.argv[1]).read_text()))
-    uvicorn.run(create_app(settings), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
+    run(create_app(settings), settings, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")

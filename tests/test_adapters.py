@@ -132,6 +132,45 @@ def test_feature_shapes_and_same_forward_features(adapter, kind):
     assert loss.ndim == 0
 
 
+class _TwoPromptSpec:
+    """The task's instruction per sample, as the trainer asks for it (one per image)."""
+
+    def prompt_for(self, sample, family):
+        return PROMPTS[int(sample.id)]
+
+    def answer_for(self, sample):
+        return ["circle", "3"][int(sample.id)]
+
+
+@pytest.mark.parametrize("kind", ["encoder", "projected"])
+def test_fca_is_zero_at_zero_delta_through_the_objective(adapter, kind):
+    """δ = 0 with the shrunk reference: the prompted and the reference images are the same pixels, so
+    FCA must be 0 for every family and feature kind, also where the features read the instruction
+    (InstructBLIP / BLIVA projected); with the cache on (second call) and off."""
+    from types import SimpleNamespace
+
+    from tvprompt.training.augment import Augmentation
+    from tvprompt.training.objective import FcaReferences, Objective
+
+    images = _images()
+    samples = [SimpleNamespace(id=str(i)) for i in range(2)]
+    aug = Augmentation(flipped=torch.zeros(2, dtype=torch.bool), deterministic=True)
+    prompt = VisualPrompt(image_height=48, image_width=48, prompt_width=8)
+    cached = FcaReferences(adapter, prompt, kind, "shrunk", 64.0)
+    for refs in (cached, cached, FcaReferences(adapter, prompt, kind, "shrunk", 0.0)):  # miss, hit, no cache
+        obj = Objective(sources=[adapter], spec=_TwoPromptSpec(), fca_weight=1.0, tse_weight=0.0, fca_features=kind)
+        obj.references = [refs]
+        _, parts = obj(prompt, images, samples, aug)
+        assert parts["fca"].item() <= 1e-10, (kind, parts["fca"].item())
+    assert cached.computed == 2
+    # and the reference does follow the instruction where the features depend on it
+    if kind in adapter.prompt_dependent_features:
+        pixels = prompt.apply(images)
+        a = adapter.vision_features(pixels, kind, prompts=PROMPTS)
+        b = adapter.vision_features(pixels, kind, prompts=PROMPTS[::-1])
+        assert not torch.allclose(a, b)
+
+
 def test_unknown_feature_kind_is_a_usage_error(adapter):
     from tvprompt.errors import UsageError
 

@@ -58,7 +58,7 @@ def test_check_loads_a_local_directory(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "code", "message"), [
-    (["--check", "llava-hf/llava-1.5-7b-hf"], 2, "hf:<hub id or local dir>"),
+    (["--check", "no-such-model-or-dir"], 2, "hf:<hub id or local dir>"),
     (["--guide"], 2, "--check"),
 ])
 def test_usage_errors(args, code, message):

@@ -114,6 +114,7 @@ def test_import_pth_derives_width(tmp_path, tvp):
     assert res.returncode == 0, res.stderr
     prompt = VisualPrompt.from_pretrained(tmp_path / "p")
     assert prompt.config.prompt_width == 30 and prompt.config.clamp is False
+    assert (prompt.config.fit, prompt.config.resample) == ("crop", "bicubic")  # the released image pipeline
     assert torch.equal(prompt.delta.detach(), delta)
 
 

@@ -38,7 +38,7 @@ def test_matrix_results_and_report_are_consistent(tmp_path, prompts):
     assert res["primary_metric"] == "top1"
     cells = {(c["model"], c["prompt"] or CLEAN): c["metrics"] for c in res["cells"]}
     assert len(cells) == 3 * 3
-    for p in ("red_tvp", "grey_vp"):
+    for p in ("tvp@a", "vp@b"):
         deltas = []
         for m in MODELS:
             row = res["transfer"][p][m]
@@ -47,34 +47,34 @@ def test_matrix_results_and_report_are_consistent(tmp_path, prompts):
             deltas.append(row["delta"]["top1"])
         assert res["average_delta"][p]["all"]["top1"] == pytest.approx(np.mean(deltas))
     # the source model is excluded from the targets-only mean
-    tgt = [res["transfer"]["red_tvp"][m]["delta"]["top1"] for m in ("toy:b", "toy:c")]
-    assert res["transfer"]["red_tvp"]["toy:a"]["source"] and not res["transfer"]["red_tvp"]["toy:b"]["source"]
-    assert res["average_delta"]["red_tvp"]["targets"]["top1"] == pytest.approx(np.mean(tgt))
+    tgt = [res["transfer"]["tvp@a"][m]["delta"]["top1"] for m in ("toy:b", "toy:c")]
+    assert res["transfer"]["tvp@a"]["toy:a"]["source"] and not res["transfer"]["tvp@a"]["toy:b"]["source"]
+    assert res["average_delta"]["tvp@a"]["targets"]["top1"] == pytest.approx(np.mean(tgt))
     # a red border pushes the toy models towards "red": the prompt must change predictions
-    assert any(res["transfer"]["red_tvp"][m]["delta"]["top1"] != 0 for m in MODELS)
+    assert any(res["transfer"]["tvp@a"][m]["delta"]["top1"] != 0 for m in MODELS)
     assert set(res["versions"]) >= {"tvprompt", "torch", "python"}
 
     lines = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
     assert len(lines) == 3 * 3 * 10
     for m in MODELS:  # per-sample records reproduce the cell metric
-        recs = [r for r in lines if r["model"] == m and r["prompt"] == "red_tvp"]
-        assert np.mean([r["pred"] == r["label"] for r in recs]) == pytest.approx(cells[(m, "red_tvp")]["top1"])
+        recs = [r for r in lines if r["model"] == m and r["prompt"] == "tvp@a"]
+        assert np.mean([r["pred"] == r["label"] for r in recs]) == pytest.approx(cells[(m, "tvp@a")]["top1"])
         assert all(r["pred"] == int(np.argmax(r["scores"])) for r in recs)
 
     written = write_report(out)
     names = {p.name for p in written}
-    assert {"table.md", "delta.png", "prompt_red_tvp.png", "prompt_grey_vp.png"} <= names
+    assert {"table.md", "delta.png", "prompt_tvp@a.png", "prompt_vp@b.png"} <= names
     for p in written:
         assert p.stat().st_size > 0
     table = (out / "table.md").read_text()
     rows = [r for r in table.splitlines() if r.startswith("| ")]
     assert rows[0].split(" | ")[2:5] == ["a", "b", "c"]
-    red = next(r for r in rows if r.startswith("| red_tvp"))
+    red = next(r for r in rows if r.startswith("| tvp@a"))
     cols = [c.strip() for c in red.strip("|").split("|")]
-    assert cols[2].startswith("—")  # toy:a is red_tvp's source
-    assert cols[5] == f"{100 * res['average_delta']['red_tvp']['all']['top1']:+.1f}"
-    assert cols[6] == f"{100 * res['average_delta']['red_tvp']['targets']['top1']:+.1f}"
-    assert f"{100 * cells[('toy:b', 'red_tvp')]['top1']:.1f}" in cols[3]
+    assert cols[2].startswith("—")  # toy:a is tvp@a's source
+    assert cols[5] == f"{100 * res['average_delta']['tvp@a']['all']['top1']:+.1f}"
+    assert cols[6] == f"{100 * res['average_delta']['tvp@a']['targets']['top1']:+.1f}"
+    assert f"{100 * cells[('toy:b', 'tvp@a')]['top1']:.1f}" in cols[3]
     assert table == render_table(json.loads((out / "results.json").read_text()))
 
 
@@ -99,7 +99,7 @@ def test_ranking_accuracy_equals_brute_force(tmp_path, prompts):
     lines = [json.loads(x) for x in (tmp_path / "out/samples.jsonl").read_text().splitlines()]
     spec = ToySpec()
     for m in ("toy:a", "toy:b"):
-        for pdir, pname in [(None, None), (prompts[0], "red_tvp"), (prompts[1], "grey_vp")]:
+        for pdir, pname in [(None, None), (prompts[0], "tvp@a"), (prompts[1], "vp@b")]:
             preds = brute_force_preds(m, pdir, data, spec)
             got = [r["pred"] for r in lines if r["model"] == m and r["prompt"] == pname]
             assert got == preds
@@ -179,7 +179,7 @@ def test_metric_delta_skips_non_numbers():
 def test_tsne_features_and_plot(tmp_path, prompts):
     run(tmp_path, prompts, {}, tsne=True)
     out = tmp_path / "out"
-    feats = np.load(out / "features" / f"{cell_key('toy:a', 'red_tvp')}.npy")
+    feats = np.load(out / "features" / f"{cell_key('toy:a', 'tvp@a')}.npy")
     assert feats.shape == (10, 3)
     written = write_report(out, tsne=True)
     assert {"tsne_a.png", "tsne_b.png", "tsne_c.png"} <= {p.name for p in written}

@@ -107,3 +107,30 @@ def test_save_png_atomic_and_exact(tmp_path):
     back = load_image(tmp_path / "out" / "x.png")
     assert torch.equal(back, (x * 255).round() / 255)
     assert tensor_to_pil(x).size == (7, 9)
+
+
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n/Helvetica findfont 12 scalefont setfont\nshowpage\n%%EOF\n"
+
+
+def test_only_accepted_formats_are_decoded(tmp_path, monkeypatch):
+    """An EPS (Pillow would hand it to Ghostscript) and other formats outside FORMATS are refused unopened."""
+    from PIL import EpsImagePlugin
+
+    def no_ghostscript(*args, **kwargs):
+        raise AssertionError("Ghostscript must never be run")
+
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", no_ghostscript)
+    (tmp_path / "doc.eps").write_bytes(EPS)
+    Image.new("RGB", (8, 8)).save(tmp_path / "pic.tga")
+    Image.new("RGB", (8, 8)).save(tmp_path / "pic.im")
+    for name in ("doc.eps", "pic.tga", "pic.im"):
+        with pytest.raises(ImageError, match="not an image file in an accepted format") as err:
+            load_image(tmp_path / name)
+        assert "PNG, JPEG" in str(err.value)
+    from tvprompt.imageio import FORMATS
+
+    for fmt, suffix in [("PNG", "png"), ("JPEG", "jpg"), ("WEBP", "webp"), ("BMP", "bmp"), ("GIF", "gif"),
+                        ("TIFF", "tif"), ("PPM", "ppm"), ("ICO", "ico")]:
+        assert fmt in FORMATS
+        Image.new("RGB", (16, 16), (200, 10, 10)).save(tmp_path / f"ok.{suffix}", format=fmt)
+        assert load_image(tmp_path / f"ok.{suffix}").shape == (3, 16, 16)

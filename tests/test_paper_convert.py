@@ -24,15 +24,21 @@ from lavis_synth import (
     bert_tokenizer_dir,
     eva_vit_state,
     prefixed,
+    qformer_position_ids,
     qformer_state,
     ref_bliva_image_tokens,
     ref_minigpt4_image_tokens,
+    rotary_buffers,
+    runner_checkpoint,
     save_pth,
+    saved_llm,
+    slow_vicuna_dir,
     tiny_llama_dir,
 )
 from tvprompt.errors import TvpError, UsageError
+from tvprompt.models.paper import convert as paper_convert
 from tvprompt.models.paper.convert import ConvertOptions, convert_bliva, convert_minigpt4, convert_vpgtrans
-from tvprompt.models.paper.lavis_keys import map_lavis_key
+from tvprompt.models.paper.lavis_keys import LLM_REASON, map_lavis_key
 from tvprompt.models.registry import load_adapter
 
 T = Tiny()
@@ -41,6 +47,8 @@ OPTS = ConvertOptions(vision_layers=T.keep_blocks, vision_heads=T.vision_heads, 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 PROMPTS = ["What shape is this?", "Is there a red circle?"]
 ANSWERS = ["a red circle", "no"]
+ROTARY = "LLaMA rotary-embedding buffer (inv_freq); transformers rebuilds it"
+HEAD_DIM = T.llm // 4  # tiny_llama_dir: 4 heads
 
 
 def _proj(name: str, out: int, inp: int, seed: int) -> dict[str, torch.Tensor]:
@@ -302,17 +310,254 @@ def test_release_sized_layouts_map_completely_with_the_default_options(family):
     else:
         state |= {"llama_proj.weight": meta(4096, 768), "llama_proj.bias": meta(4096)}
         projections = {"llama_proj": "language_projection"}
+    with torch.device("meta"):
+        llm = LlamaForCausalLM(LlamaConfig(vocab_size=32001 if bliva else 32000, tie_word_embeddings=False))
+    # As the runners save them: the LLaMA rotary buffers (all three), the whole LLM (BLIVA).
+    prefix = "llm_model." if bliva else "llama_model."
+    state |= {k: v.to("meta") for k, v in rotary_buffers(prefix, 32, 128).items()}
+    if bliva:
+        state |= {prefix + k: meta(*v.shape) for k, v in llm.state_dict().items()}
+        assert sum(k.startswith(prefix) for k in state) == 323
     opts = ConvertOptions()  # the released models' defaults
     vision, qformer = infer_vision_config(state, opts), infer_qformer_config(state, opts, text=bliva)
     assert (vision["num_hidden_layers"], vision["image_size"], vision["intermediate_size"]) == (39, 224, 6144)
     assert (qformer["num_hidden_layers"], qformer["cross_attention_frequency"]) == (12, 2)
     mapped, plan = map_state_dict(state, vision_layers=39, qformer_text=bliva, projections=projections)
     assert plan.unknown == [] and len(plan.mapped) + len(plan.dropped) == len(state)
-    with torch.device("meta"):
-        llm = LlamaForCausalLM(LlamaConfig(vocab_size=32001 if bliva else 32000, tie_word_embeddings=False))
+    reasons = list(plan.dropped.values())
+    assert reasons.count(ROTARY) == 32 and reasons.count(LLM_REASON) == (291 if bliva else 0)
     config_cls = BlivaConfig if bliva else MiniGPT4Config
     config = config_cls(vision_config=vision, qformer_config=qformer, text_config=llm.config.to_dict(),
                         num_query_tokens=32, image_token_index=0)
     model = assemble_model(config, family, mapped, llm, torch.float16, {})
     n = sum(p.numel() for p in model.parameters())
     assert 7.7e9 < n < 8.1e9, n  # LLaMA-7B 6.74B + ViT-g (39 blocks) 0.99B + Q-Former 0.1-0.2B
+
+
+# ---- the files as the upstream runners save them ----------------------------------------------
+# RunnerBase._save_checkpoint (LAVIS, MiniGPT-4, VPGTrans) deletes the parameters that do not require
+# gradients but keeps every buffer, inside {"model": ..., "optimizer": ..., "config": ..., ...}. Their
+# LLaMA code registers rotary_emb.inv_freq as a saved buffer; the BERT embeddings keep position_ids.
+# BLIVA's runner saves every weight, the frozen ViT and LLM included.
+
+
+@pytest.fixture(scope="module")
+def saved(files):
+    d = files.dir
+    # MiniGPT-4 stage 2: ViT, ln_vision, Q-Former and queries frozen -> llama_proj + the buffers.
+    stage2 = {**files.stage2, **qformer_position_ids(T), **rotary_buffers("llama_model.", 2, HEAD_DIM)}
+    # VPGTrans: ViT frozen; ln_vision, Q-Former (text branch removed), queries, llama_proj trained.
+    vpg = {**files.vpg, **rotary_buffers("llama_model.", 2, HEAD_DIM)}
+    # BLIVA: everything, its ViT built with the kept blocks only, its LLM resized for [PAD].
+    vit = {k: v for k, v in prefixed(files.eva, "visual_encoder.").items() if ".blocks.2." not in k}
+    bliva = {**vit, **files.bliva, **saved_llm(files.llama, "llm_model.", extra_rows=1)}
+    return argparse.Namespace(
+        stage2=stage2, vpg=vpg, bliva=bliva,
+        stage2_pth=save_pth(runner_checkpoint(stage2), d / "prerained_minigpt4_7b.pth"),
+        vpg_pth=save_pth(runner_checkpoint(vpg), d / "vl-vicuna-saved.pth"),
+        bliva_pth=save_pth(runner_checkpoint(bliva), d / "bliva_vicuna7b-saved.pth"),
+    )
+
+
+def _ids(tok, text: str) -> torch.Tensor:
+    return torch.tensor(tok(text, add_special_tokens=False).input_ids)
+
+
+def _minigpt4_ref_loss(llm, tok, image_tokens: torch.Tensor, prompt: str, answer: str) -> torch.Tensor:
+    """MiniGPT-4's forward: <s> ###Human: <Img>[image]</Img> {prompt} ###Assistant: {answer}###."""
+    emb = llm.get_input_embeddings()
+    pieces = [emb(torch.tensor([[tok.bos_token_id]])), emb(_ids(tok, "###Human: <Img>")[None]), image_tokens,
+              emb(_ids(tok, f"</Img> {prompt} ###Assistant: ")[None])]
+    return _answer_loss(llm, pieces, _ids(tok, answer + "###"))
+
+
+def test_runner_saved_minigpt4_stage2_with_buffers_converts_and_scores(files, saved, minigpt4, tmp_path, caplog):
+    assert len(saved.stage2) == 2 + 1 + 2  # llama_proj.{weight,bias}, position_ids, one inv_freq per layer
+    with caplog.at_level("INFO", logger="tvprompt.models.paper.convert"):
+        out = convert_minigpt4(files.lavis_pth, saved.stage2_pth, files.llama, tmp_path / "m", options=OPTS)
+    drops = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dropping ")]
+    assert drops.count(f"dropping 2 keys: {ROTARY}") == 1 and len(drops) == len(set(drops))
+    record = json.loads((out / "conversion.json").read_text())
+    assert record["dropped_keys"][ROTARY] == 2
+    assert record["dropped"]["llama_model.model.layers.1.self_attn.rotary_emb.inv_freq"] == ROTARY
+    n_source = len(files.lavis.keys() | saved.stage2.keys())  # position_ids is in both files
+    assert record["mapped_keys"] + sum(record["dropped_keys"].values()) == n_source
+
+    adapter = load_adapter(f"hf:{out}", device="cpu")
+    reference = load_adapter(f"hf:{minigpt4}", device="cpu")  # the bare state dict, checked against the forward
+    ours, theirs = adapter.model.state_dict(), reference.model.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+
+    pixels = torch.rand(2, 3, 28, 28, generator=torch.Generator().manual_seed(3))
+    image = ref_minigpt4_image_tokens({**files.lavis, **saved.stage2}, adapter.preprocess(pixels), T)
+    choices = ["a red circle", "no", "yes"]
+    scores = adapter.score_choices(pixels, PROMPTS, choices)
+    llm, tok = _llama(files)
+    with torch.no_grad():
+        expected = torch.stack([torch.stack([-_minigpt4_ref_loss(llm, tok, image[b : b + 1], PROMPTS[b], c)
+                                             for c in choices]) for b in range(2)])
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_runner_saved_vpgtrans_with_buffers_converts_and_scores(files, saved, tmp_path):
+    out = convert_vpgtrans(saved.vpg_pth, files.llama, tmp_path / "v", eva_vit=files.eva_pth, options=OPTS)
+    record = json.loads((out / "conversion.json").read_text())
+    assert record["dropped_keys"][ROTARY] == 2 and record["dropped_keys"]["buffer; transformers rebuilds it"] == 1
+    adapter = load_adapter(f"hf:{out}", device="cpu")
+    pixels = torch.rand(2, 3, 28, 28, generator=torch.Generator().manual_seed(4))
+    sd = {**prefixed(files.eva, "visual_encoder."), **saved.vpg}
+    image = ref_minigpt4_image_tokens(sd, adapter.preprocess(pixels), T)
+    llm, tok = _llama(files)
+    with torch.no_grad():
+        for b in range(2):
+            expected = _minigpt4_ref_loss(llm, tok, image[b : b + 1], PROMPTS[b], ANSWERS[b])
+            torch.testing.assert_close(adapter.lm_loss(pixels[b : b + 1], [PROMPTS[b]], [ANSWERS[b]]), expected,
+                                       atol=1e-5, rtol=1e-4)
+        scores = adapter.score_choices(pixels[:1], PROMPTS[:1], ["no", "yes"])
+        ref = torch.stack([-_minigpt4_ref_loss(llm, tok, image[:1], PROMPTS[0], c) for c in ["no", "yes"]])
+        torch.testing.assert_close(scores[0], ref, atol=1e-5, rtol=1e-4)
+
+
+def test_runner_saved_bliva_with_its_llm_converts_and_scores(files, saved, tmp_path, caplog):
+    n_llm = sum(k.startswith("llm_model.") for k in saved.bliva)
+    assert n_llm == 3 + 2 * 10  # embed, norm, lm_head + per layer 9 weights and inv_freq (323 for LLaMA-7B)
+    with caplog.at_level("INFO", logger="tvprompt.models.paper.convert"):
+        out = convert_bliva(saved.bliva_pth, files.llama, tmp_path / "b", qformer_tokenizer=files.bert, options=OPTS)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages.count(f"dropping 21 keys: {LLM_REASON}") == 1
+    assert messages.count(f"dropping 2 keys: {ROTARY}") == 1
+    assert any(m.startswith("the LLM weights in the checkpoints equal those of") for m in messages)
+    record = json.loads((out / "conversion.json").read_text())
+    assert record["dropped_keys"][LLM_REASON] == 21 and record["dropped_keys"][ROTARY] == 2
+    assert record["mapped_keys"] + sum(record["dropped_keys"].values()) == len(saved.bliva)
+
+    adapter = load_adapter(f"hf:{out}", device="cpu")
+    from transformers import BertTokenizer
+
+    bert = BertTokenizer.from_pretrained(files.bert)
+    bert.add_special_tokens({"bos_token": "[DEC]"})
+    pixels = torch.rand(2, 3, 28, 28, generator=torch.Generator().manual_seed(5))
+    pixel_values = adapter.preprocess(pixels)
+    llm, tok = _llama(files)
+    n = llm.get_input_embeddings().weight.shape[0]
+    llm.resize_token_embeddings(n + 1, mean_resizing=False)
+    with torch.no_grad():  # BLIVA loads its [PAD] row from the file, with the rest of its LLM
+        llm.get_input_embeddings().weight[n] = saved.bliva["llm_model.model.embed_tokens.weight"][n].float()
+        llm.get_output_embeddings().weight[n] = saved.bliva["llm_model.lm_head.weight"][n].float()
+    emb = llm.get_input_embeddings()
+    eos = tok.convert_tokens_to_ids("</s>")
+    choices = ["a red circle", "no"]
+    scores = adapter.score_choices(pixels, PROMPTS, choices)
+    with torch.no_grad():
+        for b in range(2):
+            text = bert([PROMPTS[b]], return_tensors="pt")
+            image = ref_bliva_image_tokens(saved.bliva, pixel_values[b : b + 1], T, text.input_ids, text.attention_mask)
+            prompt = torch.tensor([[eos] + tok(PROMPTS[b], add_special_tokens=False).input_ids])
+            for c, choice in enumerate(choices):
+                answer = torch.tensor(tok(choice, add_special_tokens=False).input_ids + [eos])
+                expected = _answer_loss(llm, [image, emb(prompt)], answer)
+                torch.testing.assert_close(scores[b, c], -expected, atol=1e-5, rtol=1e-4)
+
+
+def test_a_checkpoint_llm_that_is_not_the_given_vicuna_is_refused(files, saved, tmp_path):
+    other = dict(saved.bliva)
+    other["llm_model.model.norm.weight"] = other["llm_model.model.norm.weight"] + 0.5  # another Vicuna
+    path = save_pth({"model": other}, tmp_path / "bliva.pth")
+    with pytest.raises(TvpError, match=r"not it \(1 of 21 weights differ: llm_model\.model\.norm\.weight "
+                                       r"\(values differ\)\); pass Vicuna-7B v0") as err:
+        convert_bliva(path, files.llama, tmp_path / "out", qformer_tokenizer=files.bert, options=OPTS)
+    assert len(str(err.value).splitlines()) == 1 and not (tmp_path / "out").exists()
+    other = {k: v for k, v in saved.bliva.items() if k != "llm_model.lm_head.weight"}
+    other["llm_model.model.embed_tokens.weight"] = other["llm_model.model.embed_tokens.weight"][:-2]
+    path = save_pth({"model": other}, tmp_path / "bliva2.pth")
+    with pytest.raises(TvpError, match=r"embed_tokens\.weight \(\d+, 32\) vs \(\d+, 32\)"):
+        convert_bliva(path, files.llama, tmp_path / "out", qformer_tokenizer=files.bert, options=OPTS)
+
+
+def test_llm_keys_other_than_the_plain_llama_weights_are_still_refused(files, tmp_path):
+    lora = "llama_model.base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    path = save_pth(runner_checkpoint({**files.stage2, lora: torch.zeros(4, T.llm)}), tmp_path / "s2.pth")
+    with pytest.raises(TvpError, match=r"1 keys of the checkpoints cannot be mapped: llama_model\.base_model") as err:
+        convert_minigpt4(files.lavis_pth, path, files.llama, tmp_path / "out", options=OPTS)
+    assert len(str(err.value).splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_llama2_minigpt4_without_qformer_is_refused_in_one_line(files, tmp_path, capsys):
+    """MiniGPT-4 on Llama-2: has_qformer False, llama_proj over 4 concatenated ViT patch features."""
+    g = torch.Generator().manual_seed(6)
+    stage2 = {"llama_proj.weight": torch.randn(T.llm, 4 * T.vision, generator=g), "llama_proj.bias": torch.zeros(T.llm),
+              **rotary_buffers("llama_model.", 2, HEAD_DIM)}
+    path = save_pth(runner_checkpoint(stage2), tmp_path / "pretrained_minigpt4_llama2_7b.pth")
+    with pytest.raises(UsageError, match=r"pretrained_minigpt4_llama2_7b\.pth: llama_proj takes 128 inputs.*"
+                                         r"Llama-2 MiniGPT-4 release.*does not support") as err:
+        convert_minigpt4(files.lavis_pth, path, files.llama, tmp_path / "out", options=OPTS)
+    assert len(str(err.value).splitlines()) == 1 and not (tmp_path / "out").exists()
+    from tvprompt.cli import main
+
+    capsys.readouterr()
+    argv = ["convert", "minigpt4", "--lavis-ckpt", str(files.lavis_pth), "--stage2", str(path), "--llama",
+            str(files.llama), "--output", str(tmp_path / "out"), "--vision-layers", "2", "--vision-heads", "4",
+            "--qformer-heads", "4"]
+    assert main(argv) == 2
+    err_line = capsys.readouterr().err.strip()
+    assert "Llama-2 MiniGPT-4" in err_line and len(err_line.splitlines()) == 1
+
+
+def _slow_only_vicuna(files, path: Path) -> Path:
+    """A Vicuna folder as FastChat's apply_delta writes it: no tokenizer.json, a SentencePiece tokenizer.model."""
+    import shutil
+
+    shutil.copytree(files.llama, path)
+    (path / "tokenizer.json").unlink()
+    (path / "tokenizer.model").write_bytes(b"\x0a\x05<unk>")  # not a real model: the dependency check comes first
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config["tokenizer_class"] = "LlamaTokenizer"
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_a_slow_llama_tokenizer_without_sentencepiece_names_the_extra(files, tmp_path, monkeypatch):
+    llama = _slow_only_vicuna(files, tmp_path / "vicuna-7b-v0")
+    monkeypatch.setattr(paper_convert, "missing_slow_tokenizer_deps", lambda: ["sentencepiece", "protobuf"])
+    with pytest.raises(UsageError, match=r"vicuna-7b-v0: the tokenizer is a slow LLaMA one .*sentencepiece and "
+                                         r"protobuf are not installed: pip install 'tvprompt\[slow-tokenizer\]'") as err:
+        convert_minigpt4(files.lavis_pth, files.stage2_pth, llama, tmp_path / "out", options=OPTS)
+    assert len(str(err.value).splitlines()) == 1 and not (tmp_path / "out").exists()
+    monkeypatch.setattr(paper_convert, "missing_slow_tokenizer_deps", lambda: [])  # installed, file still broken
+    with pytest.raises(TvpError, match="could not load the tokenizer") as err:
+        convert_minigpt4(files.lavis_pth, files.stage2_pth, llama, tmp_path / "out", options=OPTS)
+    assert "slow-tokenizer" not in str(err.value)
+
+
+def test_missing_slow_tokenizer_deps_reports_what_is_not_importable(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+
+    def find_spec(name, *args):
+        if name == "google.protobuf":
+            raise ModuleNotFoundError("No module named 'google'")
+        return None if name == "sentencepiece" else real(name, *args)
+
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
+    assert paper_convert.missing_slow_tokenizer_deps() == ["sentencepiece", "protobuf"]
+
+
+@pytest.mark.skipif(paper_convert.missing_slow_tokenizer_deps() != [],
+                    reason="needs the slow-tokenizer extra (sentencepiece, protobuf)")
+def test_a_vicuna_folder_with_only_the_slow_tokenizer_converts_with_the_extra(files, tmp_path):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    llama = slow_vicuna_dir(tmp_path / "vicuna-7b-v0", T)
+    assert not (llama / "tokenizer.json").exists()
+    out = convert_minigpt4(files.lavis_pth, files.stage2_pth, llama, tmp_path / "m", options=OPTS)
+    assert (out / "tokenizer.json").is_file()  # the converted model no longer needs the extra
+    adapter = load_adapter(f"hf:{out}", device="cpu")
+    llm, tok = LlamaForCausalLM.from_pretrained(llama).eval(), AutoTokenizer.from_pretrained(llama)
+    assert adapter.text_ids("What shape is this?") == tok("What shape is this?", add_special_tokens=False).input_ids
+    assert adapter.image_token_id == tok.convert_tokens_to_ids("<unk>") == 0
+    pixels = torch.rand(1, 3, 28, 28, generator=torch.Generator().manual_seed(7))
+    image = ref_minigpt4_image_tokens({**files.lavis, **files.stage2}, adapter.preprocess(pixels), T)
+    with torch.no_grad():
+        expected = _minigpt4_ref_loss(llm, tok, image, PROMPTS[0], ANSWERS[0])
+    torch.testing.assert_close(adapter.lm_loss(pixels, PROMPTS[:1], ANSWERS[:1]), expected, atol=1e-5, rtol=1e-4)

@@ -114,3 +114,34 @@ def test_table1_protocol_train_on_one_evaluate_on_all(six):
             scores = target.score_choices(prompted, prompts, choices)
             assert scores.shape == (2, 3) and torch.isfinite(scores).all(), name
             assert (scores <= 0).all(), name
+
+
+def test_minigpt4_released_template_for_training_and_ranking(six):
+    """``use_template("released")``: BOS <Img>[image]</Img> + instruction (tokenised apart), trained on
+    answer + ###, choices ranked by the mean log-probability of the class tokens alone (no ###)."""
+    from tvprompt.errors import UsageError
+
+    model = six["minigpt4"]
+    images = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(3))
+    prompt, choices = "This is a photo of a", ["circle", "red square", "star"]
+    chat = model.score_choices(images, [prompt] * 2, choices)
+    model.use_template("released")
+    try:
+        image = [model.image_token_id] * model.num_image_tokens()
+        assert model.prompt_ids(prompt) == (model.bos() + model.text_ids("<Img>") + image + model.text_ids("</Img>")
+                                            + model.text_ids(prompt))
+        assert model.answer_ids("circle") == model.text_ids("circle###")  # training target keeps ###
+        released = model.score_choices(images, [prompt] * 2, choices)
+        assert not torch.allclose(released, chat)
+        model.answer_ids = model.text_ids  # lm_loss over the bare class tokens = minus the released score
+        model._token_cache.clear()
+        for b in range(2):
+            for c, choice in enumerate(choices):
+                want = -model.lm_loss(images[b : b + 1], [prompt], [choice]).item()
+                assert released[b, c].item() == pytest.approx(want, abs=1e-4)
+        with pytest.raises(UsageError, match="template"):
+            model.use_template("vicuna")
+    finally:
+        del model.answer_ids
+        model.use_template("chat")
+    torch.testing.assert_close(model.score_choices(images, [prompt] * 2, choices), chat)

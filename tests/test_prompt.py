@@ -177,6 +177,60 @@ def test_bad_prompt_files_are_rejected_with_their_own_message(saved, mutate, mes
     assert "\n" not in str(err.value)
 
 
+def _deep(levels: int):
+    value: object = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"sources": ["hf:llava-hf/llava-1.5-7b-hf"]}, "field 'sources[0]': expected an object"),
+        ({"sources": {"model_id": "x"}}, "field 'sources': expected a list"),
+        ({"sources": [{"model_id": 7}]}, "field 'sources[0].model_id': expected a string"),
+        ({"sources": [{"model_id": "a\u0000b"}]}, "printable"),
+        ({"seed": 2**70}, "field 'seed'"),
+        ({"seed": -1}, "field 'seed'"),
+        ({"seed": 1.5}, "field 'seed': expected an integer"),
+        ({"metrics": [0.5]}, "field 'metrics': expected an object"),
+        ({"metrics": {"acc": float("nan")}}, "only finite numbers"),
+        ({"data": _deep(40)}, "nested deeper"),
+        ({"task": ["a"]}, "field 'task': expected a string"),
+        ({"task": "t" * 129}, "field 'task'"),
+        ({"method": "m\nx"}, "field 'method'"),
+        ({"choices": "red"}, "field 'choices'"),
+        ({"hyperparameters": "lr=1"}, "field 'hyperparameters'"),
+        ({"image_height": 2**20, "image_width": 2**20}, "too large"),
+        ({"epsilon": True}, "field 'epsilon'"),
+        ({"pixel_range": 1}, "field 'pixel_range'"),
+    ],
+)
+def test_wrongly_typed_config_fields_are_refused_on_load(saved, changes, message):
+    _edit_config(saved, **changes)
+    with pytest.raises(PromptFileError) as err:
+        VisualPrompt.from_pretrained(saved)
+    assert message in str(err.value) and "prompt_config.json" in str(err.value)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 400
+
+
+def test_deeply_nested_config_json_is_a_prompt_file_error(saved):
+    (saved / "prompt_config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(PromptFileError, match="not valid JSON|nested too deeply"):
+        VisualPrompt.from_pretrained(saved)
+
+
+def test_provenance_fields_written_by_training_still_load(tmp_path):
+    config = PromptConfig(task="shapes-color", method="tvp", seed=2**63 - 1, choices=["red", "blue"],
+                          sources=[{"model_id": "zoo:tiny-llava", "family": None, "name": "source0"}],
+                          metrics={"val_accuracy": 0.5, "selected_step": 3, "steps": 4},
+                          hyperparameters={"lr": 1.0, "sources": ["zoo:a"], "schedule": {"warmup": [1, 2]}})
+    prompt = VisualPrompt(config, image_height=16, image_width=16, prompt_width=2)
+    loaded = VisualPrompt.from_pretrained(prompt.save_pretrained(tmp_path / "p"))
+    assert loaded.config == prompt.config
+
+
 def test_unknown_keys_are_dropped_with_a_warning(saved, caplog):
     _edit_config(saved, future_field=1)
     VisualPrompt.from_pretrained(saved)

@@ -163,7 +163,9 @@ def test_hateful_memes(tmp_path):
     ds = open_dataset(spec, tmp_path, "test")  # test_seen absent -> dev_seen
     assert [(s.answer, s.text) for s in ds.samples] == [("yes", "rude"), ("no", "kind")]
     assert spec.prompt_for(ds.samples[0]) == 'This is an image with: "rude" written on it. Is it hateful?'
-    assert spec.label_index(ds.samples[0]) == 0 and spec.tse_text_for(ds.samples[0]) is None
+    assert spec.label_index(ds.samples[0]) == 0
+    assert spec.tse_text_for(ds.samples[0]) == 'a hateful meme with "rude" written on it.'
+    assert spec.tse_text_for(ds.samples[1]) == 'a harmless meme with "kind" written on it.'
 
 
 def test_hateful_memes_unlabelled_split_is_an_error(tmp_path):

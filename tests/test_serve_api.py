@@ -177,7 +177,7 @@ def test_bad_uploads_are_refused_with_json_errors(server, tmp_path):
         "extra member": (_zip({**good, "evil.py": b"import os"}), 400, "'evil.py' is not allowed"),
         "zip bomb": (_zip({**good, "prompt.safetensors": bytes(100 * MiB)}), 400, "over the limit|zip bomb"),
         "oversize": (os.urandom(5 * MiB), 413, "over the limit of 4194304 bytes"),
-        "oversize request": (os.urandom(7 * MiB), 413, "request body over the limit"),
+        "oversize request": (os.urandom(7 * MiB), 413, f"request body over the limit of {6 * MiB} bytes"),
     }
     before = _count(server)
     for label, (data, status, message) in cases.items():
@@ -196,6 +196,9 @@ def test_bad_uploads_are_refused_with_json_errors(server, tmp_path):
 
     r = httpx.post(server.url + "/prompts", content=chunked(), timeout=30,
                    headers={"Content-Type": "multipart/form-data; boundary=b", "Authorization": f"Bearer {server.tokens['alice']}"})
+    assert r.status_code == 413 and r.json() == {"detail": "upload is over the limit of 4194304 bytes"}
+    r = httpx.post(server.url + "/jobs", content=chunked(), timeout=30,  # a route without its own limit
+                   headers={"Content-Type": "text/plain", "Authorization": f"Bearer {server.tokens['alice']}"})
     assert r.status_code == 413 and r.json() == {"detail": f"request body over the limit of {6 * MiB} bytes"}
     assert _count(server) == before
     rows, files = _store_state(server)
@@ -252,9 +255,12 @@ def test_push_list_pull_round_trip_is_bit_exact(server, tmp_path):
 
 
 # --------------------------------------------------------------------------- apply
-@pytest.mark.parametrize("shape", ["padding", "random_patch"])
+@pytest.mark.parametrize("shape", ["padding", "random_patch", "padding-crop"])
 def test_apply_equals_local_tvp_apply(server, tmp_path, shape):
-    extra = {"shape": shape, "patch_size": 8, "seed": 7} if shape != "padding" else {}
+    """Also for a prompt that fits the original image itself (crop + bicubic, the training default)."""
+    extra = {"shape": shape, "patch_size": 8, "seed": 7} if shape == "random_patch" else {}
+    if shape == "padding-crop":
+        extra = {"fit": "crop", "resample": "bicubic"}
     src = make_prompt(tmp_path / "prompt", delta_seed=6, task="apply-test", **extra)
     pid = _client(server, "alice").push(src)["id"]
     rng = np.random.default_rng(0)
@@ -273,11 +279,11 @@ def test_apply_equals_local_tvp_apply(server, tmp_path, shape):
         assert remote == local  # byte-for-byte the PNG `tvp apply` writes
         assert Image.open(io.BytesIO(remote)).size == (32, 32)
     r = httpx.post(f"{server.url}/prompts/{pid}/apply", files={"image": ("x.png", b"not an image")})
-    assert r.status_code == 400 and r.json()["detail"] == "image: not an image file PIL can read"
+    assert r.status_code == 400 and r.json()["detail"].startswith("image: not an image file in an accepted format (PNG, JPEG")
     big = io.BytesIO()
     Image.new("L", (8000, 6000)).save(big, format="PNG")  # 48 MP, small file: the pixel limit refuses it
     r = httpx.post(f"{server.url}/prompts/{pid}/apply", files={"image": ("big.png", big.getvalue())})
-    assert r.status_code == 400 and "exceeds the limit" in r.json()["detail"]
+    assert r.status_code == 413 and "exceeds the limit of 16000000" in r.json()["detail"]
 
 
 def test_apply_rate_limit_and_service_defaults(tmp_path):
@@ -344,6 +350,9 @@ def test_job_runs_to_completion_and_registers_its_prompt(server, tmp_path):
     failed = client.wait_job(client.submit_job(method="vp", sources=["zoo:a"], task="fail", dataset="shapes/train.jsonl")["id"],
                              timeout=60, poll_s=0.1)
     assert failed["state"] == "failed" and "exited with code 3" in failed["error"] and failed["prompt_id"] is None
+    # the owner sees what failed, never where the server keeps its files
+    assert "reading DATA/shapes/train.jsonl into OUTPUT" in failed["error"], failed["error"]
+    assert 'File "<path>"' in failed["error"] and str(server.root) not in failed["error"] and "/tmp" not in failed["error"]
 
 
 def test_job_cancel_kills_the_process_group(server):

@@ -56,6 +56,35 @@ def test_builtin_class_counts_and_released_templates():
     assert load_task("oxford_pets").choices[9] == "british shorthair"
 
 
+@pytest.mark.parametrize("name", list_tasks())
+def test_every_builtin_gives_tse_texts(name):
+    """TVP runs with TSE on every built-in task (the trainer refuses TSE without texts, never drops it)."""
+    spec = load_task(name)
+    for answer in spec.choices or ["a"]:
+        text = spec.tse_text_for(Sample(id="x", image=None, answer=answer, question="Is there a cat in the image?",
+                                        text="love you"))
+        assert text and "{" not in text, (name, text)
+
+
+def test_tse_texts_of_yes_no_tasks_name_the_answer():
+    meme = load_task("hateful_memes")
+    yes = Sample(id="1", image=None, answer="yes", text="love you")
+    assert meme.tse_text_for(yes) == 'a hateful meme with "love you" written on it.'
+    assert meme.tse_texts() is None  # the text depends on the meme: one per sample, no choice table
+    pope = load_task("pope_random")
+    q = "Is there a dog in the image?"
+    assert pope.tse_text_for(Sample(id="1", image=None, answer="no", question=q)) == f"{q} No, there is not."
+    assert pope.tse_text_for(Sample(id="2", image=None, answer="yes", question=q)) == f"{q} Yes, there is."
+
+
+def test_tse_answers_with_unquoted_yaml_keys_are_refused(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("version: 1\nname: t\nkind: yes_no\nformat: manifest\ntse_text: 'a {answer} one'\n"
+                    "tse_answers: {yes: good, no: bad}\n")
+    with pytest.raises(TvpError, match="quote yes/no"):
+        TaskSpec.from_yaml(path)
+
+
 def test_refine_name():
     assert refine_name("British_Shorthair") == "british shorthair"
     assert refine_name("  pickup-truck ") == "pickup truck"

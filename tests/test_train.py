@@ -114,19 +114,21 @@ def _reference_tvp(cfg, w, guide, dataset, steps):
     """Eq. 6 + Eq. 7 written out by hand (autograd only for ∂L/∂δ)."""
     m = _mask()
     delta = torch.zeros(3, H, H)
-    batches = list(toy_batches(dataset, cfg.batch_size, shuffle=True, seed=cfg.seed, image_size=H, epoch=0))
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed * 1000)).tolist()
     spec = ToySpec()
     for step in range(steps):
-        batch = batches[step]
+        samples = [dataset[i] for i in order[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
+        originals = torch.stack([s.image for s in samples])  # square: the crop fit is one bicubic resize
+        inner = F.interpolate(originals, size=(H - 2 * P, H - 2 * P), mode="bicubic", antialias=True,
+                              align_corners=False).clamp(0, 1)
         gen = torch.Generator().manual_seed(seed_for(cfg.seed, "augment", step, 0))
-        images, aug = augment(batch.images, gen, flip=True)
-        inner = F.interpolate(images, size=(H - 2 * P, H - 2 * P), mode="bilinear", antialias=True, align_corners=False)
+        inner, aug = augment(inner, gen, flip=True)
         base = F.pad(inner, (P, P, P, P))
         d = delta.clone().requires_grad_(True)
         x = base + m * d
         llm = (x * w).sum(dim=(1, 2, 3)).mean()
-        fca = 0.5 * ((x - base) ** 2).sum(dim=1).mean()  # features (B, H·W, 3)
-        txt = guide.encode_text([spec.tse_text_for(s) for s in batch.samples])
+        fca = torch.linalg.vector_norm(x - base, dim=1).mean()  # features (B, H·W, 3); default l2 per token
+        txt = guide.encode_text([spec.tse_text_for(s) for s in samples])
         tse = (guide.logit_scale * (guide.encode_image(x) * txt).sum(-1)).mean()
         loss = llm + cfg.fca * fca - cfg.tse * tse
         (g,) = torch.autograd.grad(loss, d)
@@ -316,5 +318,26 @@ def test_other_prompt_shapes_train_and_resume_exactly(tmp_path, shape):
     cfg = _cfg("tvp", output=str(tmp_path / "b"), **kw)
     with pytest.raises(RuntimeError):
         train(cfg, sources=[ToyAdapter(0)], spec=ToySpec(), train_set=ToyDataset(8), batch_fn=stop_after(2))
+    resumed = _run(cfg, [ToyAdapter(0)], resume=True)
+    assert torch.equal(resumed.delta, full.delta)
+
+
+def test_resuming_a_checkpoint_from_before_the_new_options_keeps_its_behaviour(tmp_path):
+    """A checkpoint whose config predates fca_distance / image_fit / ... resumes with what it ran with."""
+    import json
+
+    cfg = _cfg("tvp", output=str(tmp_path / "old"), steps=2, ckpt_every=1, tse=0.0, fca=0.5,
+               fca_distance="squared", image_fit="squash", image_resample="bilinear")
+    full = _run(_cfg("tvp", output=str(tmp_path / "full"), steps=2, tse=0.0, fca=0.5, fca_distance="squared",
+                     image_fit="squash", image_resample="bilinear"), [ToyAdapter(0)])
+    _run(_cfg("tvp", output=str(tmp_path / "old"), steps=1, tse=0.0, fca=0.5, fca_distance="squared",
+              image_fit="squash", image_resample="bilinear"), [ToyAdapter(0)])
+    state = tmp_path / "old" / "checkpoint" / "state.json"
+    meta = json.loads(state.read_text())
+    for key in ("preset", "fca_distance", "grad_norm_over", "image_fit", "image_resample", "tse_template",
+                "tse_scale_clamp"):
+        del meta["config"][key]
+    meta["config"]["steps"] = 2
+    state.write_text(json.dumps(meta))
     resumed = _run(cfg, [ToyAdapter(0)], resume=True)
     assert torch.equal(resumed.delta, full.delta)

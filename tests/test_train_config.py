@@ -83,9 +83,40 @@ def test_cli_flags_map_to_config_fields():
     assert flags["sources"] == ["hf:a", "hf:b"] and flags["source_devices"] == ["cpu", "cpu"]
 
 
+def test_cli_preset_released_and_its_named_options():
+    args = build_parser().parse_args(["train", "--preset", "released", "--source", "hf:a", "--grad-norm-over", "border",
+                                      "--tse-template", "a {answer}", "--image-resample", "bilinear"])
+    cfg = resolve_config(args.method, {}, flag_values(args))
+    assert cfg.preset == "released" and cfg.method == "tvp" and cfg.clamp is False and cfg.fca_distance == "l2"
+    assert (cfg.grad_norm_over, cfg.tse_template, cfg.image_resample) == ("border", "a {answer}", "bilinear")
+    cfg = resolve_config(None, {"preset": "released"}, {})  # from a config file
+    assert cfg.lr_schedule == "cosine_epoch" and cfg.image_fit == "crop" and cfg.tse_scale_clamp == 100.0
+    default = resolve_config("tvp")
+    assert (default.fca_distance, default.grad_norm_over, default.image_fit, default.image_resample) == (
+        "l2", "border", "crop", "bicubic")
+    assert default.clamp and default.lr_schedule == "cosine" and default.preset is None
+    with pytest.raises(UsageError, match="grad_norm_over"):
+        resolve_config("tvp", flags={"grad_norm_over": "frame", "shape": "fixed_patch"})
+
+
 def test_cli_usage_errors_exit_2(tvp, tmp_path):
     r = tvp("train", "--method", "evp", "--source", "hf:x", "--task", "t", "--data", "d", "--output", tmp_path,
             "--val-split", "test")
     assert r.returncode == 2 and "select on test data" in r.stderr
     r = tvp("train", "--resume", "--output", tmp_path / "nothing")
     assert r.returncode == 1 and "no checkpoint to resume from" in r.stderr
+
+
+def test_every_train_config_field_has_a_flag_and_every_flag_a_field():
+    """CLI, YAML and Python share TrainConfig: `tvp train` may not grow or lose an option on its own."""
+    import dataclasses
+
+    from tvprompt.cli import build_parser
+    from tvprompt.cli.train import _RENAMES
+    from tvprompt.training.config import TrainConfig
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    cli_only = {"help", "config", "resume", "json"}
+    dests = {_RENAMES.get(a.dest, a.dest) for a in train._actions if a.dest not in cli_only}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert dests == fields, f"flags without a field: {sorted(dests - fields)}; fields without a flag: {sorted(fields - dests)}"

@@ -158,8 +158,11 @@ def test_cli_end_to_end_kill_and_resume_identical(world, tmp_path):
 
 
 def test_tse_on_a_task_without_tse_text_is_a_one_line_usage_error(tmp_path, tvp):
+    """Every built-in task has a TSE text; a user's task without one is refused, never run FCA-only."""
+    task = tmp_path / "exist.yaml"
+    task.write_text("version: 1\nname: my_exist\nkind: yes_no\nformat: manifest\ninstruction: '{question}'\n")
     r = tvp("train", "--method", "tvp", "--source", "zoo:llava-p8", "--guide", "zoo:clip-guide",
-            "--task", "shapeworld_exist", "--data", tmp_path, "--output", tmp_path / "run")
+            "--task", task, "--data", tmp_path, "--output", tmp_path / "run")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "'shapeworld_exist' has no tse_text" in r.stderr and "--tse 0" in r.stderr
+    assert "'my_exist' has no tse_text" in r.stderr and "--tse 0" in r.stderr
     assert not (tmp_path / "run").exists()

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tvprompt.imagefit import fit_images
+
 CHOICES = ["red", "green", "blue"]
 
 
@@ -78,8 +80,8 @@ class ToyDataset:
         return self.samples[i]
 
 
-def toy_batches(dataset, batch_size: int, *, shuffle: bool, seed: int, image_size: int, start: int = 0,
-                epoch: int = 0, num_workers: int = 0) -> Iterator[Batch]:
+def toy_batches(dataset, batch_size: int, *, shuffle: bool, seed: int, image_size, start: int = 0,
+                epoch: int = 0, num_workers: int = 0, fit: str = "squash", resample: str = "bilinear") -> Iterator[Batch]:
     """Mimics ``tvprompt.data.iter_batches``: a seeded per-epoch order, starting at batch ``start``."""
     n = len(dataset)
     if shuffle:
@@ -90,7 +92,11 @@ def toy_batches(dataset, batch_size: int, *, shuffle: bool, seed: int, image_siz
         rows = order[b * batch_size : (b + 1) * batch_size]
         samples = [dataset[i] for i in rows]
         images = torch.stack([s.image for s in samples])
-        images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+        if (fit, resample) == ("squash", "bilinear"):
+            images = F.interpolate(images, size=(image_size, image_size), mode="bilinear", antialias=True,
+                                   align_corners=False)
+        else:
+            images = fit_images(images, image_size, fit, resample)
         yield Batch(samples, images, b)
 
 

@@ -48,6 +48,7 @@ def import_released_checkpoint(path: str | os.PathLike, width: int | None = None
         image_width=int(delta.shape[2]),
         prompt_width=p,
         clamp=in_range,  # the released code leaves δ unbounded
+        fit="crop", resample="bicubic",  # its images: shorter side to H - 2p (bicubic) + centre crop
         method="imported (released TVP code)",
         data={"imported_from": os.path.basename(str(path))},
     )

@@ -23,3 +23,7 @@ class PromptFileError(TvpError):
 
 class ImageError(TvpError):
     """An image file could not be read or is outside the accepted limits."""
+
+
+class ImageTooLarge(ImageError):
+    """An image is over a size limit (pixels): refused before it is decoded."""

@@ -1,6 +1,9 @@
 """Safe image loading and PNG writing.
 
-Any PIL-readable file becomes an RGB float tensor (3, h, w) in [0, 1]:
+Only the raster formats in :data:`FORMATS` are decoded (PNG, JPEG, WebP, BMP, GIF, TIFF, the
+netpbm family and ICO): Pillow is never asked to try its other plugins, some of which run
+external programs (EPS runs Ghostscript) or parse rarely used formats. Such a file becomes an
+RGB float tensor (3, h, w) in [0, 1]:
 EXIF orientation is applied; palette, grey, 1-bit, CMYK and 16-bit images are converted;
 transparent images are composited on a white background (what a viewer shows for most
 documents and icons; pass ``background=`` to change it). Decompression bombs and images
@@ -19,10 +22,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, ImageTooLarge
 from .files import atomic_path
 
 MAX_PIXELS = 64_000_000
+# Pillow format names (``Image.open(formats=...)``) that are decoded; everything else is refused.
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "PPM", "ICO")
 IMAGE_SUFFIXES = frozenset(
     {".png", ".jpg", ".jpeg", ".jfif", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm", ".ico"}
 )
@@ -55,16 +60,16 @@ def open_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(path, formats=FORMATS) as im:
                 w, h = im.size
                 if w * h > max_pixels:
-                    raise ImageError(f"{path}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+                    raise ImageTooLarge(f"{path}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
                 im.load()
                 return ImageOps.exif_transpose(im)
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file PIL can read") from None
+        raise ImageError(f"{path}: not an image file in an accepted format ({', '.join(FORMATS)})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{path}: refused as a possible decompression bomb") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:

@@ -36,21 +36,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tvp", description="Transferable visual prompts for multimodal LLMs.")
     parser.add_argument("--version", action="version", version=f"tvprompt {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    parser.add_argument("-v", "--verbose", action="store_true", help="tvprompt logs at DEBUG level (other libraries: warnings)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in command_modules():
         importlib.import_module(name).register(sub)
     return parser
 
 
+def setup_logging(verbose: bool = False) -> None:
+    """tvprompt's own logger at INFO (DEBUG with ``-v``); every other library only says WARNING and up,
+    so ``-v`` shows tvprompt's details, not a flood from PIL, httpx or matplotlib."""
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("tvprompt").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.verbose)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ._model_args import add_model_args, load_options
+
 
 def _train_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("training (one prompt per variant; reused on a rerun when unchanged)")
@@ -32,6 +34,7 @@ def _eval_args(p: argparse.ArgumentParser, data_required: bool = True) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", required=True, metavar="DIR")
     p.add_argument("--reduced", action="store_true", help="a small grid (quick checks, tests)")
+    add_model_args(p)
 
 ORDER = 65  # `tvp --help` lists commands by ORDER
 
@@ -54,13 +57,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = names.add_parser("cross-dataset", help="Tab. 4: one prompt on other datasets of the same kind")
     _eval_args(p, data_required=False)
     _train_args(p, required=False)
-    p.add_argument("--prompt", metavar="DIR", help="an existing prompt (else one is trained from --task/--data)")
+    p.add_argument("--prompt", metavar="PROMPT", help="an existing prompt, directory or Hub id (else one is trained from --task/--data)")
     p.add_argument("--eval", action="append", required=True, metavar="TASK=PATH", help="dataset to evaluate on")
     p = names.add_parser("corruption", help="Tab. 9: corruptions × severities")
     _eval_args(p)
     _train_args(p, required=False)
-    p.add_argument("--prompt", metavar="DIR", help="an existing prompt (else one is trained)")
-    p.add_argument("--corruptions", nargs="+", help="corruption names (default: the 15 of ImageNet-C)")
+    p.add_argument("--prompt", metavar="PROMPT", help="an existing prompt, directory or Hub id (else one is trained)")
+    p.add_argument("--corruptions", nargs="+",
+                   help="corruption names (default: all 15; CIFAR-10-C strengths, spatial sizes scaled to the image side)")
     p.add_argument("--severities", type=int, nargs="+", help="severities 1-5 (default all)")
     p = names.add_parser("attention", help="Fig. 4: where each model looks with and without a prompt (PNG grid)")
     p.add_argument("--prompt", required=True, metavar="DIR", help="a trained prompt folder")
@@ -84,6 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", required=True, metavar="DIR")
     p.add_argument("--reduced", action="store_true", help="2 steps at batch 2")
+    add_model_args(p)
     top.set_defaults(func=cmd_analyze)
 
 
@@ -114,8 +119,10 @@ def _parse_eval_sets(items: list[str]) -> list[tuple[str, str]]:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    import functools
+
     from ..evaluation import analyses as an
-    from ..evaluation.evaluate import EvalSetup
+    from ..evaluation.evaluate import Backends, EvalSetup
 
     name = args.analysis
     if name == "attention":
@@ -128,6 +135,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                   f"{row['centre_share_no_prompt']:.2f} without / {row['centre_share_prompt']:.2f} with the prompt")
         print(f"wrote {args.output}/attention.png and attention.json")
         return 0
+    options = load_options(args)
+    backends = Backends.default(**options)
     if name == "efficiency":
         from ..evaluation.efficiency import efficiency
 
@@ -135,11 +144,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if args.reduced:
             kw["steps"] = min(kw["steps"], 2)
             kw["batch_size"] = min(kw["batch_size"], 2)
-        efficiency(args.model, args.task, args.data, args.output, reduced=args.reduced, methods=args.methods, **kw)
+        efficiency(args.model, args.task, args.data, args.output, reduced=args.reduced, methods=args.methods,
+                   backends=backends, **kw)
     else:
         setup = EvalSetup(task=args.task or "", data=args.data or "", split=args.split, limit=args.limit,
                           batch_size=args.batch_size, seed=args.seed, image_size=args.image_size)
-        common = {"reduced": args.reduced}
+        runtime = {"device": args.device, "device_map": args.device_map, "dtype": args.dtype,
+                   "revision": args.revision, "trust_remote_code": args.trust_remote_code}
+        trainer = functools.partial(an.train_prompt, runtime={k: v for k, v in runtime.items() if v is not None})
+        common = {"reduced": args.reduced, "backends": backends, "trainer": trainer}
         recipe = _recipe(args)
         if name == "ablation":
             an.ablation(recipe, args.model, setup, args.output, **common)

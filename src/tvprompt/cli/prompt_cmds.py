@@ -16,7 +16,7 @@ log = logging.getLogger("tvprompt.cli")
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("apply", help="paste a prompt onto images, writing H×W PNGs")
-    p.add_argument("--prompt", required=True, help="prompt directory")
+    p.add_argument("--prompt", required=True, help="prompt directory or Hub repo id (user/name[@revision])")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
     p.add_argument("--output", required=True, help="output folder (relative paths are kept)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("show", help="print a prompt's config summary; render it")
-    p.add_argument("prompt", metavar="DIR", help="prompt directory")
+    p.add_argument("prompt", metavar="PROMPT", help="prompt directory or Hub repo id (user/name[@revision])")
     p.add_argument("--png", metavar="FILE", help="write the rendered prompt to this PNG")
     p.add_argument("--json", action="store_true", help="print the full config as JSON")
     p.set_defaults(func=cmd_show)

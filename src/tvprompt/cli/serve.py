@@ -22,6 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--apply-rate", type=float, default=120.0, help="apply calls per minute per client (default 120)")
     p.add_argument("--allow-model", action="append", metavar="ID", help="model id jobs may use (repeat; default any)")
     p.add_argument("--cors-origin", action="append", metavar="ORIGIN", help="allow browser calls from ORIGIN (default: CORS off)")
+    p.add_argument("--forwarded-allow-ips", default="", metavar="IPS",
+                   help="comma-separated proxy addresses whose X-Forwarded-For is trusted (default: none, "
+                        "the client is the TCP peer)")
+    p.add_argument("--model", action="append", metavar="ID", help="host this model for `ask` in the web front (repeat)")
+    p.add_argument("--model-device", help="device of the hosted models (default: CUDA when available, else CPU)")
+    p.add_argument("--demo", action="store_true",
+                   help="host the zoo models and register small ShapeWorld demo prompts (built at the first start, then cached)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
     ssub = p.add_subparsers(dest="serve_command", metavar="SUBCOMMAND")
@@ -95,12 +102,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         apply_rate_per_minute=args.apply_rate,
         allowed_models=args.allow_model,
         cors_origins=args.cors_origin or [],
+        forwarded_allow_ips=[ip.strip() for ip in args.forwarded_allow_ips.split(",") if ip.strip()],
+        **_front_settings(args),
     )
-    app = create_app(settings)
-    import uvicorn
+    from ..serve.server import run
 
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
+    run(create_app(settings), settings, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def _front_settings(args: argparse.Namespace) -> dict:
+    models = list(args.model or [])
+    if args.demo and not models:
+        from ..serve.demo import demo_models
+
+        models = demo_models()
+        if not models:
+            raise UsageError("--demo needs the model zoo, and this installation has none: run `tvp zoo build`")
+    from ..models.registry import resolve_source
+
+    for model_id in models:  # a bad id fails here in one line, not inside the server's start-up
+        resolve_source(model_id)
+    return {"hosted_models": models, "model_device": args.model_device, "demo": args.demo}
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ImageError, TvpError, UsageError
+from ..imagefit import fit_images
 from .sample import Sample
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,10 @@ def resize_batch(images: torch.Tensor, size: int | None) -> torch.Tensor:
 class _BatchLoader(torch.utils.data.Dataset):
     """Item k = the decoded batch k (run in a worker when num_workers > 0)."""
 
-    def __init__(self, dataset: Any, batches: list[list[int]], start: int, image_size: int | None) -> None:
+    def __init__(self, dataset: Any, batches: list[list[int]], start: int, image_size: int | tuple[int, int] | None,
+                 fit: str = "squash", resample: str = "bilinear") -> None:
         self.dataset, self.batches, self.start, self.image_size = dataset, batches, start, image_size
+        self.fit, self.resample = fit, resample
 
     def __len__(self) -> int:
         return len(self.batches) - self.start
@@ -80,14 +83,20 @@ class _BatchLoader(torch.utils.data.Dataset):
                 continue
             samples.append(dataclasses.replace(loaded, image=None))
             images.append(loaded.image.float())
-        return {"index": self.start + k, "samples": samples, "images": _stack(images, self.image_size, samples),
+        return {"index": self.start + k, "samples": samples, "images": _stack(images, self.image_size, samples, self.fit, self.resample),
                 "skipped": skipped}  # fmt: skip
 
 
-def _stack(images: list[torch.Tensor], size: int | None, samples: list[Sample]) -> torch.Tensor | None:
+def _stack(images: list[torch.Tensor], size: int | tuple[int, int] | None, samples: list[Sample],
+           fit: str = "squash", resample: str = "bilinear") -> torch.Tensor | None:
     """Resize and stack; one batched interpolate when the source sizes agree (CIFAR, most folders)."""
     if not images:
         return None
+    if (fit, resample) != ("squash", "bilinear") and size is not None:  # tvprompt.imagefit, as prompt.apply
+        hw = (size, size) if isinstance(size, int) else tuple(size)
+        if all(im.shape == images[0].shape for im in images):
+            return fit_images(torch.stack(images), hw, fit, resample)
+        return torch.cat([fit_images(im[None], hw, fit, resample) for im in images])
     if all(im.shape == images[0].shape for im in images):
         return resize_batch(torch.stack(images), size)
     if size is None:
@@ -122,7 +131,9 @@ def iter_batches(
     shuffle: bool = False,
     seed: int = 0,
     epoch: int = 0,
-    image_size: int | None = 224,
+    image_size: int | tuple[int, int] | None = 224,
+    fit: str = "squash",
+    resample: str = "bilinear",
     start: int = 0,
     num_workers: int = 0,
     drop_last: bool = False,
@@ -133,6 +144,8 @@ def iter_batches(
     """Batches of ``dataset`` (sized, indexable -> Sample with a loaded image), in a deterministic order.
 
     The order depends only on ``(len(dataset), batch_size, shuffle, seed, epoch, drop_last)``;
+    Images are resized to ``image_size`` (a side, or (h, w)) by :func:`tvprompt.imagefit.fit_images`
+    with ``fit`` and ``resample`` (the default squash + bilinear also clamps to [0, 1]).
     ``start`` skips the first ``start`` batches without decoding them (resume). For data
     parallelism, ``batch_size`` is the global batch and process ``rank`` of ``world_size``
     decodes and receives only its share ``global_batch[rank::world_size]`` (same ``index``).
@@ -154,7 +167,7 @@ def iter_batches(
     if world_size > 1:
         batches = [b[rank::world_size] for b in batches]
     start = min(start, len(batches))
-    loader_ds = _BatchLoader(dataset, batches, start, image_size)
+    loader_ds = _BatchLoader(dataset, batches, start, image_size, fit, resample)
     if num_workers > 0 and len(loader_ds) > 0:
         pin = torch.cuda.is_available() if pin_memory is None else pin_memory
         items = iter(torch.utils.data.DataLoader(loader_ds, batch_size=None, shuffle=False, num_workers=num_workers,

@@ -280,7 +280,7 @@ def jpeg_compression(x: np.ndarray, s: int, rng: np.random.Generator) -> np.ndar
     buf = io.BytesIO()
     _to_uint8_pil(x).save(buf, format="JPEG", quality=quality)
     buf.seek(0)
-    with Image.open(buf) as im:
+    with Image.open(buf, formats=["JPEG"]) as im:
         return _from_pil(im.convert("RGB"))
 
 

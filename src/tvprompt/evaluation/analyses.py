@@ -76,15 +76,17 @@ class TrainRecipe:
 Trainer = Callable[[TrainRecipe, Path], Path]
 
 
-def train_prompt(recipe: TrainRecipe, output: Path) -> Path:
-    """Train one prompt with the project trainer into ``output``; returns the prompt directory."""
+def train_prompt(recipe: TrainRecipe, output: Path, runtime: dict[str, Any] | None = None) -> Path:
+    """Train one prompt with the project trainer into ``output``; returns the prompt directory.
+
+    ``runtime``: TrainConfig runtime fields (device, dtype, ...) that do not change the recipe."""
     from ..training.config import resolve_config
     from ..training.loop import train
 
     flags = {"sources": list(recipe.sources), "task": recipe.task, "data": recipe.data, "guide": recipe.guide,
              "output": str(output), "steps": recipe.steps, "batch_size": recipe.batch_size, "width": recipe.width,
              "image_size": recipe.image_size, "fca": recipe.fca, "tse": recipe.tse, "seed": recipe.seed,
-             "progress": False, **recipe.extra}
+             "progress": False, **recipe.extra, **(runtime or {})}
     cfg = resolve_config(recipe.method, flags=flags)
     spec = train_set = val_set = None
     if recipe.fraction < 1:  # the trainer reads whole splits; hand it the seeded stratified share

@@ -158,8 +158,9 @@ def attention_figure(prompt_dir: str | Path, models: Sequence[str], task: str, d
     """Maps of the first ``n_images`` of ``split`` for every model, with and without the prompt:
     writes ``attention.png`` (the grid) and ``attention.json`` (shapes and centre shares)."""
     from ..data import open_dataset
+    from ..imagefit import fit_images
     from ..models.registry import load_adapter
-    from ..prompt import VisualPrompt, resize
+    from ..prompt import VisualPrompt
 
     if n_images < 1:
         raise UsageError("--n-images must be >= 1")
@@ -171,7 +172,9 @@ def attention_figure(prompt_dir: str | Path, models: Sequence[str], task: str, d
         raise UsageError(f"{data}: split {split!r} has no samples")
     cfg = prompt.config
     size = (cfg.image_height, cfg.image_width)
-    images = torch.stack([resize(ds[i].image[None].float(), size)[0] for i in range(min(n_images, len(ds)))])
+    # the clean image is fitted as the prompt fits its inner image (crop/squash, kernel), at the full size
+    images = torch.cat([fit_images(ds[i].image[None].float(), size, cfg.fit, cfg.resample)
+                        for i in range(min(n_images, len(ds)))])
     with torch.no_grad():
         prompted = prompt.apply(images)
     maps: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -201,12 +201,18 @@ def efficiency(model_id: str, task: str, data: str, output: Any, *, reduced: boo
               fmt(r["step_ms"] / prompt_ms if prompt_ms and r.get("step_ms") else None, ".2f"),
               fmt(r.get("peak_mem_mib"), ".1f"), r["status"]] for r in rows]
 
+    skipped = [f"{r['method']} ({r['status']})" for r in rows if r["status"] != "ok"]
+    caveat = ("Timings of tiny models on a CPU show the code paths, not the GPU picture: "
+              "measure on your GPU with your model for real costs.") if rows[0]["device"] == "cpu" else ""
+
     def plot(path: Path) -> Path:
+        note = "\n".join(([f"not shown: {', '.join(skipped)}"] if skipped else []) + ([caveat] if caveat else []))
         return bar_chart([r["method"] for r in ok], {"step time (ms)": [r["step_ms"] for r in ok]}, path,
-                         title=f"training step cost on {model_id}", ylabel="ms per step")
+                         title=f"training step cost on {model_id}", ylabel="ms per step", note=note)
 
     doc = {"title": "training efficiency", "model": model_id, "task": task, "reduced": reduced, "rows": rows}
     return write_analysis(Path(output), "efficiency", doc,
                           ["method", "trainable params", "step ms", "× prompt", "peak MiB", "status"], table, plot,
                           f"One training step, batch {rows[0]['batch_size']}, median over the timed steps, "
-                          f"device {rows[0]['device']}.")
+                          f"device {rows[0]['device']}." + (f" Not in the plot: {', '.join(skipped)}." if skipped else "")
+                          + (f" {caveat}" if caveat else ""))

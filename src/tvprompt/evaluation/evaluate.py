@@ -30,8 +30,11 @@ import torch
 from .. import __version__
 from ..errors import TvpError, UsageError
 from ..files import write_text_atomic
-from ..prompt import CONFIG_NAME, WEIGHTS_NAME, VisualPrompt
+from ..hub import resolve_prompt_dir
+from ..prompt import CONFIG_NAME, WEIGHTS_NAME, VisualPrompt, display_name
 from ..tasks import normalize_answer  # the same match rule as tvprompt.evaluation.metrics
+from ..training.distributed import World, init_world
+from ..training.updates import seed_for
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +85,18 @@ class Backends:
     compute_metrics: Callable[[Any, list[dict]], dict]
 
     @classmethod
-    def default(cls) -> Backends:
+    def default(cls, **load_options: Any) -> Backends:
+        """The project's pieces; ``load_options`` (device, dtype, revision, trust_remote_code) go to every
+        :func:`~tvprompt.models.registry.load_adapter` call."""
+        import functools
+
         from ..data import iter_batches, open_dataset
         from ..models.registry import load_adapter
         from ..tasks import load_task
         from .metrics import compute_metrics
 
-        return cls(load_task, open_dataset, iter_batches, load_adapter, compute_metrics)
+        load = functools.partial(load_adapter, **load_options) if load_options else load_adapter
+        return cls(load_task, open_dataset, iter_batches, load, compute_metrics)
 
 
 @dataclass
@@ -133,7 +141,8 @@ def _hash_files(paths: Sequence[Path]) -> str:
 
 
 def load_prompts(paths: Sequence[str | Path], names: Sequence[str] | None = None) -> list[PromptRef]:
-    """Load prompt directories; names are ``names`` or the folder names, made unique with a numeric suffix."""
+    """Load prompt directories or Hub repos; names are ``names``, else each prompt's own name from its config
+    (``tvp@llava-p8``), else (no source models recorded) the folder or repo name; made unique with a suffix."""
     if names is not None and len(names) != len(paths):
         raise UsageError(f"{len(names)} prompt names for {len(paths)} prompts")
     if names is not None and (len(set(names)) != len(names) or CLEAN in names):
@@ -141,9 +150,10 @@ def load_prompts(paths: Sequence[str | Path], names: Sequence[str] | None = None
     refs: list[PromptRef] = []
     used: set[str] = {CLEAN}
     for k, raw in enumerate(paths):
-        path = Path(raw)
+        path = resolve_prompt_dir(raw)
         prompt = VisualPrompt.from_pretrained(path)
-        name, i = (names[k] if names else path.resolve().name) or "prompt", 2
+        own = display_name(prompt.config) if prompt.config.sources else Path(str(raw).split("@")[0]).name
+        name, i = (names[k] if names else own) or "prompt", 2
         base = name
         while name in used:
             name, i = f"{base}-{i}", i + 1
@@ -253,25 +263,76 @@ def _features(adapter: Any, pixels: torch.Tensor) -> np.ndarray:
 
 def _run_model(
     model_id: str, pending: list[PromptRef | None], spec: Any, dataset: Any, setup: EvalSetup, backends: Backends,
-    image_size: int,
+    image_size: int, world: World | None = None,
 ) -> tuple[dict[str, list[dict]], dict[str, np.ndarray]]:
+    """Records (and t-SNE features) of every pending cell on one model. Under several processes each one
+    takes every ``world.size``-th batch and the pieces are gathered in batch order, so every process
+    returns what one process would."""
     from tqdm import tqdm
 
+    world = world or World()
     adapter = backends.load_adapter(model_id)
     names = [p.name if p else CLEAN for p in pending]
-    records: dict[str, list[dict]] = {n: [] for n in names}
-    feats: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    gens = {p.name: torch.Generator().manual_seed(p.prompt.config.seed) for p in pending if p}
+    records: dict[str, list[tuple[int, list[dict]]]] = {n: [] for n in names}  # (batch index, its records)
+    feats: dict[str, list[tuple[int, np.ndarray]]] = {n: [] for n in names}
     from ..data.batching import default_workers
 
     workers = setup.num_workers if setup.num_workers is not None else default_workers(adapter.device)
-    batches = backends.iter_batches(dataset, setup.batch_size, shuffle=False, seed=setup.seed, image_size=image_size,
-                                    num_workers=workers)
-    bar = tqdm(total=len(dataset), desc=f"{getattr(adapter, 'name', model_id)} [{', '.join(names)}]",
-               unit="img", disable=None, file=sys.stderr, leave=False)
-    seen = 0
-    for batch in batches:
+    # prompts that fit the original image themselves (``fit: crop`` or another kernel) get batches fitted
+    # the same way, straight to their inner size: the pixels ``tvp apply`` gives for the same image
+    groups: dict[tuple, list[PromptRef | None]] = {}
+    for p in pending:
+        groups.setdefault(_image_options(p, image_size), []).append(p)
+    bar = tqdm(total=len(dataset) * len(groups), desc=f"{getattr(adapter, 'name', model_id)} [{', '.join(names)}]",
+               unit="img", disable=None if world.is_main else True, file=sys.stderr, leave=False)
+    for options, group in groups.items():
+        batches = backends.iter_batches(dataset, setup.batch_size, shuffle=False, seed=setup.seed,
+                                        num_workers=workers, **dict(options))
+        _run_batches(adapter, spec, setup, group, batches, records, feats, bar, world)
+    bar.close()
+    del adapter
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    records, feats = _gather((records, feats), world)
+    return ({n: [r for _, part in sorted(v, key=lambda t: t[0]) for r in part] for n, v in records.items()},
+            {n: np.concatenate([f for _, f in sorted(v, key=lambda t: t[0])]) for n, v in feats.items() if v})
+
+
+def _image_options(p: PromptRef | None, image_size: int) -> tuple:
+    """The batcher's sizing options for prompt ``p`` (None = no prompt), as a hashable key."""
+    config = p.prompt.config if p is not None else None
+    if config is None or (config.fit, config.resample) == ("squash", "bilinear"):
+        return (("image_size", image_size),)
+    return (("image_size", tuple(config.inner_size)), ("fit", config.fit), ("resample", config.resample))
+
+
+def _gather(local: tuple[dict[str, list], dict[str, list]], world: World) -> tuple[dict[str, list], dict[str, list]]:
+    """Every process's (records, features) pieces, concatenated per cell (one process: as given)."""
+    if world.size == 1:
+        return local
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * world.size
+    dist.all_gather_object(parts, local)
+    records = {n: [piece for recs, _ in parts for piece in recs[n]] for n in local[0]}
+    feats = {n: [piece for _, fs in parts for piece in fs[n]] for n in local[1]}
+    return records, feats
+
+
+def _run_batches(adapter: Any, spec: Any, setup: EvalSetup, pending: list[PromptRef | None], batches: Any,
+                 records: dict[str, list], feats: dict[str, list], bar: Any, world: World) -> None:
+    """Records (and features) of ``pending``'s cells, keyed by batch index; this process takes every
+    ``world.size``-th batch."""
+    names = [p.name if p else CLEAN for p in pending]
+    for index, batch in enumerate(batches):
+        if index % world.size != world.rank:
+            continue
+        seen = index * setup.batch_size  # global position of the batch's first sample
         images = batch.images.to(adapter.device).float()
+        # random-patch placement seeded per batch: the same in any number of processes
+        gens = {p.name: torch.Generator().manual_seed(seed_for(p.prompt.config.seed, "eval", index))
+                for p in pending if p}
         pixels = [images if p is None else p.prompt.to(images.device).apply(images, generator=gens[p.name]).detach()
                   for p in pending]
         shapes = {tuple(x.shape) for x in pixels}
@@ -287,21 +348,14 @@ def _run_model(
         else:
             per_cell = _predict(adapter, spec, batch.samples, pixels, setup.max_new_tokens)
         for c, name in enumerate(names):
-            for j, rec in enumerate(per_cell[c]):
-                records[name].append({"id": _sample_id(batch.samples[j], seen + j), **rec})
+            records[name].append((index, [{"id": _sample_id(batch.samples[j], seen + j), **rec}
+                                          for j, rec in enumerate(per_cell[c])]))
         if setup.tsne and seen < setup.tsne_samples:
             take = min(len(batch.samples), setup.tsne_samples - seen)
             with torch.no_grad():
                 for c, name in enumerate(names):
-                    feats[name].append(_features(adapter, pixels[c][:take]))
-        seen += len(batch.samples)
-        bar.update(len(batch.samples))
-    bar.close()
-    del adapter
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    return records, {n: np.concatenate(v) for n, v in feats.items() if v}
+                    feats[name].append((index, _features(adapter, pixels[c][:take])))
+        bar.update(min(len(batch.samples) * world.size, bar.total - bar.n))
 
 
 # ------------------------------------------------------------------- the matrix
@@ -314,12 +368,27 @@ def evaluate(
     backends: Backends | None = None,
     command: str | None = None,
     names: Sequence[str] | None = None,
+    world: World | None = None,
 ) -> dict[str, Any]:
     """Evaluate every (no prompt | prompt) × model cell; write cells, samples.jsonl and results.json.
 
-    ``names`` overrides the prompts' display names (default: their folder names).
+    ``names`` overrides the prompts' display names (default: from each prompt's config).
+    Under ``accelerate launch`` (or ``torchrun``) the samples are sharded over the processes and the
+    main process writes the files; the results are those of one process.
     Returns the results dict (also written to ``output/results.json``).
     """
+    own_world = world is None
+    world = world or init_world()
+    try:
+        return _evaluate(prompts, models, setup, Path(output), backends, command, names, world)
+    finally:
+        if own_world:
+            world.close()
+
+
+def _evaluate(prompts: Sequence[str | Path], models: Sequence[str], setup: EvalSetup, output: Path,
+              backends: Backends | None, command: str | None, names: Sequence[str] | None,
+              world: World) -> dict[str, Any]:
     if not models:
         raise UsageError("give at least one --model")
     if len(set(models)) != len(models):
@@ -349,14 +418,17 @@ def evaluate(
             fp = cell_fingerprint(setup, spec, model_id, ref)
             if path.is_file() and _read_json(path).get("fingerprint") == fp and (
                     not setup.tsne or (output / FEATURES_DIR / f"{cell_key(model_id, name)}.npy").is_file()):
-                log.info("cell %s × %s: done, reusing %s", name, model_id, path)
+                if world.is_main:
+                    log.info("cell %s × %s: done, reusing %s", name, model_id, path)
                 continue
             pending.append(ref)
         if not pending:
             continue
         start = time.perf_counter()
-        records, feats = _run_model(model_id, pending, spec, dataset, setup, backends, image_size)
+        records, feats = _run_model(model_id, pending, spec, dataset, setup, backends, image_size, world)
         seconds = time.perf_counter() - start
+        if not world.is_main:
+            continue
         for ref in pending:
             name = ref.name if ref else CLEAN
             key = cell_key(model_id, name)
@@ -372,11 +444,14 @@ def evaluate(
             write_text_atomic(cells_dir / f"{key}.json", json.dumps(cell) + "\n")
             log.info("cell %s × %s: %s", name, model_id, _fmt_metrics(cell["metrics"]))
 
+    world.barrier()  # the main process has written every cell
     cells = {(m, r.name if r else CLEAN): _read_json(cells_dir / f"{cell_key(m, r.name if r else CLEAN)}.json")
              for m in models for r in all_cells}
     results = summarize(cells, refs, list(models), spec, setup, command)
-    _write_samples(output / SAMPLES_NAME, cells)
-    write_text_atomic(output / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
+    if world.is_main:
+        _write_samples(output / SAMPLES_NAME, cells)
+        write_text_atomic(output / RESULTS_NAME, json.dumps(results, indent=2) + "\n")
+    world.barrier()
     return results
 
 

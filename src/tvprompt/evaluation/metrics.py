@@ -78,7 +78,7 @@ def compute_metrics(spec: TaskSpec | str, records: Iterable[Mapping[str, Any]]) 
     records = list(records)
     if not records:
         raise TvpError(f"task {spec.name}: no records to score")
-    out: dict[str, float] = {"n": float(len(records))}
+    out: dict[str, float] = {"n": len(records)}  # a count: an int in logs, JSON and tables
     if spec.kind == "open" or "exact_match" in spec.metrics:
         hits = [normalize_answer(r.get("pred_text", "")) == normalize_answer(r.get("answer", "")) for r in records]
         out["exact_match"] = float(np.mean(hits))

@@ -66,31 +66,55 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float]], path: str | Path, *, title: str = "",
-              ylabel: str = "") -> Path:
-    """Grouped bars: one group per label in ``groups``, one bar per series."""
+              ylabel: str = "", sources: dict[str, Sequence[bool]] | None = None, note: str = "") -> Path:
+    """Grouped bars: one group per label in ``groups``, one bar per series.
+
+    ``sources[name][i]``: bar i of series ``name`` is a source model of that prompt (hatched, as the
+    tables mark it). A bar of exactly 0 gets a dash at 0 so that "no change" stays visible. ``note``
+    is printed under the plot."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(4.0, 1.2 * len(groups) * max(1, len(series)) ** 0.5 + 2), 3.2))
     width = 0.8 / max(1, len(series))
     x = np.arange(len(groups))
+    any_source = False
     for i, (name, values) in enumerate(series.items()):
-        ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
+        pos = x + (i - (len(series) - 1) / 2) * width
+        bars = ax.bar(pos, values, width, label=name)
+        color = bars.patches[0].get_facecolor() if bars.patches else None
+        for k, bar in enumerate(bars.patches):
+            if sources and sources.get(name) and sources[name][k]:
+                bar.set_hatch("///")
+                bar.set_edgecolor("black")
+                any_source = True
+        zeros = [p for p, v in zip(pos, values, strict=True) if v == 0]
+        if zeros:
+            ax.plot(zeros, [0] * len(zeros), linestyle="none", marker="_", markersize=max(6.0, 60 * width),
+                    markeredgewidth=3, color=color)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(x, groups, rotation=20 if len(groups) > 3 else 0, ha="right" if len(groups) > 3 else "center")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     if len(series) > 1:
         ax.legend(fontsize=8)
+    notes = ([f"hatched {SOURCE_MARK} a source model of the prompt (white-box, not a transfer)"] if any_source else [])
+    notes += [note] if note else []
+    if notes:
+        fig.text(0.01, -0.02, "\n".join(notes), fontsize=7, ha="left", va="top", wrap=True)
     return _save(fig, Path(path))
 
 
 def line_chart(xs: Sequence[float], series: dict[str, Sequence[float]], path: str | Path, *, title: str = "",
-               xlabel: str = "", ylabel: str = "", logx: bool = False) -> Path:
+               xlabel: str = "", ylabel: str = "", logx: bool = False, ticks_at_xs: bool = True) -> Path:
+    """One line per series over ``xs``; the x ticks sit at the ``xs`` themselves (the widths or fractions run)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for name, ys in series.items():
         ax.plot(xs, ys, marker="o", label=name)
     if logx:
         ax.set_xscale("log")
+    if ticks_at_xs:
+        ax.set_xticks(list(xs), [f"{x:g}" for x in xs])
+        ax.minorticks_off()
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -164,7 +188,9 @@ def write_report(output: str | Path, *, tsne: bool | None = None) -> list[Path]:
     if results["prompts"]:
         series = {p["name"]: [100 * results["transfer"][p["name"]][m]["delta"].get(metric, np.nan) for m in names]
                   for p in results["prompts"]}
-        written.append(bar_chart(list(names.values()), series, output / DELTA_PNG,
+        sources = {p["name"]: [bool(results["transfer"][p["name"]][m]["source"]) for m in names]
+                   for p in results["prompts"]}
+        written.append(bar_chart(list(names.values()), series, output / DELTA_PNG, sources=sources,
                                  title=f"{results['task']['name']}: Δ {metric} per model", ylabel=f"Δ {metric} (points)"))
     for p in results["prompts"]:
         path = write_prompt_png(p, output / f"prompt_{p['name']}.png")
@@ -189,13 +215,14 @@ def write_prompt_png(prompt: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
-def _labels(output: Path, model: str, prompt: str | None, n: int) -> np.ndarray:
+def _labels(output: Path, model: str, prompt: str | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(class index per sample, class names) of a cell's first ``n`` records."""
     from .evaluate import CELLS_DIR, CLEAN, cell_key
 
     cell = json.loads((output / CELLS_DIR / f"{cell_key(model, prompt or CLEAN)}.json").read_text())
     labels = [r["label"] if "label" in r else r.get("answer") for r in cell["records"][:n]]
-    _, idx = np.unique(np.asarray([str(x) for x in labels]), return_inverse=True)
-    return idx
+    names, idx = np.unique(np.asarray([str(x) for x in labels]), return_inverse=True)
+    return idx, names
 
 
 def write_tsne(output: Path, results: dict[str, Any], *, seed: int = 0) -> list[Path]:
@@ -222,13 +249,19 @@ def write_tsne(output: Path, results: dict[str, Any], *, seed: int = 0) -> list[
                    random_state=seed).fit_transform(joint)
         fig, axes = plt.subplots(1, len(prompts), figsize=(3.2 * len(prompts), 3.2), squeeze=False,
                                  sharex=True, sharey=True)
+        cmap = plt.get_cmap("tab10")
         for i, p in enumerate(prompts):
             ax = axes[0, i]
             pts = emb[i * n:(i + 1) * n]
-            ax.scatter(pts[:, 0], pts[:, 1], c=_labels(output, model, p, n), cmap="tab10", s=8)
+            idx, classes = _labels(output, model, p, n)
+            ax.scatter(pts[:, 0], pts[:, 1], c=[cmap(k % 10) for k in idx], s=8)
             ax.set_title(p or "no prompt", fontsize=9)
             ax.set_xticks([])
             ax.set_yticks([])
+        shown = classes[:10]  # tab10: more classes than colours would repeat them
+        handles = [plt.Line2D([], [], linestyle="none", marker="o", markersize=5, color=cmap(k)) for k in range(len(shown))]
+        fig.legend(handles, [str(c) for c in shown], title="label" + ("" if len(classes) <= 10 else " (first 10)"),
+                   loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, title_fontsize=8)
         fig.suptitle(f"{name}: vision features (t-SNE)", fontsize=10)
         written.append(_save(fig, output / f"tsne_{slug(name)}.png"))
     return written

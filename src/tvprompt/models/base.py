@@ -44,8 +44,15 @@ class MLLMAdapter(Protocol):
         """``lm_loss`` plus ``vision_features(kind)`` taken from the same forward pass (for FCA)."""
         ...
 
-    def vision_features(self, pixels01: torch.Tensor, kind: str = "encoder") -> torch.Tensor:
-        """(B, N, D) features: ``encoder`` = vision-tower output, ``projected`` = tokens the LLM sees."""
+    def vision_features(
+        self, pixels01: torch.Tensor, kind: str = "encoder", prompts: list[str] | None = None
+    ) -> torch.Tensor:
+        """(B, N, D) features: ``encoder`` = vision-tower output, ``projected`` = tokens the LLM sees.
+
+        Families whose features of a kind depend on the instruction list that kind in
+        ``prompt_dependent_features`` and compute it for ``prompts`` (None = an empty instruction);
+        the others ignore ``prompts``.
+        """
         ...
 
     def score_choices(self, pixels01: torch.Tensor, prompts: list[str], choices: list[str]) -> torch.Tensor:

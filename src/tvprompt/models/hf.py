@@ -147,10 +147,11 @@ class HFAdapter:
     answer_prefix: ClassVar[str] = " "  # text put before an answer when it is tokenized
     explicit_positions: ClassVar[bool] = True  # pass cumsum(mask)-1 position_ids (decoder-only)
     feature_kinds: ClassVar[tuple[str, ...]] = FEATURE_KINDS
-    # kinds whose features depend on the prompt (``vision_features`` then uses an empty prompt)
+    # kinds whose features depend on the prompt (``vision_features`` takes the prompts; default empty)
     prompt_dependent_features: ClassVar[tuple[str, ...]] = ()
     roles: ClassVar[tuple[str, ...]] = ("source", "target")
     extra: ClassVar[str | None] = None  # pip extra needed beyond the core install
+    remote_code: ClassVar[bool] = False  # runs the checkpoint's own code: from_pretrained takes trust_remote_code
     notes: ClassVar[str] = ""
     untested: ClassVar[str | None] = None  # why a family has no offline tiny checkpoint / contract tests
     # score_choices packs all choices after ONE copy of each image's cached prefix (see ranking.py):
@@ -319,6 +320,10 @@ class HFAdapter:
                 ids = full[len(anchor) :]
         return list(ids) + [self.end_id]
 
+    def choice_ids(self, choice: str) -> list[int]:
+        """Token ids ``score_choices`` ranks a choice by: the answer's, end token included (decoders)."""
+        return self._tokens(choice)
+
     def bos(self) -> list[int]:
         bos = self.tokenizer.bos_token_id
         return [bos] if self.add_bos and bos is not None else []
@@ -406,9 +411,17 @@ class HFAdapter:
         assert feats is not None
         return loss, feats
 
-    def vision_features(self, pixels01: torch.Tensor, kind: str = "encoder") -> torch.Tensor:
+    def vision_features(
+        self, pixels01: torch.Tensor, kind: str = "encoder", prompts: list[str] | None = None
+    ) -> torch.Tensor:
         check_kind(kind)
-        return self.select_features(self.run_vision(self.preprocess(pixels01), _hw(pixels01)), kind)
+        if kind in self.prompt_dependent_features:
+            if prompts is not None and len(prompts) != pixels01.shape[0]:
+                raise UsageError(f"vision_features: {pixels01.shape[0]} images, {len(prompts)} prompts")
+            outputs = self.run_vision(self.preprocess(pixels01), _hw(pixels01), prompts=prompts)
+        else:
+            outputs = self.run_vision(self.preprocess(pixels01), _hw(pixels01))
+        return self.select_features(outputs, kind)
 
     def score_choices(self, pixels01: torch.Tensor, prompts: list[str], choices: list[str]) -> torch.Tensor:
         self._check_batch(pixels01, prompts)
@@ -498,7 +511,7 @@ class HFAdapter:
         first = out.logits[:, -1].float().log_softmax(-1)  # (B, V): predicts each choice's first token
         cache = self.cache_of(out)
         per_pass = max(1, self.score_rows_per_pass // len(prompts))
-        answers = [self._tokens(c) for c in choices]
+        answers = [self.choice_ids(c) for c in choices]
         if self._can_pack(prefix, cache):
             chunks = packed_chunks([len(a) for a in answers], per_pass, self.score_tokens_per_pass)
             parts = []

@@ -1,7 +1,9 @@
 """Model ids -> adapters. ``load_adapter`` and ``load_guide`` are the only ways in.
 
 Model ids:
-- ``hf:<hub id or local directory>``: the family comes from ``config.json`` ``model_type``;
+- ``hf:<hub id or local directory>``, a plain Hub id ``org/name`` (``@revision`` allowed) or a local
+  directory: the family comes from ``config.json`` ``model_type``; Hub models are downloaded to the
+  huggingface_hub cache first (safetensors only), so an offline miss fails at once in one line;
 - ``zoo:<name>``: a model of the shipped mini zoo (``tvprompt.zoo.catalog.resolve(name)`` gives its
   local directory, which is then loaded like ``hf:<dir>``).
 
@@ -11,11 +13,12 @@ subclass in their own module; the modules listed in ``FAMILY_MODULES`` are impor
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -115,10 +118,17 @@ def family_for_model_type(model_type: str) -> type:
 
 
 def resolve_source(model_id: str) -> str:
-    """``hf:<x>`` -> x; ``zoo:<name>`` -> its local directory. Anything else is a usage error."""
-    scheme, sep, rest = str(model_id).partition(":")
+    """``hf:<x>`` -> x; ``zoo:<name>`` -> its local directory; a local directory or a plain Hub id
+    (``org/name``, ``@revision`` allowed) as given. Anything else is a usage error."""
+    from ..hub import looks_like_repo_id
+
+    model_id = str(model_id)
+    if Path(model_id).is_dir() or (":" not in model_id and looks_like_repo_id(model_id)):
+        return model_id
+    scheme, sep, rest = model_id.partition(":")
     if not sep or not rest:
-        raise UsageError(f"model id {model_id!r}: expected hf:<hub id or local dir> or zoo:<name>")
+        raise UsageError(f"model id {model_id!r}: expected hf:<hub id or local dir>, org/name (a Hub id), "
+                         "a local directory or zoo:<name>")
     if scheme == "hf":
         return rest
     if scheme == "zoo":
@@ -127,6 +137,22 @@ def resolve_source(model_id: str) -> str:
         zoo = importlib.import_module(ZOO_CATALOG)
         return str(zoo.resolve(rest))
     raise UsageError(f"model id {model_id!r}: unknown scheme {scheme!r}; use hf:<hub id or local dir> or zoo:<name>")
+
+
+def local_source(source: str, revision: str | None = None) -> str:
+    """A local directory as given; a Hub id (``org/name[@rev]``) -> its snapshot in the Hub cache, downloaded
+    once (safetensors weights only: pickled formats are never fetched). Offline without a cached copy, or with
+    the Hub unreachable, this fails at once in one line instead of deep inside transformers."""
+    from ..hub import download_model, looks_like_repo_id, split_revision
+
+    if Path(source).exists():
+        if revision:
+            raise UsageError(f"{source}: a local directory has no revision; drop --revision")
+        return source
+    if not looks_like_repo_id(source):
+        return source  # read_model_type says what is wrong with it
+    repo, rev = split_revision(source)
+    return str(download_model(repo, rev or revision))
 
 
 def read_model_type(source: str) -> str:
@@ -161,30 +187,56 @@ def load_adapter(
     dtype: str | torch.dtype = "auto",
     attn_implementation: str = "sdpa",
     gradient_checkpointing: bool = False,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
 ) -> Any:
-    """Load an MLLM adapter for ``model_id`` (``hf:...`` or ``zoo:...``), frozen and in eval mode.
+    """Load an MLLM adapter for ``model_id`` (``org/name``, ``hf:...``, a directory or ``zoo:...``), frozen
+    and in eval mode.
 
-    ``device``: None = CUDA when available else CPU; ``"auto"`` = accelerate ``device_map="auto"``.
-    ``dtype``: ``auto`` = bf16 on CUDA, fp32 on CPU. ``attn_implementation`` falls back to eager.
+    ``device``: None = CUDA when available else CPU; ``"auto"`` = accelerate ``device_map="auto"`` (a model
+    too large for one GPU is spread over all of them). ``dtype``: ``auto`` = bf16 on CUDA, fp32 on CPU.
+    ``attn_implementation`` falls back to eager. ``revision``: branch, tag or commit of a Hub model
+    (``org/name@rev`` works too). ``trust_remote_code``: allow families that run the checkpoint's own code.
     """
-    source = resolve_source(model_id)
+    source = local_source(resolve_source(model_id), revision)
     cls = family_for_model_type(read_model_type(source))
     log.info("loading %s as family %s", model_id, cls.family)
-    return cls.from_pretrained(
-        source, model_id=model_id, device=device, dtype=dtype,
-        attn_implementation=attn_implementation, gradient_checkpointing=gradient_checkpointing,
-    )
+    extra = {"trust_remote_code": True} if trust_remote_code and getattr(cls, "remote_code", False) else {}
+    with quiet_weight_loading():
+        return cls.from_pretrained(
+            source, model_id=model_id, device=device, dtype=dtype,
+            attn_implementation=attn_implementation, gradient_checkpointing=gradient_checkpointing, **extra,
+        )
+
+
+@contextlib.contextmanager
+def quiet_weight_loading() -> Iterator[None]:
+    """No transformers "Loading weights" bars while a model loads (a log line says what is loading);
+    downloads happen before, in :func:`local_source`, with their own bars."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def load_guide(
     model_id: str,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype = "auto",
+    *,
+    revision: str | None = None,
 ) -> Any:
-    """Load a CLIP-like guide for the TSE loss (``hf:...``, ``zoo:...`` or ``open_clip:<arch>/<tag>``)."""
+    """Load a CLIP-like guide for the TSE loss (``org/name``, ``hf:...``, ``zoo:...`` or ``open_clip:<arch>/<tag>``)."""
     scheme, _, rest = str(model_id).partition(":")
     if scheme == "open_clip":
         return get_guide_class("open_clip").from_pretrained(rest, model_id=model_id, device=device, dtype=dtype)
-    source = resolve_source(model_id)
+    source = local_source(resolve_source(model_id), revision)
     model_type = read_model_type(source)
-    return get_guide_class(model_type).from_pretrained(source, model_id=model_id, device=device, dtype=dtype)
+    with quiet_weight_loading():
+        return get_guide_class(model_type).from_pretrained(source, model_id=model_id, device=device, dtype=dtype)

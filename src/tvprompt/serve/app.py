@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -13,10 +12,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.orm import sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__
 from ..errors import TvpError
+from .front import open_host
+from .gate import Gate
+from .guard import RequestGuard
 from .jobs import JobRunner
 from .ratelimit import RateLimiter
 from .registry import Forbidden, NotFound, Registry
@@ -34,69 +35,7 @@ class Context:
     registry: Registry
     jobs: JobRunner
     apply_limiter: RateLimiter
-
-
-class PayloadTooLarge(Exception):
-    pass
-
-
-class BodyLimit:
-    """Refuse request bodies over ``limit`` bytes: by Content-Length up front, by counting otherwise."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for key, value in scope.get("headers", []):
-            if key == b"content-length":
-                try:
-                    too_big = int(value) > self.limit
-                except ValueError:
-                    too_big = False
-                if too_big:
-                    await _send_json(send, 413, f"request body over the limit of {self.limit} bytes")
-                    return
-        seen = 0
-        state = {"exceeded": False, "started": False, "replaced": False}
-
-        async def limited_receive() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    state["exceeded"] = True
-                    raise PayloadTooLarge
-            return message
-
-        async def guarded_send(message: Message) -> None:
-            # the app may turn our exception into its own error (e.g. a 400 from the form parser):
-            # once the body was too large, the answer is 413 whatever the app says
-            if message["type"] == "http.response.start":
-                state["started"] = True
-                if state["exceeded"]:
-                    state["replaced"] = True
-                    await _send_json(send, 413, f"request body over the limit of {self.limit} bytes")
-                    return
-            if not state["replaced"]:
-                await send(message)
-
-        try:
-            await self.app(scope, limited_receive, guarded_send)
-        except PayloadTooLarge:
-            if not state["started"]:
-                await _send_json(send, 413, f"request body over the limit of {self.limit} bytes")
-
-
-async def _send_json(send: Send, status: int, detail: str) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    apply_gate: Gate
 
 
 def status_for(error: TvpError) -> int:
@@ -125,13 +64,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = PromptStore(settings.store_dir)
         registry = Registry(sessions, store, settings.archive_limits, settings.max_prompt_pixels, settings.prompt_cache_size)
         registry.sweep()
+        app.state.host = open_host(settings, registry)
         jobs = JobRunner(settings, sessions, registry)
         jobs.start()
-        app.state.ctx = Context(settings, sessions, registry, jobs, RateLimiter(settings.apply_rate_per_minute, settings.apply_burst))
+        app.state.ctx = Context(
+            settings, sessions, registry, jobs, RateLimiter(settings.apply_rate_per_minute, settings.apply_burst),
+            Gate(settings.max_concurrent_applies, settings.max_queued_applies, settings.apply_queue_timeout_s),
+        )
         log.info("tvprompt service: store %s, db %s", settings.store_dir, engine.url.render_as_string(hide_password=True))
         try:
             yield
         finally:
+            app.state.host.stop()
             jobs.stop()
             engine.dispose()
 
@@ -140,12 +84,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description="Registry of transferable visual prompts: list, download, apply, upload, train.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
-    from .routers import health, jobs, prompts
+    from . import docs, web
+    from .routers import ask, health, jobs, prompts
 
     app.include_router(health.router)
     app.include_router(prompts.router)
     app.include_router(jobs.router)
+    app.include_router(ask.router)
+    app.include_router(web.router)
+    docs.install(app)
 
     @app.exception_handler(TvpError)
     async def _tvp_error(_request: Request, exc: TvpError) -> JSONResponse:
@@ -175,5 +125,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(RequestGuard)
+    app.openapi = lambda: _openapi(app)
     return app
+
+
+def _openapi(app: FastAPI) -> dict:
+    """The generated schema with the bearer scheme (:func:`docs.security_openapi`), and 422 declared as
+    the ``{"detail": "..."}`` body the service really sends."""
+    if app.openapi_schema is None:
+        from .docs import security_openapi
+
+        schema = security_openapi(app)
+        error = {"description": "invalid request fields",
+                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}}}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                if "422" in operation.get("responses", {}):
+                    operation["responses"]["422"] = error
+        components = schema.get("components", {}).get("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        app.openapi_schema = schema
+    return app.openapi_schema

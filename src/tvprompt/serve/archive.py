@@ -40,9 +40,13 @@ class ArchiveLimits:
     max_unpacked_bytes: int = 96 << 20
     max_weights_bytes: int = 64 << 20
     max_members: int = 16
-    # ratio limit for members over 1 MiB unpacked (a zero-initialised δ compresses ~1000x,
-    # but it is small; large members with extreme ratios are bombs)
+    # The ratio limit applies to members over ``ratio_min_bytes`` unpacked. Every member is
+    # already bounded by its declared size and by the totals, checked while inflating; the ratio
+    # only refuses *large* members that compress suspiciously well. A valid δ can compress
+    # ~1000x (a zero or sparse prompt: a zero full-frame 512x512 δ is 3 MiB), so members under
+    # 16 MiB are never judged by their ratio.
     max_ratio: float = 200.0
+    ratio_min_bytes: int = 16 << 20
 
 
 class ArchiveError(PromptFileError):
@@ -128,7 +132,7 @@ def read_archive(data: bytes, limits: ArchiveLimits) -> dict[str, bytes]:
             cap = MEMBERS[name] if MEMBERS[name] is not None else limits.max_weights_bytes
             if info.file_size > cap:
                 raise ArchiveError(f"archive member {name!r} is {info.file_size} bytes, over the limit of {cap}")
-            if info.file_size > (1 << 20) and info.file_size > limits.max_ratio * max(info.compress_size, 1):
+            if info.file_size > limits.ratio_min_bytes and info.file_size > limits.max_ratio * max(info.compress_size, 1):
                 raise ArchiveError(
                     f"archive member {name!r}: compression ratio over {limits.max_ratio:g} (possible zip bomb)"
                 )

@@ -41,6 +41,16 @@ class PromptRow(Base):
     created_at: Mapped[str] = mapped_column(String(40), default=utcnow)
 
 
+class NameRow(Base):
+    """The last version number given to (owner, name): versions only grow, even after deletes."""
+
+    __tablename__ = "prompt_names"
+
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_version: Mapped[int] = mapped_column(Integer)
+
+
 class TokenRow(Base):
     __tablename__ = "tokens"
 

@@ -187,6 +187,15 @@ class JobRunner:
             time.sleep(0.05)
         return row
 
+    def _roots(self, job_id: str) -> list[tuple[Path, str]]:
+        """Server folders and the names a job's owner sees instead (most specific first)."""
+        s = self.settings
+        workdir = s.jobs_dir / job_id
+        roots = [(workdir / "output", "OUTPUT"), (workdir, "JOB"), (s.jobs_dir, "JOBS"), (s.store_dir, "STORE")]
+        if s.data_root is not None:
+            roots.insert(0, (s.data_root, "DATA"))
+        return roots
+
     # -------------------------------------------------------------- loop
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -327,12 +336,24 @@ class JobRunner:
         log.info("job %s %s", job_id, state)
 
     def _finish(self, job_id: str, state: str, **values: Any) -> None:
+        if values.get("error"):
+            values["error"] = redact_paths(values["error"], self._roots(job_id))
         with self.sessions.begin() as sess:
             sess.execute(
                 update(JobRow)
                 .where(JobRow.id == job_id, JobRow.state.not_in(FINAL))
                 .values(state=state, finished_at=utcnow(), **values)
             )
+
+
+_ABS_PATH = re.compile(r"(?<![\w.:/~-])/[^\s'\"|,;:()<>]+")
+
+
+def redact_paths(text: str, roots: list[tuple[Path, str]]) -> str:
+    """Job errors go to the job's owner: server folders become their names, other absolute paths ``<path>``."""
+    for root, name in roots:
+        text = re.sub(re.escape(str(root)) + r"(?![\w.-])", name, text)
+    return _ABS_PATH.sub("<path>", text)
 
 
 def _as_int(value: Any) -> int | None:

@@ -18,14 +18,14 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import PromptFileError, TvpError
 from ..prompt import VisualPrompt
 from .archive import MEMBERS, ArchiveLimits, pack_dir, read_archive, sha256_hex, write_members
-from .db import PromptRow
+from .db import NameRow, PromptRow
 from .store import PromptStore
 
 log = logging.getLogger(__name__)
@@ -107,10 +107,7 @@ class Registry:
                 for _ in range(5):
                     try:
                         with self.sessions.begin() as s:  # ... then the row that points at it
-                            latest = s.scalar(
-                                select(func.max(PromptRow.version)).where(PromptRow.owner == owner, PromptRow.name == name)
-                            )
-                            row.version = (latest or 0) + 1
+                            row.version = _next_version(s, owner, name)
                             s.add(row)
                         break
                     except IntegrityError:  # a version taken by another process: try the next one
@@ -222,9 +219,25 @@ class Registry:
         return prompt
 
 
+def _next_version(s: Session, owner: str, name: str) -> int:
+    """Bump the (owner, name) counter in the caller's transaction; a deleted version is never given again."""
+    bumped = s.execute(
+        update(NameRow).where(NameRow.owner == owner, NameRow.name == name).values(last_version=NameRow.last_version + 1)
+    ).rowcount
+    if bumped:
+        return s.scalar(select(NameRow.last_version).where(NameRow.owner == owner, NameRow.name == name))
+    # first version of this name, or a registry from before the counter: start after the highest row
+    latest = s.scalar(select(func.max(PromptRow.version)).where(PromptRow.owner == owner, PromptRow.name == name))
+    s.add(NameRow(owner=owner, name=name, last_version=(latest or 0) + 1))
+    s.flush()  # a concurrent first insert fails here with IntegrityError: the caller retries
+    return (latest or 0) + 1
+
+
 def describe(row: PromptRow, versions: list[PromptRow] | None = None) -> dict[str, Any]:
     """The public metadata of a prompt."""
     config = json.loads(row.config_json)
+    # rows written before configs were type-checked may hold anything here: never fail a listing on them
+    sources, metrics = config.get("sources"), config.get("metrics")
     out: dict[str, Any] = {
         "id": row.id,
         "owner": row.owner,
@@ -234,8 +247,8 @@ def describe(row: PromptRow, versions: list[PromptRow] | None = None) -> dict[st
         "method": row.method,
         "shape": row.shape,
         "image_size": [row.image_height, row.image_width],
-        "sources": config.get("sources", []),
-        "metrics": config.get("metrics", {}),
+        "sources": [s for s in sources if isinstance(s, dict)] if isinstance(sources, list) else [],
+        "metrics": metrics if isinstance(metrics, dict) else {},
         "sha256": row.sha256,
         "size": row.size,
         "files": json.loads(row.files_json),

@@ -75,3 +75,29 @@ class JobOut(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+
+
+class HostedModel(BaseModel):
+    id: str
+    name: str
+    family: str
+
+
+class ChoiceScores(BaseModel):
+    answer: str = Field(description="the top-scoring choice")
+    scores: list[float] = Field(description="per choice: mean log-likelihood per answer token")
+    probabilities: list[float] = Field(description="softmax of the scores over the choices")
+
+
+class ModelAnswer(BaseModel):
+    model: str
+    name: str
+    without_prompt: ChoiceScores
+    with_prompt: ChoiceScores
+
+
+class AskOut(BaseModel):
+    prompt_id: str
+    question: str
+    choices: list[str]
+    answers: list[ModelAnswer]

@@ -86,6 +86,8 @@ class TaskSpec:
     refine_choices: bool = field(default=True, metadata={"help": "lowercase choices, _ and - -> space"})
     positive: str = field(default="yes", metadata={"help": "positive choice for AUC / precision / recall"})
     tse_text: str = field(default="", metadata={"help": "TSE text template; empty = no TSE"})
+    tse_answers: dict[str, str] = field(default_factory=dict, metadata={
+        "help": "answer -> the words put for {answer} in tse_text (e.g. yes -> hateful); others as they are"})
     metrics: list[str] = field(default_factory=list, metadata={"help": "metrics to report"})
     splits: dict[str, Any] = field(
         default_factory=lambda: {"train": "train", "val": None, "test": "test"},
@@ -132,6 +134,9 @@ class TaskSpec:
             raise TvpError(f"{where}: metric(s) {', '.join(binary_only)} need kind yes_no or binary_auc, not {self.kind}")
         if self.kind in ("yes_no", "binary_auc") and self.positive not in (self.choices or []):
             raise TvpError(f"{where}: positive {self.positive!r} is not among the choices {self.choices}")
+        if any(not isinstance(k, str) or not isinstance(v, str) for k, v in self.tse_answers.items()):
+            raise TvpError(f"{where}: tse_answers must map answer text to text; quote yes/no keys "
+                           f"(YAML reads a bare yes as true), got {self.tse_answers!r}")
         unknown_splits = set(self.splits) - set(SPLITS)
         if unknown_splits:
             raise TvpError(f"{where}: splits has unknown key(s) {', '.join(sorted(unknown_splits))}; use train/val/test")
@@ -154,7 +159,8 @@ class TaskSpec:
             log.warning("%s: ignoring unknown key(s) %s", where, ", ".join(unknown))
         kwargs = {k: v for k, v in data.items() if k in known}
         for key, typ in [("choices", list), ("classes", list), ("metrics", list), ("splits", dict),
-                         ("instruction_by_family", dict), ("format_options", dict)]:  # fmt: skip
+                         ("instruction_by_family", dict), ("format_options", dict),
+                         ("tse_answers", dict)]:  # fmt: skip
             if kwargs.get(key) is not None and not isinstance(kwargs[key], typ):
                 raise TvpError(f"{where}: field {key!r} must be a {typ.__name__}")
         for key in ("instruction", "answer", "tse_text"):
@@ -235,11 +241,12 @@ class TaskSpec:
         """CLIP task text for TSE, or None when this task (or sample) has none."""
         if not self.tse_text:
             return None
-        text = self.tse_text.format_map({**self._fields(sample), "answer": self._answer_text(sample)}).strip()
+        answer = self._answer_text(sample)
+        text = self.tse_text.format_map({**self._fields(sample), "answer": self.tse_answers.get(answer, answer)}).strip()
         return text or None
 
     def tse_texts(self) -> list[str] | None:
         """Task texts for every choice (TSE ``contrastive``), or None when not defined."""
         if not self.tse_text or not self.choices or not _template_fields(self.tse_text, "tse_text") <= {"answer"}:
             return None
-        return [self.tse_text.format(answer=c) for c in self.choices]
+        return [self.tse_text.format(answer=self.tse_answers.get(c, c)) for c in self.choices]

@@ -21,7 +21,11 @@ from ..errors import UsageError
 
 METHODS = ("vp", "evp", "tvp")
 UPDATES = ("sgd", "normalized")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = ("cosine", "cosine_epoch", "constant")
+FCA_DISTANCES = ("squared", "l2")
+GRAD_NORMS = ("border", "frame")
+IMAGE_FITS = ("squash", "crop")
+RESAMPLES = ("bilinear", "bicubic")
 # torch.compile modes of the source models and the guide (= tvprompt.models.compile.COMPILE_MODES,
 # repeated here so that reading a config does not import torch)
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
@@ -32,10 +36,31 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tvp": {"update": "normalized", "lr": 10.0, "fca": 0.005, "tse": 0.001, "flip": True},
 }
 
+# Named recipes layered on the method's preset (before the config file and the flags).
+# ``released``: the released TVP code (transfer_cls.py) step for step; see docs/training.md.
+RECIPES: dict[str, dict[str, Any]] = {
+    "released": {
+        "method": "tvp", "update": "normalized", "lr": 10.0, "batch_size": 16, "fca": 0.005, "tse": 0.001,
+        "flip": True, "fca_distance": "l2", "fca_features": "projected", "fca_reference": "shrunk",
+        "grad_norm_over": "frame", "lr_schedule": "cosine_epoch", "warmup_steps": 0, "min_lr": 0.0,
+        "clamp": False, "image_fit": "crop", "image_resample": "bicubic",
+        "tse_template": "this is a photo of a {answer}", "tse_scale_clamp": 100.0, "tse_form": "similarity",
+        "minigpt4_template": "released",
+    },
+}
+
+# What a checkpoint written before these fields existed ran with (its config lacks them): a resumed
+# run keeps that behaviour rather than switching to today's defaults half-way.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "preset": None, "fca_distance": "squared", "grad_norm_over": "border", "image_fit": "squash",
+    "image_resample": "bilinear", "tse_template": None, "tse_scale_clamp": 0.0, "minigpt4_template": "chat",
+}
+
 # Options that change how a run executes but not its result: they may differ on --resume and
 # are not part of the hyper-parameters saved with the prompt.
 RUNTIME_FIELDS = frozenset(
-    {"output", "device", "source_devices", "tensorboard", "progress", "num_workers", "gradient_checkpointing", "compile"}
+    {"output", "device", "source_devices", "tensorboard", "progress", "num_workers", "gradient_checkpointing", "compile",
+     "report_to", "device_map", "trust_remote_code"}
 )
 
 
@@ -50,6 +75,7 @@ class TrainConfig:
     """A training run. Build with :func:`resolve_config` (preset -> file -> flags) or directly."""
 
     method: str = _f("tvp", "vp | evp | tvp: the preset the other defaults come from")
+    preset: str | None = _f(None, "a named recipe over the method's preset: released (the released TVP code)")
     sources: list[str] = _f([], "source model ids (several = ensemble, mean of per-model losses)")
     task: str | None = _f(None, "task name or YAML path")
     data: str | None = _f(None, "dataset path")
@@ -63,7 +89,7 @@ class TrainConfig:
     update: str = _f("normalized", "sgd (momentum) | normalized (γ·g/‖g‖₂ on the prompt's pixels)")
     lr: float = _f(10.0, "learning rate (sgd) or step size γ (normalized)")
     momentum: float = _f(0.9, "momentum of the sgd update")
-    lr_schedule: str = _f("cosine", "cosine | constant")
+    lr_schedule: str = _f("cosine", "cosine (per update) | cosine_epoch (per epoch, as the released code) | constant")
     warmup_steps: int = _f(0, "linear warm-up updates before the schedule")
     min_lr: float = _f(0.0, "final learning rate of the cosine schedule")
     # prompt
@@ -73,12 +99,22 @@ class TrainConfig:
     epsilon: float = _f(0.1, "L-inf bound of the full-frame prompt")
     image_size: int = _f(224, "side H = W of the prompted image")
     clamp: bool = _f(True, "project δ to [0, 1] after every update (false = released code)")
+    grad_norm_over: str = _f("border", "normalise the gradient over the prompt's pixels (border) or the whole "
+                             "frame, then mask (frame = released code)")
+    image_fit: str = _f("crop", "squash (to the frame, then to the inner size) | crop (one resize of the shorter "
+                        "side to the inner size + centre crop, as the released code)")
+    image_resample: str = _f("bicubic", "bicubic (released; CLIP-style processors) | bilinear resize kernel, antialiased")
+    minigpt4_template: str = _f("chat", "MiniGPT-4 / VPGTrans sources: chat (###Human ... ###Assistant) | released "
+                                "(the released code's <Img>…</Img> + instruction; choices ranked without ###)")
     # loss
     fca: float = _f(0.005, "λ1: weight of feature-consistency alignment")
     tse: float = _f(0.001, "λ2: weight of task-semantics enrichment (needs a guide)")
+    fca_distance: str = _f("l2", "squared (½‖Δ‖² per token, the paper's Eq. 4) | l2 (‖Δ‖ per token, released code)")
     fca_features: str = _f("encoder", "encoder (vision-tower output) | projected (tokens the LLM sees)")
     fca_reference: str = _f("shrunk", "shrunk (same layout, δ = 0) | original (the unprompted image)")
     tse_form: str = _f("similarity", "similarity | contrastive")
+    tse_template: str | None = _f(None, "TSE text template ({answer}, {question}, {text}) instead of the task's")
+    tse_scale_clamp: float = _f(0.0, "cap the guide's logit scale at this value (released: 100; 0 = no cap)")
     fca_cache_mb: float = _f(1024.0, "memory budget of the FCA reference cache per source, in MiB (0 = no cache)")
     # input diversity
     flip: bool = _f(True, "random horizontal flip before prompting")
@@ -97,11 +133,16 @@ class TrainConfig:
     device: str | None = _f(None, "device for δ and the models (default: cuda if available, else cpu)")
     source_devices: list[str] = _f([], "one device per source (ensembles over several GPUs)")
     dtype: str = _f("auto", "model dtype: auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
+    device_map: str | None = _f(None, "auto: spread each source over every visible GPU (accelerate big-model loading)")
+    revision: str | None = _f(None, "branch, tag or commit of the Hub source models (org/name@rev: one model, the guide too)")
+    trust_remote_code: bool = _f(False, "allow model families that run the checkpoint's own code (VisualGLM)")
     gradient_checkpointing: bool = _f(False, "trade compute for memory in the source models")
     compile: str = _f("off", "torch.compile the transformer blocks of the sources and the guide: off | default | "
                       "reduce-overhead (CUDA graphs) | max-autotune; GPU, large batches; first steps pay compile time")
     num_workers: int | None = _f(None, "image-decoding worker processes (default: up to 4 on a GPU, 0 on a CPU)")
-    tensorboard: bool = _f(False, "also log to OUTPUT/tensorboard (needs the tensorboard package)")
+    report_to: list[str] = _f([], "experiment trackers for every metric row: tensorboard (OUTPUT/tensorboard), wandb, "
+                              "trackio, mlflow, comet_ml, aim, clearml, dvclive, swanlab, all (installed ones) or none")
+    tensorboard: bool = _f(False, "same as report_to: [tensorboard] (kept for old configs)")
     progress: bool = _f(True, "show a progress bar")
 
     def __post_init__(self) -> None:
@@ -115,6 +156,11 @@ class TrainConfig:
         for name, allowed in (
             ("update", UPDATES),
             ("lr_schedule", SCHEDULES),
+            ("fca_distance", FCA_DISTANCES),
+            ("grad_norm_over", GRAD_NORMS),
+            ("image_fit", IMAGE_FITS),
+            ("image_resample", RESAMPLES),
+            ("minigpt4_template", ("chat", "released")),
             ("fca_features", ("encoder", "projected")),
             ("fca_reference", ("shrunk", "original")),
             ("tse_form", ("similarity", "contrastive")),
@@ -122,6 +168,10 @@ class TrainConfig:
         ):
             if getattr(self, name) not in allowed:
                 raise bad(name, f"{getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if self.preset is not None and self.preset not in RECIPES:
+            raise bad("preset", f"{self.preset!r} is not one of {', '.join(RECIPES)}")
+        if self.grad_norm_over == "frame" and self.shape not in ("padding", "full"):
+            raise bad("grad_norm_over", f"'frame' needs a padding or full prompt, not {self.shape!r}")
         if self.steps is not None and self.epochs is not None:
             raise UsageError("give either --steps or --epochs, not both")
         for name in ("batch_size", "grad_accum", "image_size", "width", "patch_size"):
@@ -131,7 +181,8 @@ class TrainConfig:
             raise bad("steps", f"must be a positive integer, got {self.steps!r}")
         if self.epochs is not None and not (self.epochs > 0):
             raise bad("epochs", f"must be positive, got {self.epochs!r}")
-        for name in ("lr", "momentum", "min_lr", "fca", "tse", "jitter_scale", "jitter_translate", "fca_cache_mb"):
+        for name in ("lr", "momentum", "min_lr", "fca", "tse", "jitter_scale", "jitter_translate", "fca_cache_mb",
+                     "tse_scale_clamp"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise bad(name, f"must be a finite number >= 0, got {value!r}")
@@ -146,6 +197,17 @@ class TrainConfig:
             if self.val_split == "test":
                 raise bad("val_split", "validating on the test split would select on test data; use a val split")
             self.val_split = None
+        if self.device_map not in (None, "auto"):
+            raise bad("device_map", f"{self.device_map!r}: only auto is supported")
+        if self.device_map and (self.device or self.source_devices):
+            raise UsageError("give --device / --source-device or --device-map auto, not both")
+        if isinstance(self.report_to, str):
+            self.report_to = [self.report_to]
+        from .trackers import check_report_to
+
+        check_report_to(list(self.report_to))
+        if self.tensorboard and "tensorboard" not in self.report_to:
+            self.report_to = [n for n in self.report_to if n != "none"] + ["tensorboard"]
         if self.source_devices and len(self.source_devices) != len(self.sources):
             raise bad("source_devices", f"{len(self.source_devices)} devices for {len(self.sources)} sources")
 
@@ -161,6 +223,15 @@ class TrainConfig:
                 f"--method {self.method} uses TSE (--tse {self.tse:g}) which needs --guide MODEL (a CLIP-like model); "
                 "pass one or set --tse 0"
             )
+
+    def image_options(self) -> dict[str, Any]:
+        """How the batcher sizes images: the frame side (squash + bilinear; ``prompt.apply`` then resizes
+        to the inner size), or the prompt's own fit straight to its inner size (one resize; ``apply``
+        then leaves it as it is, as ``tvp apply`` does from the original image)."""
+        if (self.image_fit, self.image_resample) == ("squash", "bilinear"):
+            return {"image_size": self.image_size}
+        side = self.image_size - 2 * self.width if self.shape == "padding" else self.image_size
+        return {"image_size": (side, side), "fit": self.image_fit, "resample": self.image_resample}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -184,7 +255,7 @@ def normalise_keys(values: dict[str, Any], source: str) -> dict[str, Any]:
             name = "sources"
         if name not in known:
             raise UsageError(f"{source}: unknown key '{key}' (known: {', '.join(sorted(known))})")
-        if name in ("sources", "source_devices") and isinstance(value, str):
+        if name in ("sources", "source_devices", "report_to") and isinstance(value, str):
             value = [value]
         out[name] = value
     return out
@@ -214,10 +285,16 @@ def resolve_config(
     """Preset of the method (flag, else file, else tvp) -> file values -> flags (``None`` = not given)."""
     file_values = dict(file_values or {})
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
-    method = method or flags.get("method") or file_values.get("method") or "tvp"
+    preset = flags.get("preset") or file_values.get("preset")
+    if preset is not None and preset not in RECIPES:
+        raise UsageError(f"--preset {preset!r} is not one of {', '.join(RECIPES)}")
+    recipe = RECIPES.get(preset, {}) if preset else {}
+    method = method or flags.get("method") or file_values.get("method") or recipe.get("method") or "tvp"
     if method not in PRESETS:
         raise UsageError(f"--method {method!r} is not one of {', '.join(METHODS)}")
-    values: dict[str, Any] = {"method": method, **PRESETS[method]}
+    if recipe and recipe["method"] != method:
+        raise UsageError(f"--preset {preset} is a {recipe['method']} recipe; drop --method {method} or the preset")
+    values: dict[str, Any] = {"method": method, **PRESETS[method], **recipe, "preset": preset}
     values.update(file_values)
     if "steps" in flags and "epochs" not in flags:  # a flag overrides the file's way of counting
         values.pop("epochs", None)

@@ -9,11 +9,12 @@ Only δ is trained: the models are frozen, so backward computes input gradients 
 
 Outputs under ``OUTPUT/``: ``prompt/`` (the prompt to use: best on validation, or the last one
 when there is no validation), ``last/`` (δ after the final update), ``checkpoint/``,
-``metrics.jsonl`` and optionally ``tensorboard/``.
+``metrics.jsonl`` and, with ``report_to: [tensorboard]``, ``tensorboard/``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -30,11 +31,12 @@ from ..files import write_text_atomic
 from ..prompt import PromptConfig, VisualPrompt
 from .augment import augment
 from .checkpoint import TrainState, has_checkpoint, load_checkpoint, restore_rng, save_checkpoint
-from .config import PRESETS, RUNTIME_FIELDS, TrainConfig, load_config_file, resolve_config
+from .config import LEGACY_DEFAULTS, PRESETS, RUNTIME_FIELDS, TrainConfig, load_config_file, resolve_config
 from .distributed import World, init_world
 from .objective import FcaReferences, Objective, TaskTexts
-from .runlog import MetricsLog, interrupt_flag, progress_bar
-from .updates import lr_at, normalized_step, seed_for, sgd_momentum_step
+from .runlog import MetricsLog, interrupt_flag, log_every, progress_bar, step_line, validation_line
+from .trackers import Trackers
+from .updates import frame_normalized_step, lr_at, normalized_step, seed_for, sgd_momentum_step
 from .validation import seeded_subset, source_name, validate
 
 __all__ = [
@@ -129,6 +131,9 @@ def _set_up(config: TrainConfig, world: World, *, resume: bool, sources: Sequenc
         )
 
     sources = list(sources) if sources is not None else _load_sources(cfg, world)
+    for adapter in sources:  # MiniGPT-4 / VPGTrans: the chat or the released prompt (training and ranking)
+        if callable(getattr(adapter, "use_template", None)):
+            adapter.use_template(cfg.minigpt4_template)
     if cfg.tse > 0 and guide is None:
         from ..models.registry import load_guide
 
@@ -158,6 +163,7 @@ def _set_up(config: TrainConfig, world: World, *, resume: bool, sources: Sequenc
     objective = Objective(
         sources=sources, spec=spec, fca_weight=cfg.fca, tse_weight=cfg.tse,
         fca_features=cfg.fca_features, tse_form=cfg.tse_form, guide=guide,
+        fca_distance=cfg.fca_distance, tse_scale_clamp=cfg.tse_scale_clamp,
     )
     if cfg.fca > 0:
         objective.references = [
@@ -165,10 +171,20 @@ def _set_up(config: TrainConfig, world: World, *, resume: bool, sources: Sequenc
         ]
     if cfg.tse > 0:
         objective.texts = TaskTexts(guide, _task_texts(spec, train_set))
-    metrics = MetricsLog(out, state.step if resume else 0, cfg.tensorboard) if (out and world.is_main) else None
+        if world.is_main:
+            log.info("TSE (λ2 %g): %d task text(s) from %r, e.g. %r", cfg.tse, len(objective.texts.texts),
+                     getattr(spec, "tse_text", "?"), objective.texts.texts[0])
+    elif cfg.method == "tvp" and world.is_main:
+        log.warning("tvp with --tse 0: TSE is off, the prompt is trained with L_LLM%s only",
+                    " + FCA" if cfg.fca > 0 else "")
+    metrics = MetricsLog(out, state.step if resume else 0) if (out and world.is_main) else None
+    trackers = None
+    if cfg.report_to and world.is_main:
+        trackers = Trackers(cfg.report_to, out, run_name=out.name if out else "tvprompt", config=cfg.to_dict())
     return _Run(cfg=cfg, out=out, world=world, spec=spec, train_set=train_set, val_set=val_set, batch_fn=batch_fn,
-                sources=sources, device=device, total=total, prompt=prompt, objective=objective, state=state,
-                momentum=momentum, best_delta=best_delta, metrics=metrics,
+                sources=sources, device=device, total=total, batches_per_epoch=batches_per_epoch, prompt=prompt,
+                objective=objective, state=state, momentum=momentum, best_delta=best_delta, metrics=metrics,
+                trackers=trackers,
                 saved_step=state.step if resume else None)
 
 
@@ -179,9 +195,15 @@ def _open_data(cfg: TrainConfig, spec: Any, train_set: Any, val_set: Any,
         from ..tasks import load_task
 
         spec = load_task(cfg.task)
+        if cfg.tse_template is not None:
+            spec = dataclasses.replace(spec, tse_text=cfg.tse_template)  # checks its placeholders
         if cfg.tse > 0 and not spec.tse_text:  # fail before loading any model
             raise UsageError(f"task {spec.name!r} has no tse_text, so TSE (--tse {cfg.tse:g}) has nothing to match: "
                              "pass --tse 0 (TVP with FCA only) or give the task a tse_text")
+    elif cfg.tse_template is not None:
+        if not dataclasses.is_dataclass(spec):
+            raise UsageError("tse_template needs a task spec (TaskSpec) to render it")
+        spec = dataclasses.replace(spec, tse_text=cfg.tse_template)
     if train_set is None:
         from ..data import open_dataset
 
@@ -213,12 +235,14 @@ class _Run:
     sources: list[Any]
     device: torch.device
     total: int
+    batches_per_epoch: int
     prompt: VisualPrompt
     objective: Objective
     state: TrainState
     momentum: torch.Tensor
     best_delta: torch.Tensor | None
     metrics: MetricsLog | None
+    trackers: Trackers | None
     saved_step: int | None  # the step of the newest checkpoint on disk (None: none written)
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -226,6 +250,8 @@ class _Run:
         self.history.append(row)
         if self.metrics:
             self.metrics.write(row)
+        if self.trackers:
+            self.trackers.log(row)
 
     # ------------------------------------------------------------ the loop
     def loop(self) -> None:
@@ -233,6 +259,9 @@ class _Run:
         cfg, state = self.cfg, self.state
         data = _micro_batches(self.train_set, cfg, state, self.batch_fn)
         bar = progress_bar(self.total, state.step, enabled=cfg.progress and self.world.is_main)
+        # no bar (not a terminal, or --no-progress): a log line every few steps instead
+        lines = self.world.is_main and bar.disable
+        every = log_every(self.total)
         if cfg.early_stop and state.bad_validations >= cfg.early_stop:  # resuming a run that had stopped early
             self.total = state.step
         with interrupt_flag() as interrupted:
@@ -241,12 +270,16 @@ class _Run:
                     row = self.update(step, data)
                     bar.update(1)
                     bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "llm", "fca", "tse") if k == "loss" or row[k]})
+                    if lines and (row["step"] % every == 0 or row["step"] == self.total):
+                        log.info("%s", step_line(row))
                     if self._stop_after_update(interrupted):
                         break
             finally:
                 bar.close()
                 if self.metrics:
                     self.metrics.close()
+                if self.trackers:
+                    self.trackers.close()
 
     def _stop_after_update(self, interrupted: threading.Event) -> bool:
         """Validation, selection and checkpoint after an update; True to end the loop early."""
@@ -272,8 +305,11 @@ class _Run:
     def update(self, step: int, data: Iterator[Any]) -> dict[str, Any]:
         """Accumulate the gradient over the micro-batches, all-reduce it, apply the update rule, log."""
         cfg, prompt, world = self.cfg, self.prompt, self.world
-        lr = lr_at(step, cfg, self.total)
+        lr = lr_at(step, cfg, self.total, max(1, self.batches_per_epoch // cfg.grad_accum))
         terms = torch.zeros(4, dtype=torch.float64, device=self.device)  # total, llm, fca, tse
+        frame = cfg.grad_norm_over == "frame" and cfg.update == "normalized"
+        if frame:
+            self.objective.frame_grad = torch.zeros_like(prompt.delta)
         for micro in range(cfg.grad_accum):
             batch = next(data)
             gen = torch.Generator().manual_seed(seed_for(cfg.seed, "augment", step, micro))
@@ -306,6 +342,11 @@ class _Run:
         with torch.no_grad():
             if cfg.update == "sgd":
                 new, self.momentum = sgd_momentum_step(prompt.delta, grad * mask, self.momentum, lr, cfg.momentum)
+            elif frame:
+                full = self.objective.frame_grad
+                world.all_reduce_sum(full)
+                new = frame_normalized_step(prompt.delta, full, mask, lr)
+                self.objective.frame_grad = None
             else:
                 new = normalized_step(prompt.delta, grad, mask, lr)
             prompt.delta.copy_(new)
@@ -320,7 +361,10 @@ class _Run:
     # ------------------------------------------------------------ phase 3: validation and selection
     def validate(self, step: int) -> dict[str, float]:
         result = validate(self.prompt, self.sources, self.spec, self.val_set, self.cfg, self.batch_fn, self.world)
-        self.log_row({"step": step, "total_steps": self.total, "split": self.cfg.val_split, **result})
+        row = {"step": step, "total_steps": self.total, "split": self.cfg.val_split, **result}
+        self.log_row(row)
+        if self.world.is_main:
+            log.info("%s", validation_line(row))
         return result
 
     def validate_and_select(self) -> str | None:
@@ -380,7 +424,7 @@ def _micro_batches(dataset: Any, cfg: TrainConfig, state: TrainState, batch_fn: 
     """Endless training batches from the state's data position; advances the position as it yields."""
     while True:
         for batch in batch_fn(
-            dataset, cfg.batch_size, shuffle=True, seed=cfg.seed, image_size=cfg.image_size,
+            dataset, cfg.batch_size, shuffle=True, seed=cfg.seed, **cfg.image_options(),
             start=state.batch_in_epoch, epoch=state.epoch, num_workers=cfg.num_workers,
         ):
             state.batch_in_epoch += 1
@@ -409,7 +453,7 @@ def _prompt_config(cfg: TrainConfig) -> PromptConfig:
     return PromptConfig(
         shape=cfg.shape, image_height=cfg.image_size, image_width=cfg.image_size,
         prompt_width=cfg.width, patch_size=cfg.patch_size, epsilon=cfg.epsilon, clamp=cfg.clamp, seed=cfg.seed,
-        method=cfg.method,
+        method=cfg.method, fit=cfg.image_fit, resample=cfg.image_resample,
     )
 
 
@@ -438,6 +482,7 @@ def _stamp(pc: PromptConfig, cfg: TrainConfig, spec: Any, sources: Sequence[Any]
 
 def _merge_resumed(flags_cfg: TrainConfig, saved: dict[str, Any]) -> TrainConfig:
     """The checkpoint's config, with runtime-only options from the current call."""
+    saved = {**LEGACY_DEFAULTS, **saved}
     saved_cfg = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__})
     runtime = {k: getattr(flags_cfg, k) for k in RUNTIME_FIELDS if getattr(flags_cfg, k) not in (None, [])}
     return replace(saved_cfg, **runtime)
@@ -457,7 +502,9 @@ def _compile_models(mode: str, sources: Sequence[Any], guide: Any) -> None:
 def _load_sources(cfg: TrainConfig, world: World) -> list[Any]:
     from ..models.registry import load_adapter
 
-    if cfg.source_devices:
+    if cfg.device_map:
+        devices = [cfg.device_map] * len(cfg.sources)  # "auto": accelerate spreads each model
+    elif cfg.source_devices:
         devices = list(cfg.source_devices)
     elif world.device is not None and world.size > 1:
         devices = [str(world.device)] * len(cfg.sources)
@@ -469,6 +516,7 @@ def _load_sources(cfg: TrainConfig, world: World) -> list[Any]:
     else:
         devices = ["cpu"] * len(cfg.sources)
     return [
-        load_adapter(m, device=d, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing)
+        load_adapter(m, device=d, dtype=cfg.dtype, gradient_checkpointing=cfg.gradient_checkpointing,
+                     revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
         for m, d in zip(cfg.sources, devices, strict=True)
     ]

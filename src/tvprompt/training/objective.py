@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from ..errors import UsageError
-from ..prompt import VisualPrompt, resize
+from ..imagefit import fit_images
+from ..prompt import VisualPrompt
 from .augment import Augmentation
 from .losses import fca_loss, total_loss, tse_loss
 
@@ -33,36 +34,49 @@ class FcaReferences:
     def __init__(self, adapter: Any, prompt: VisualPrompt, kind: str, reference: str, cache_mb: float) -> None:
         self.adapter = adapter
         self.kind = kind
+        # InstructBLIP-like: the projected tokens read the instruction, so the reference must see
+        # the prompted pass's instruction too (else FCA is not 0 at δ = 0)
+        self.per_prompt = kind in getattr(adapter, "prompt_dependent_features", ())
         self.reference = reference
         self.blank = VisualPrompt(prompt.config).to(prompt.delta.device)  # same layout, δ = 0
         self.budget = int(cache_mb * 2**20)
         self.used = 0
-        self.cache: dict[tuple[str, bool], torch.Tensor] = {}
+        self.cache: dict[tuple[str, bool, str | None], torch.Tensor] = {}
         self.computed = 0  # samples whose features were computed (for tests and logs)
 
     @torch.no_grad()
-    def _compute(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def _compute(self, images: torch.Tensor, generator: torch.Generator | None = None,
+                 prompts: Sequence[str] | None = None) -> torch.Tensor:
         if self.reference == "shrunk":
             pixels = self.blank.apply(images, generator=generator)
         else:
-            pixels = resize(images.to(self.blank.delta.device), (self.blank.config.image_height, self.blank.config.image_width))
+            cfg = self.blank.config  # the unprompted image, fitted to the whole frame as the prompt fits its inner part
+            pixels = fit_images(images.to(self.blank.delta.device), (cfg.image_height, cfg.image_width), cfg.fit,
+                                cfg.resample)
         self.computed += pixels.shape[0]
-        return self.adapter.vision_features(pixels.to(self.adapter.device), kind=self.kind).detach()
+        pixels = pixels.to(self.adapter.device)
+        if self.per_prompt:
+            return self.adapter.vision_features(pixels, kind=self.kind, prompts=list(prompts or [])).detach()
+        return self.adapter.vision_features(pixels, kind=self.kind).detach()
 
     @torch.no_grad()
     def get(self, images: torch.Tensor, ids: Sequence[str], aug: Augmentation,
-            generator: torch.Generator | None = None) -> torch.Tensor:
+            generator: torch.Generator | None = None, prompts: Sequence[str] | None = None) -> torch.Tensor:
         """(B, N, D) reference features of the augmented ``images`` of the samples ``ids``.
 
-        ``generator`` must draw the same patch positions as the prompted batch (``random_patch``).
+        ``generator`` must draw the same patch positions as the prompted batch (``random_patch``);
+        ``prompts`` are the prompted pass's instructions (used where the features depend on them).
         """
+        if self.per_prompt and (prompts is None or len(prompts) != len(ids)):
+            raise ValueError(f"FcaReferences.get: {self.kind} features of {self.adapter.name} need one prompt per image")
         random_layout = self.blank.config.shape == "random_patch" and self.reference == "shrunk"
         if not aug.deterministic or self.budget <= 0 or random_layout:
-            return self._compute(images, generator)
-        keys = list(zip(ids, aug.flipped.tolist(), strict=True))
+            return self._compute(images, generator, prompts)
+        texts = list(prompts) if self.per_prompt else [None] * len(ids)
+        keys = list(zip(ids, aug.flipped.tolist(), texts, strict=True))
         missing = [j for j, key in enumerate(keys) if key not in self.cache]
         if missing:
-            feats = self._compute(images[missing])
+            feats = self._compute(images[missing], prompts=[texts[j] for j in missing] if self.per_prompt else None)
             for j, f in zip(missing, feats, strict=True):
                 size = f.numel() * f.element_size()
                 if self.used + size <= self.budget:
@@ -103,6 +117,11 @@ class Objective:
     tse_weight: float
     fca_features: str = "encoder"
     tse_form: str = "similarity"
+    fca_distance: str = "squared"
+    tse_scale_clamp: float = 0.0
+    # set to a zero tensor of the frame's shape to accumulate Σ_b ∂L/∂x̃_b over the prompted images
+    # (the released code normalises this full-frame gradient; ``grad_norm_over: frame``)
+    frame_grad: torch.Tensor | None = None
     references: list[FcaReferences] | None = None
     guide: Any = None
     texts: TaskTexts | None = None
@@ -118,6 +137,8 @@ class Objective:
         spec = self.spec
         placement = generator.get_state() if generator is not None else None
         prompted = prompt.apply(images, generator=generator)
+        if self.frame_grad is not None and prompted.requires_grad:
+            prompted.register_hook(self._add_frame_grad)
         answers = [spec.answer_for(s) for s in samples]
         llms, fcas = [], []
         for k, adapter in enumerate(self.sources):
@@ -126,8 +147,8 @@ class Objective:
             if self.fca_weight > 0:
                 llm, feats = adapter.lm_loss_with_features(pixels, prompts, answers, kind=self.fca_features)
                 same = torch.Generator().set_state(placement) if placement is not None else None
-                ref = self.references[k].get(images, [s.id for s in samples], aug, same)
-                fcas.append(fca_loss(feats, ref).to(prompted.device))
+                ref = self.references[k].get(images, [s.id for s in samples], aug, same, prompts)
+                fcas.append(fca_loss(feats, ref, self.fca_distance).to(prompted.device))
             else:
                 llm = adapter.lm_loss(pixels, prompts, answers)
             llms.append(llm.float().to(prompted.device))
@@ -140,6 +161,10 @@ class Objective:
                  "tse": (tse if tse is not None else zero).detach()}
         return total, terms
 
+    def _add_frame_grad(self, grad: torch.Tensor) -> None:
+        assert self.frame_grad is not None
+        self.frame_grad += grad.detach().sum(dim=0).to(self.frame_grad.device, self.frame_grad.dtype)
+
     def _tse(self, prompted: torch.Tensor, samples: Sequence[Any]) -> torch.Tensor | None:
         texts = [self.spec.tse_text_for(s) for s in samples]
         keep = [i for i, t in enumerate(texts) if t is not None]
@@ -148,6 +173,5 @@ class Objective:
         pixels = prompted if len(keep) == len(texts) else prompted[keep]
         img = self.guide.encode_image(pixels.to(self.guide.device))
         labels = self.texts.labels([texts[i] for i in keep])
-        return tse_loss(img, self.texts.embeddings, self.guide.logit_scale, form=self.tse_form, labels=labels).to(
-            prompted.device
-        )
+        return tse_loss(img, self.texts.embeddings, self.guide.logit_scale, form=self.tse_form, labels=labels,
+                        scale_clamp=self.tse_scale_clamp).to(prompted.device)

@@ -1,4 +1,4 @@
-"""Run logging for the trainer: ``metrics.jsonl`` (+ optional TensorBoard), the progress bar, Ctrl-C."""
+"""Run logging for the trainer: ``metrics.jsonl``, the progress bar, Ctrl-C (trackers: ``trackers.py``)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ log = logging.getLogger(__name__)
 
 
 class MetricsLog:
-    """``metrics.jsonl`` (one JSON object per line, flushed) + optional TensorBoard."""
+    """``metrics.jsonl`` (one JSON object per line, flushed)."""
 
-    def __init__(self, out: Path, keep_until: int, tensorboard: bool) -> None:
+    def __init__(self, out: Path, keep_until: int) -> None:
         out.mkdir(parents=True, exist_ok=True)
         self.path = out / "metrics.jsonl"
         kept = []
@@ -32,34 +32,40 @@ class MetricsLog:
                         kept.append(line)
         write_text_atomic(self.path, "".join(line + "\n" for line in kept))
         self.file = self.path.open("a", encoding="utf-8")
-        self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(out / "tensorboard"))
-            except ImportError:
-                log.warning("--tensorboard: the tensorboard package is not installed; logging to metrics.jsonl only")
 
     def write(self, row: dict[str, Any]) -> None:
         self.file.write(json.dumps({**row, "time": round(time.time(), 3)}) + "\n")
         self.file.flush()
-        if self.tb is not None:
-            prefix = row.get("split", "train")
-            for k, v in row.items():
-                if isinstance(v, int | float) and k not in ("step", "total_steps"):
-                    self.tb.add_scalar(f"{prefix}/{k}", v, row["step"])
 
     def close(self) -> None:
         self.file.close()
-        if self.tb is not None:
-            self.tb.close()
 
 
 def progress_bar(total: int, initial: int, enabled: bool):
+    """A tqdm bar on a terminal; off when disabled or when stderr is not a terminal (``bar.disable``)."""
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not enabled or None, dynamic_ncols=True)
+
+
+def log_every(total: int) -> int:
+    """Steps between progress log lines when there is no bar: about 20 lines per run (every step for short runs)."""
+    return max(1, total // 20)
+
+
+def step_line(row: dict[str, Any]) -> str:
+    """One update as a log line: ``step 40/200 loss 1.234 llm 1.2 fca 0.05 lr 9.1``."""
+    parts = [f"step {row['step']}/{row['total_steps']}", f"loss {row['loss']:.4g}"]
+    parts += [f"{k} {row[k]:.4g}" for k in ("llm", "fca", "tse") if row.get(k)]
+    parts.append(f"lr {row['lr']:.4g}")
+    return " ".join(parts)
+
+
+def validation_line(row: dict[str, Any]) -> str:
+    """A validation result as a log line: ``validation at step 40: accuracy 0.8125 on 64 samples``."""
+    extra = ", ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in row.items() if k.startswith("accuracy/"))
+    return (f"validation at step {row['step']}: accuracy {row['accuracy']:.4f} on {int(row['samples'])} samples"
+            + (f" ({extra})" if extra else ""))
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ def validate(
     device = prompt.delta.device
     counts = torch.zeros(len(sources) + 1, dtype=torch.float64)  # correct per source, then total
     bs = cfg.val_batch_size or cfg.batch_size
-    batches = batch_fn(dataset, bs, shuffle=False, seed=cfg.seed, image_size=cfg.image_size, num_workers=cfg.num_workers)
+    batches = batch_fn(dataset, bs, shuffle=False, seed=cfg.seed, num_workers=cfg.num_workers, **cfg.image_options())
     for i, batch in enumerate(batches):
         if i % world.size != world.rank:
             continue

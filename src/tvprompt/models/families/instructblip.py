@@ -4,8 +4,8 @@ As BLIP-2, plus the instruction goes to the Q-Former too: ``qformer_input_ids`` 
 Q-Former's own (BERT) tokenizer, which ``InstructBlipProcessor`` keeps in the checkpoint's
 ``qformer_tokenizer/`` folder (the LLM tokenizer is used, with a warning, when that is missing).
 No chat template: the prompt goes in as given. ``projected`` features depend on the instruction:
-``lm_loss_with_features`` gives them for the batch's prompts, ``vision_features`` for an empty
-instruction.
+``lm_loss_with_features`` gives them for the batch's prompts, ``vision_features`` for the prompts
+it is given (an empty instruction when none), so that an FCA reference sees the same instruction.
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ class InstructBlipAdapter(QFormerAdapter):
         assert batch.prompts is not None
         return {"pixel_values": pixel_values, **self.qformer_inputs(batch.prompts)}
 
-    def run_vision(self, pixel_values: torch.Tensor, image_size: tuple[int, int]) -> Any:
-        q = self.qformer_inputs([""] * pixel_values.shape[0])
+    def run_vision(self, pixel_values: torch.Tensor, image_size: tuple[int, int],
+                   prompts: list[str] | None = None) -> Any:
+        q = self.qformer_inputs(list(prompts) if prompts is not None else [""] * pixel_values.shape[0])
         return self.model.get_image_features(pixel_values, return_dict=True, **q)
 
 

@@ -1,4 +1,4 @@
-"""BLIVA (Vicuna-7B): InstructBLIP + the ViT's patch features projected into the LLM input.
+"""BLIVA (Vicuna-7B v0): InstructBLIP + the ViT's patch features projected into the LLM input.
 
 Sequence (BLIVA ``forward``)::
 
@@ -8,7 +8,7 @@ BLIVA's LLM tokenizer uses ``</s>`` as BOS, EOS and UNK (``tvp convert bliva`` w
 way); the Q-Former also reads the prompt, with a BERT tokenizer kept in ``qformer_tokenizer/``.
 Features: ``encoder`` = ``ln_vision(ViT(x))``; ``projected`` = the 32 + 256 tokens the LLM sees.
 As for InstructBLIP, the 32 query tokens depend on the instruction: ``lm_loss_with_features``
-gives them for the batch's prompts, ``vision_features`` for an empty instruction.
+gives them for the batch's prompts, ``vision_features`` for the prompts it is given (default empty).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class BlivaAdapter(InstructBlipAdapter):
     model_types = ("bliva",)
     model_class = "tvprompt.models.paper.arch:BlivaForConditionalGeneration"
     display_name = "BLIVA"
-    llm = "Vicuna v1.1 (LLaMA)"
+    llm = "Vicuna-7B v0 (LLaMA)"
     notes = "converted with 'tvp convert bliva'; InstructBLIP + patch tokens; prompt = the raw instruction"
     answer_prefix = ""  # LLaMA's SentencePiece adds its own word-start marker
 

@@ -3,8 +3,10 @@
 Each converter reads the released ``.pth`` files with ``torch.load(weights_only=True)`` only,
 merges them in LAVIS's load order (later files override earlier ones), maps every key with
 :mod:`tvprompt.models.paper.lavis_keys`, and refuses to write anything unless every source key is
-either mapped or deliberately dropped (with a reason) and every weight of the composed model
-has a source. The language model comes from a transformers Vicuna/LLaMA directory. The output
+either mapped or deliberately dropped (with a reason, logged once per reason) and every weight
+of the composed model has a source. The language model comes from a transformers Vicuna/LLaMA
+directory; LLM weights a file carries (BLIVA's runner saves them all) are dropped after checking
+that they equal that directory's. The output
 is a plain ``save_pretrained`` directory (safetensors, config, tokenizer, preprocessor config,
 ``conversion.json`` recording where every key went) that ``load_adapter("hf:<dir>")`` loads.
 
@@ -14,6 +16,7 @@ read off weights and default to the released models' (ViT-g 16 heads, Q-Former 1
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
@@ -29,13 +32,16 @@ import torch
 from ...errors import TvpError, UsageError
 from ...files import atomic_dir
 from .arch import MINIGPT4_TEMPLATE, MODEL_CLASSES, BlivaConfig, MiniGPT4Config, VPGTransConfig
-from .lavis_keys import format_keys, map_state_dict, read_checkpoint
+from .lavis_keys import LLM_REASON, format_keys, map_state_dict, read_checkpoint
 
 log = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # LAVIS blip_image_eval normalisation
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SLOW_TOKENIZER_EXTRA = "slow-tokenizer"  # pyproject extra: sentencepiece + protobuf
+# The Vicuna each release was trained with (its own preparation notes); named when --llama is not it.
+VICUNA = {"minigpt4": "Vicuna v0 (7B or 13B)", "vpgtrans": "Vicuna-7B v0", "bliva": "Vicuna-7B v0"}
 
 
 @dataclass
@@ -141,10 +147,41 @@ def _load_llm(llama_dir: str | os.PathLike, dtype: torch.dtype) -> tuple[Any, An
         raise UsageError(f"{llama_dir}: not a transformers model directory (no config.json); pass the Vicuna/LLaMA folder")
     try:
         llm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as e:
-        raise TvpError(f"{llama_dir}: could not load the language model or its tokenizer ({e})") from None
+        raise TvpError(f"{llama_dir}: could not load the language model ({_first_line(e)})") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, ImportError, RuntimeError, TypeError) as e:  # differs across transformers versions
+        missing = missing_slow_tokenizer_deps() if _slow_tokenizer_only(path) else []
+        if missing:
+            raise UsageError(f"{llama_dir}: the tokenizer is a slow LLaMA one (tokenizer.model, no tokenizer.json) "
+                             f"and {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed: pip install "
+                             f"'tvprompt[{SLOW_TOKENIZER_EXTRA}]'") from None
+        raise TvpError(f"{llama_dir}: could not load the tokenizer ({_first_line(e)})") from None
     return llm, tokenizer
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def _slow_tokenizer_only(path: Path) -> bool:
+    """A Vicuna folder as FastChat's apply_delta writes it: SentencePiece ``tokenizer.model`` only."""
+    return (path / "tokenizer.model").is_file() and not (path / "tokenizer.json").is_file()
+
+
+def missing_slow_tokenizer_deps() -> list[str]:
+    """What transformers needs to turn ``tokenizer.model`` into a fast tokenizer and is not installed."""
+    missing = []
+    for package, module in (("sentencepiece", "sentencepiece"), ("protobuf", "google.protobuf")):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # the parent package (google) is missing
+            found = False
+        if not found:
+            missing.append(package)
+    return missing
 
 
 def _image_token_id(tokenizer: Any, llama_dir: str | os.PathLike) -> int:
@@ -168,6 +205,53 @@ def _grow_vocab(llm: Any, size: int) -> None:
     with torch.no_grad():
         for emb in {id(m): m for m in (llm.get_input_embeddings(), llm.get_output_embeddings())}.values():
             emb.weight[old:] = emb.weight[:old].mean(0, keepdim=True)
+
+
+def refuse_grouped_patch_projection(state: dict[str, torch.Tensor], origin: dict[str, str]) -> None:
+    """MiniGPT-4's Llama-2 release has no Q-Former: ``llama_proj`` reads 4 concatenated ViT patches."""
+    proj, queries = state.get("llama_proj.weight"), state.get("query_tokens")
+    vit = state.get("visual_encoder.patch_embed.proj.weight")
+    if proj is None or proj.ndim != 2 or vit is None:
+        return
+    width = int(proj.shape[1])
+    if width == 4 * int(vit.shape[0]) and (queries is None or width != int(queries.shape[-1])):
+        raise UsageError(
+            f"{origin.get('llama_proj.weight', '?')}: llama_proj takes {width} inputs, 4 grouped ViT patches "
+            f"without a Q-Former (the Llama-2 MiniGPT-4 release, has_qformer: False); tvprompt does not support "
+            f"that model, only the Vicuna MiniGPT-4 (llama_proj over the 32 Q-Former tokens)")
+
+
+def check_saved_llm(state: dict[str, torch.Tensor], dropped: dict[str, str], llm: Any, family: str,
+                    llama_dir: str | os.PathLike, kept_rows: int) -> int:
+    """The frozen LLM weights a file carries (BLIVA's runner saves them all) must be the ``--llama`` ones.
+
+    ``kept_rows``: vocabulary rows the LLM had before the converter added tokens. Rows the file has
+    beyond them (BLIVA's ``[PAD]``, drawn when BLIVA resized the LLM) are taken from the file, as
+    BLIVA loads them. Returns the number of weights checked.
+    """
+    saved = sorted(k for k, why in dropped.items() if why == LLM_REASON)
+    target = llm.state_dict()
+    bad: list[str] = []
+    for key in saved:
+        name, value = key.split(".", 1)[1], state[key]
+        mine = target.get(name)
+        if mine is None:
+            bad.append(f"{key} (the LLM has no {name})")
+            continue
+        if tuple(value.shape) != tuple(mine.shape):
+            bad.append(f"{key} {tuple(value.shape)} vs {tuple(mine.shape)}")
+            continue
+        rows = kept_rows if name in ("model.embed_tokens.weight", "lm_head.weight") else value.shape[0]
+        rtol = max(1e-3, 2 * torch.finfo(mine.dtype).eps)  # the file is fp16; --dtype may round further
+        if not torch.allclose(value[:rows].to(mine.dtype).float(), mine[:rows].float(), rtol=rtol, atol=1e-6):
+            bad.append(f"{key} (values differ)")
+        elif rows < value.shape[0]:
+            with torch.no_grad():
+                mine[rows:] = value[rows:].to(mine.dtype)
+    if bad:
+        raise TvpError(f"the checkpoints carry the LLM they were trained with and {llama_dir} is not it "
+                       f"({len(bad)} of {len(saved)} weights differ: {format_keys(bad, 3)}); pass {VICUNA[family]}")
+    return len(saved)
 
 
 def assemble_model(config: Any, family: str, mapped: dict[str, torch.Tensor], llm: Any,
@@ -263,14 +347,19 @@ def convert_lavis_composition(
     state, origin = merge_sources(sources)
     projections = {"llm_proj": "language_projection", "vision_project": "vision_project"} if bliva else {
         "llama_proj": "language_projection"}
+    if not bliva:
+        refuse_grouped_patch_projection(state, origin)
     vision = infer_vision_config(state, opts)
     qformer = infer_qformer_config(state, opts, text=bliva)
     mapped, plan = map_state_dict(state, vision_layers=opts.vision_layers, qformer_text=bliva, projections=projections)
     if plan.unknown:
         raise TvpError(f"{len(plan.unknown)} keys of the checkpoints cannot be mapped: {format_keys(sorted(plan.unknown))}")
+    for reason, n in sorted(Counter(plan.dropped.values()).items()):
+        log.info("dropping %d keys: %s", n, reason)
     target_origin = {plan.mapped[k]: origin.get(k, "?") for k in plan.mapped}
 
     llm, tokenizer = _load_llm(llama_dir, dtype)
+    kept_rows = int(llm.get_input_embeddings().weight.shape[0])
     qformer_tokenizer = None
     if bliva:
         if qformer_tokenizer_dir is None:
@@ -288,6 +377,10 @@ def convert_lavis_composition(
         _grow_vocab(llm, len(tokenizer))
     elif tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # MiniGPT-4 / VPGTrans pad with EOS (never attended)
+    if check_saved_llm(state, plan.dropped, llm, family, llama_dir, kept_rows):
+        log.info("the LLM weights in the checkpoints equal those of %s", llama_dir)
+        for key in [k for k, why in plan.dropped.items() if why == LLM_REASON]:
+            del state[key]  # a second copy of the LLM: free it before the model is assembled and written
     image_token = _image_token_id(tokenizer, llama_dir)
 
     common = dict(vision_config=vision, qformer_config=qformer, text_config=llm.config.to_dict(),
@@ -332,7 +425,8 @@ def convert_vpgtrans(ckpt: str | os.PathLike, llama_dir: str | os.PathLike, outp
 def convert_bliva(ckpt: str | os.PathLike, llama_dir: str | os.PathLike, output: str | os.PathLike, *,
                   qformer_tokenizer: str | os.PathLike, eva_vit: str | os.PathLike | None = None,
                   options: ConvertOptions | None = None) -> Path:
-    """BLIVA: [eva_vit_g.pth] + ``bliva_vicuna7b.pth`` (Q-Former with text branch, llm_proj, vision_project)."""
+    """BLIVA: [eva_vit_g.pth] + ``bliva_vicuna7b.pth`` (Q-Former with text branch, llm_proj, vision_project;
+    as BLIVA's runner saves it, also the ViT and the frozen LLM, which must equal ``llama_dir``'s)."""
     sources = ([Source(eva_vit, "visual_encoder.", "eva_vit")] if eva_vit else []) + [Source(ckpt, "", "bliva")]
     return convert_lavis_composition("bliva", sources, llama_dir, output, options,
                                      qformer_tokenizer_dir=qformer_tokenizer)

@@ -1,9 +1,10 @@
 """Read LAVIS-format checkpoints safely and map their keys onto transformers' BLIP-2 modules.
 
-MiniGPT-4, VPGTrans and BLIVA were trained with LAVIS (or forks of it). Their released
-files hold ``{"model": state_dict}`` with keys like ``visual_encoder.blocks.3.attn.qkv.weight``
-(EVA ViT-g), ``ln_vision.weight``, ``Qformer.bert.encoder.layer.0.crossattention.self.key.weight``
-and ``query_tokens``; EVA's own ``eva_vit_g.pth`` holds the ViT without the ``visual_encoder.``
+MiniGPT-4, VPGTrans and BLIVA were trained with LAVIS (or forks of it). Their runners save
+``{"model": state_dict, "optimizer": ..., "config": ..., "scaler": ..., "epoch": ...}``, the state
+dict without the frozen parameters but with every buffer (BLIVA's runner: with everything), with
+keys like ``visual_encoder.blocks.3.attn.qkv.weight`` (EVA ViT-g), ``ln_vision.weight``,
+``Qformer.bert.encoder.layer.0.crossattention.self.key.weight`` and ``query_tokens``; EVA's own ``eva_vit_g.pth`` holds the ViT without the ``visual_encoder.``
 prefix. :func:`map_lavis_key` says, for every key, where it goes in a transformers
 ``Blip2ForConditionalGeneration`` / ``InstructBlipForConditionalGeneration`` or why it is
 dropped; :func:`map_state_dict` applies it to a whole dict and refuses any key it cannot
@@ -30,7 +31,18 @@ _DROPS: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^temp$"), "stage-1 contrastive temperature"),
     (re.compile(r"^(opt_proj|t5_proj|opt_model|t5_model)\."), "another BLIP-2 language model"),
     (re.compile(r"^visual_encoder\.(norm|fc_norm|head)\."), "EVA classification head (unused by BLIP-2)"),
+    # The LAVIS-era LLaMA code registers inv_freq as a saved buffer; the runners keep buffers.
+    (re.compile(r"^(llama_model|llm_model)\.model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq$"),
+     "LLaMA rotary-embedding buffer (inv_freq); transformers rebuilds it"),
 ]
+# The frozen LLM, as BLIVA's runner saves it with everything else. Only the plain LlamaForCausalLM
+# weights: anything else under the LLM (LoRA, adapters) changes the model and must stay unknown.
+LLM_PREFIXES = ("llama_model.", "llm_model.")
+LLM_REASON = "frozen LLM weights (the LLM comes from --llama; checked against it)"
+_LLM_WEIGHT = re.compile(
+    r"^(llama_model|llm_model)\.(lm_head\.weight|model\.(embed_tokens|norm|layers\.\d+\."
+    r"(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj|input_layernorm|post_attention_layernorm))\.weight)$"
+)
 _TEXT_ONLY = re.compile(
     r"^Qformer\.bert\.(embeddings\.(word|position)_embeddings\.|encoder\.layer\.\d+\.(intermediate|output)\.)"
 )
@@ -93,6 +105,8 @@ def map_lavis_key(
     for pattern, reason in _DROPS:
         if pattern.search(key):
             return "drop", reason
+    if _LLM_WEIGHT.match(key):
+        return "drop", LLM_REASON
     if _TEXT_ONLY.search(key):
         if not qformer_text:
             return "drop", "Q-Former text branch (this model feeds only the query tokens)"
@@ -153,7 +167,8 @@ def format_keys(keys: list[str], limit: int = 12) -> str:
 def read_checkpoint(path: str | os.PathLike, *, prefix: str = "") -> dict[str, torch.Tensor]:
     """A released ``.pth`` as a flat ``{key: tensor}``, read with ``weights_only=True`` only.
 
-    Accepts ``{"model": {...}}`` (LAVIS), ``{"state_dict": {...}}`` or a bare state dict;
+    Accepts ``{"model": {...}, ...}`` (the LAVIS runners' checkpoint, whose other entries are
+    ignored), ``{"state_dict": {...}}`` or a bare state dict;
     ``prefix`` is prepended to every key (``"visual_encoder."`` for EVA's own file).
     """
     obj = load_torch_weights(path, TvpError)

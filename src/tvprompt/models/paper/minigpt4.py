@@ -6,7 +6,10 @@ Prompt format (MiniGPT-4's stage-2 / demo template; VPGTrans uses the same)::
 
 The answer is followed by the end symbol ``###`` instead of EOS, as in MiniGPT-4's training
 targets (``text + end_sym``), so ``lm_loss`` and ``score_choices`` use ``answer + "###"`` and
-``generate`` cuts at the first ``###``. Checkpoints come from ``tvp convert minigpt4|vpgtrans``
+``generate`` cuts at the first ``###``. ``use_template("released")`` switches to the released TVP
+code's classification wrapping instead: ``<s><Img>[image]</Img>`` and the instruction, each
+tokenised apart, with the answer + ``###`` as the training target and choices ranked *without*
+``###``. Checkpoints come from ``tvp convert minigpt4|vpgtrans``
 (released files) or from the tiny builders below. Features: ``encoder`` = ``ln_vision(ViT(x))``
 (the Q-Former's cross-attention input, 257 tokens for ViT-g), ``projected`` = the 32 tokens the LLM sees.
 """
@@ -17,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ...errors import UsageError
 from ..families.blip2 import Blip2Adapter
 from ..preprocessing import CLIP_MEAN, CLIP_STD, ImagePreprocessing
 from ..registry import register_family
@@ -29,6 +33,16 @@ class MiniGPT4StyleAdapter(Blip2Adapter):
     """``<s>###Human: <Img><ImageHere></Img> {prompt} ###Assistant: `` + answer + ``###``."""
 
     answer_prefix = ""  # LLaMA's SentencePiece adds its own word-start marker
+    TEMPLATES = ("chat", "released")
+    template = "chat"
+
+    def use_template(self, name: str) -> None:
+        """``chat`` (the stage-2 template above) or ``released`` (the released TVP code's ranking prompt)."""
+        if name not in self.TEMPLATES:
+            raise UsageError(f"{self.model_id}: template {name!r} is not one of {', '.join(self.TEMPLATES)}")
+        if name != self.template:
+            self.template = name
+            self._token_cache.clear()
 
     @property
     def image_token_id(self) -> int:
@@ -49,7 +63,15 @@ class MiniGPT4StyleAdapter(Blip2Adapter):
         return str(self.model.config.end_sym)
 
     def prompt_ids(self, prompt: str, image_size: tuple[int, int] | None = None) -> list[int]:
+        if self.template == "released":
+            image = [self.image_token_id] * self.num_image_tokens()
+            return self.bos() + self.text_ids("<Img>") + image + self.text_ids("</Img>") + self.text_ids(prompt)
         return self.template_ids(str(self.model.config.prompt_template), prompt)
+
+    def choice_ids(self, choice: str) -> list[int]:
+        if self.template == "released":  # the released ranking scores the class name alone
+            return self.text_ids(choice)
+        return super().choice_ids(choice)
 
     def answer_ids(self, answer: str) -> list[int]:
         return self.text_ids(self.answer_prefix + answer + self.end_sym)

@@ -4,7 +4,7 @@ VisualGLM-6B is not in transformers: its checkpoint ships ``modeling_chatglm.py`
 (ChatGLM-6B + an EVA ViT + Q-Former ``image_encoder``, which import ``SwissArmyTransformer``).
 Our build machines reach no model hub, so this adapter was written against the released code's
 interface and has never run here; ``tvp models`` marks it untested. Running the checkpoint's code
-is opt-in: set ``TVPROMPT_TRUST_REMOTE_CODE=1``.
+is opt-in: ``--trust-remote-code`` (``trust_remote_code=True``) or ``TVPROMPT_TRUST_REMOTE_CODE=1``.
 
 The model's own image path is used (``images`` + ``pre_image_length``: the 32 image embeddings
 replace 32 placeholder tokens right after ``<img>``). Sequence, as ``build_inputs_with_image``::
@@ -82,11 +82,12 @@ def answer_logprobs(logits: torch.Tensor, batch: GLMBatch) -> tuple[torch.Tensor
 @register_family("visualglm")
 class VisualGLMAdapter(HFAdapter):
     model_types = ("chatglm",)
+    remote_code = True  # runs the checkpoint's own code: loaded only with trust_remote_code
     model_class = "AutoModel (remote code)"
     display_name = "VisualGLM-6B"
     llm = "ChatGLM-6B"
     untested = "runs the checkpoint's remote code, which our machines cannot fetch"
-    notes = (f"UNTESTED here ({untested}); opt in with {OPT_IN}=1; the remote code needs "
+    notes = (f"UNTESTED here ({untested}); opt in with --trust-remote-code or {OPT_IN}=1; the remote code needs "
              "pip install SwissArmyTransformer")
 
     @classmethod
@@ -97,9 +98,10 @@ class VisualGLMAdapter(HFAdapter):
     @classmethod
     def from_pretrained(cls, source: str, *, model_id: str | None = None, device: str | torch.device | None = None,
                         dtype: str | torch.dtype = "auto", attn_implementation: str = "sdpa",
-                        gradient_checkpointing: bool = False) -> VisualGLMAdapter:
-        if os.environ.get(OPT_IN) != "1":
-            raise UsageError(f"{source}: VisualGLM runs the checkpoint's own Python code; set {OPT_IN}=1 to allow it")
+                        gradient_checkpointing: bool = False, trust_remote_code: bool = False) -> VisualGLMAdapter:
+        if not trust_remote_code and os.environ.get(OPT_IN) != "1":
+            raise UsageError(f"{source}: VisualGLM runs the checkpoint's own Python code; pass --trust-remote-code "
+                             f"(trust_remote_code=True) or set {OPT_IN}=1 to allow it")
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         dev, device_map = resolve_device(device)
@@ -158,8 +160,9 @@ class VisualGLMAdapter(HFAdapter):
         check_kind(kind)
         return self._loss(pixels01, prompts, answers, kind)
 
-    def vision_features(self, pixels01: torch.Tensor, kind: str = "encoder") -> torch.Tensor:
-        check_kind(kind)
+    def vision_features(self, pixels01: torch.Tensor, kind: str = "encoder",
+                        prompts: list[str] | None = None) -> torch.Tensor:
+        check_kind(kind)  # the image encoder reads no text: ``prompts`` does not change the features
         enc = self.model.image_encoder
         x = self.preprocess(pixels01)
         out = enc.vit(x) if kind == "encoder" else enc(x)

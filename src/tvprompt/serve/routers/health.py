@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ... import __version__
+from ..guard import GuardedRoute
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=GuardedRoute)
 
 
 @router.get("/health")

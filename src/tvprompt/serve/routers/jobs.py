@@ -9,9 +9,10 @@ from fastapi import APIRouter, Depends, Path, Request
 
 from ..db import JobRow
 from ..deps import context, require_owner
+from ..guard import GuardedRoute
 from ..schemas import ErrorOut, JobCreate, JobOut
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=GuardedRoute)
 JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="job id")]
 ERRORS = {400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 404: {"model": ErrorOut}}
 

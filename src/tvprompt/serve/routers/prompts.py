@@ -4,39 +4,36 @@ from __future__ import annotations
 
 import io
 import math
-import tempfile
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Path, Query, Request, UploadFile
 from fastapi.responses import Response
 
-from ...errors import ImageError
 from ..deps import client_key, context, require_owner
+from ..gate import Busy
+from ..guard import GuardedRoute
+from ..images import decode_image, read_upload_bytes
 from ..registry import describe
 from ..schemas import ErrorOut, PromptDetail, PromptOut
 
-router = APIRouter(prefix="/prompts", tags=["prompts"])
+router = APIRouter(prefix="/prompts", tags=["prompts"], route_class=GuardedRoute)
 PromptId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="prompt id")]
+# no control characters (PostgreSQL refuses NUL in text); offsets fit any database's integers
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
+MAX_OFFSET = 1_000_000_000
 ERRORS = {400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 403: {"model": ErrorOut}, 404: {"model": ErrorOut},
-          413: {"model": ErrorOut}, 429: {"model": ErrorOut}}
-
-
-def _read_limited(upload: UploadFile, limit: int, what: str) -> bytes:
-    data = upload.file.read(limit + 1)
-    if len(data) > limit:
-        raise HTTPException(413, f"{what} is over the limit of {limit} bytes")
-    return data
+          413: {"model": ErrorOut}, 429: {"model": ErrorOut}, 503: {"model": ErrorOut}}
 
 
 @router.get("", response_model=list[PromptOut])
 def list_prompts(
     request: Request,
-    task: str | None = Query(None, max_length=128, description="exact task name"),
-    model: str | None = Query(None, max_length=256, description="a source model id the prompt was trained on"),
-    owner: str | None = Query(None, max_length=64),
-    name: str | None = Query(None, max_length=64),
+    task: str | None = Query(None, max_length=128, pattern=PRINTABLE, description="exact task name"),
+    model: str | None = Query(None, max_length=256, pattern=PRINTABLE, description="a source model id the prompt was trained on"),
+    owner: str | None = Query(None, max_length=64, pattern=PRINTABLE),
+    name: str | None = Query(None, max_length=64, pattern=PRINTABLE),
     limit: int = Query(100, ge=1, le=1000),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=MAX_OFFSET),
 ) -> list[dict]:
     rows = context(request).registry.search(task=task, model=model, owner=owner, name=name, limit=limit, offset=offset)
     return [describe(r) for r in rows]
@@ -81,7 +78,7 @@ def upload_prompt(
 ) -> dict:
     """Register a prompt. It is validated exactly like ``VisualPrompt.from_pretrained`` validates a local directory."""
     ctx = context(request)
-    data = _read_limited(file, ctx.settings.max_upload_bytes, "upload")
+    data = read_upload_bytes(file, ctx.settings.max_upload_bytes, "upload")
     row = ctx.registry.add_archive(data, owner, name)
     return describe(row, ctx.registry.versions(row))
 
@@ -97,24 +94,23 @@ def apply_prompt(request: Request, prompt_id: PromptId, image: UploadFile = File
     """Prompt one image; returns the H×W PNG that ``tvp apply`` would write for it."""
     import torch
 
-    from ...imageio import load_image, tensor_to_pil
+    from ...imageio import tensor_to_pil
 
     ctx = context(request)
     wait = ctx.apply_limiter.hit(client_key(request))
     if wait > 0:
         raise HTTPException(429, f"rate limit: try again in {math.ceil(wait)} s", headers={"Retry-After": str(math.ceil(wait))})
-    data = _read_limited(image, ctx.settings.max_image_bytes, "image")
+    data = read_upload_bytes(image, ctx.settings.max_image_bytes, "image")
     prompt = ctx.registry.load(ctx.registry.get(prompt_id))
-    with tempfile.NamedTemporaryFile(prefix="tvp-apply-") as tmp:
-        tmp.write(data)
-        tmp.flush()
-        try:
-            pixels = load_image(tmp.name, max_pixels=ctx.settings.max_image_pixels)
-        except ImageError as e:
-            raise ImageError(str(e).replace(tmp.name, "image")) from None
-    gen = torch.Generator().manual_seed(prompt.config.seed)
-    with torch.no_grad():
-        out = prompt.apply(pixels[None], generator=gen)[0]
-    buf = io.BytesIO()
-    tensor_to_pil(out).save(buf, format="PNG")
+    try:
+        with ctx.apply_gate.slot():  # decoding and prompting cost memory: a bounded number at once
+            pixels = decode_image(data, ctx.settings)
+            gen = torch.Generator().manual_seed(prompt.config.seed)
+            with torch.no_grad():
+                out = prompt.apply(pixels[None], generator=gen)[0]
+            del pixels
+            buf = io.BytesIO()
+            tensor_to_pil(out).save(buf, format="PNG")
+    except Busy:
+        raise HTTPException(503, "the server is busy applying prompts; try again shortly", headers={"Retry-After": "1"}) from None
     return Response(buf.getvalue(), media_type="image/png")
