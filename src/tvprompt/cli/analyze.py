@@ -68,6 +68,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--corruptions", nargs="+",
                    help="corruption names (default: all 15; CIFAR-10-C strengths, spatial sizes scaled to the image side)")
     p.add_argument("--severities", type=int, nargs="+", help="severities 1-5 (default all)")
+    p = names.add_parser("attention", help="Fig. 4: where each model looks with and without a prompt (PNG grid)")
+    p.add_argument("--prompt", required=True, metavar="DIR", help="a trained prompt folder")
+    p.add_argument("--model", action="extend", nargs="+", required=True, metavar="MODEL", help="models to show")
+    p.add_argument("--task", required=True, help="task name or YAML")
+    p.add_argument("--data", required=True, metavar="PATH", help="dataset path")
+    p.add_argument("--split", default="test", help="split the images come from (default test)")
+    p.add_argument("--n-images", type=int, default=4, help="images (rows of the grid, default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", required=True, metavar="DIR")
     p = names.add_parser("efficiency", help="Tab. 5: prompt training vs full fine-tuning vs LoRA")
     p.add_argument("--model", required=True, metavar="MODEL", help="the model to measure on")
     p.add_argument("--task", required=True)
@@ -118,6 +127,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from ..evaluation.evaluate import Backends, EvalSetup
 
     name = args.analysis
+    if name == "attention":
+        from ..evaluation.attention import attention_figure
+
+        summary = attention_figure(args.prompt, args.model, args.task, args.data, args.output, split=args.split,
+                                   n_images=args.n_images, seed=args.seed)
+        for model, row in summary["models"].items():
+            print(f"{model}: grid {row['grid'][0]}x{row['grid'][1]}, attention on the image area "
+                  f"{row['centre_share_no_prompt']:.2f} without / {row['centre_share_prompt']:.2f} with the prompt")
+        print(f"wrote {args.output}/attention.png and attention.json")
+        return 0
     options = load_options(args)
     backends = Backends.default(**options)
     if name == "efficiency":

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..data import shapeworld as sw
 from ..files import atomic_dir
-from .recipes import GUIDE, RECIPES, GuideRecipe, Recipe
+from .recipes import GEOMETRY_RECIPES, GUIDE, RECIPES, GuideRecipe, Recipe
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +291,18 @@ def majority(eval_data: dict[str, tuple]) -> dict[str, float]:
             for t, (_, _, answers, _) in eval_data.items()}
 
 
+def build_platform(threads: int | None = None) -> dict[str, Any]:
+    """What decides the last bits of a CPU build besides the software versions: the instruction
+    set torch dispatches to and the thread count (reduction order)."""
+    return {"machine": platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads() if threads is None else threads}
+
+
+def same_platform(recorded: dict[str, Any] | None, threads: int) -> bool:
+    """True when a rebuild here with ``threads`` can be expected to reproduce ``recorded`` bit for bit."""
+    return bool(recorded) and recorded == build_platform(threads)
+
+
 def _versions() -> dict[str, str]:
     import transformers
 
@@ -327,7 +339,7 @@ def build_member(recipe: Recipe, data: ZooData, evals: dict[str, dict], output: 
             "eval": {"n_per_task": next(iter(next(iter(evals.values())).values()))[0].shape[0],
                      "start_index": EVAL_START, "seed": TRAIN_SEED, "image_size": sw.IMAGE_SIZE,
                      "method": "score_choices top-1"},
-            "train_seconds": round(train_s, 1), "versions": _versions(),
+            "train_seconds": round(train_s, 1), "versions": _versions(), "platform": build_platform(),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     log.info("%s: %s (%.0f s)", recipe.name, acc, train_s)
@@ -432,7 +444,7 @@ def build_guide(recipe: GuideRecipe, n_per_task: int, evals: dict[str, dict], ou
             "recipe": asdict(recipe), "final_losses": {"contrastive": loss_value},
             "accuracy": acc, "chance": {t: v for t, v in chance().items() if t in tse_texts()},
             "eval": {"method": "zero-shot over tse texts", "start_index": EVAL_START},
-            "train_seconds": round(time.time() - t0, 1), "versions": _versions(),
+            "train_seconds": round(time.time() - t0, 1), "versions": _versions(), "platform": build_platform(),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     log.info("%s: %s", recipe.name, acc)
@@ -462,15 +474,16 @@ def zero_shot(model: Any, tok: Any, pre: Any, eval_data: dict[str, tuple]) -> di
 
 def build_zoo(output: Path, *, names: list[str] | None = None, n_per_task: int = 1500, eval_per_task: int = 100,
               threads: int = 2, progress: bool = True, scale: float = 1.0) -> list[dict[str, Any]]:
-    """Build the zoo members ``names`` (default: all MLLMs and the guide) into ``output``.
+    """Build the zoo members ``names`` (default: the shipped MLLMs and the guide) into ``output``;
+    ``names`` may also pick issue 20's ``GEOMETRY_RECIPES``.
 
     ``scale`` multiplies every step count (tests use a tiny fraction; manifests record it).
     """
     from ..errors import UsageError
 
     torch.set_num_threads(threads)
-    recipes = {r.name: r for r in RECIPES}
-    wanted = names or [*recipes, GUIDE.name]
+    recipes = {r.name: r for r in [*RECIPES, *GEOMETRY_RECIPES]}
+    wanted = names or [*(r.name for r in RECIPES), GUIDE.name]
     unknown = [n for n in wanted if n not in recipes and n != GUIDE.name]
     if unknown:
         raise UsageError(f"unknown zoo member(s) {', '.join(unknown)}; known: {', '.join([*recipes, GUIDE.name])}")

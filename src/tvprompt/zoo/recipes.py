@@ -84,8 +84,42 @@ RECIPES: list[Recipe] = [
     ),
 ]
 
+# Issue 20's members with real prompt geometry, not shipped yet: every vision tower has a 12×12
+# patch grid, so the 30 px border of a 224 px prompt covers 30/224·12 = 1.6 whole patches per side
+# (zoo/geometry.py; ViT-g/14 at 224 px sees 2.1, ViT-L/14 at 336 px 3.2), against 0.54–0.80 for
+# the shipped members above. Same families, widths, seeds and stage lengths as the shipped ones
+# (LLaVA-NeXT's stage 2 shortened to 600 steps: its two 144-token views make it the slowest);
+# inputs and patches differ (48/4, 72/6, 60/5). `tvp zoo build --only NAME --output DIR` builds one.
+GEOMETRY_RECIPES: list[Recipe] = [
+    Recipe(
+        name="llava-p4", family="llava", seed=1,
+        overrides={"image_size": 48, "patch_size": 4, "hidden": 96},
+        edits={**_layers(), **_LLAMA_KV, "vision_feature_layer": -1},
+        description="LLaVA-1.5 architecture: CLIP ViT (48 px, patch 4, 12x12 tokens) + MLP projector + Llama",
+    ),
+    Recipe(
+        name="blip2-opt-p4", family="blip2", seed=2,
+        overrides={"image_size": 48, "patch_size": 4, "hidden": 96, "num_query_tokens": 16, "llm": "opt"},
+        edits={**_layers(), **_QFORMER}, vision_steps=500, lm_steps=1500, exist_share=0.6, stage2_aux="projected",
+        description="BLIP-2 architecture: BLIP ViT (48 px, patch 4, 12x12 tokens) + Q-Former (16 queries) + OPT",
+    ),
+    Recipe(
+        name="instructblip-p6", family="instructblip", seed=3,
+        overrides={"image_size": 72, "patch_size": 6, "hidden": 96, "num_query_tokens": 16, "llm": "llama"},
+        edits={**_layers(), **_QFORMER, **_LLAMA_KV}, lm_steps=1000, exist_share=0.5, stage2_aux="projected",
+        description="InstructBLIP architecture: BLIP ViT (72 px, patch 6, 12x12 tokens) + instruction-aware Q-Former + Llama",
+    ),
+    Recipe(
+        name="llava-next-p5", family="llava_next", seed=4,
+        overrides={"image_size": 60, "patch_size": 5, "hidden": 96, "pinpoints": [[60, 60]]},
+        edits={**_layers(), **_LLAMA_KV, "vision_feature_layer": -1}, lm_steps=600, exist_share=0.5,
+        description="LLaVA-NeXT architecture: CLIP ViT (60 px, patch 5, 12x12 tokens) + one any-res tile + MLP projector + Llama",
+    ),
+]
+
 GUIDE = GuideRecipe()
 
 
 def recipe_names() -> list[str]:
+    """The shipped members (what `tvp zoo build` builds by default)."""
     return [r.name for r in RECIPES]
