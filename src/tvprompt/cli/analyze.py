@@ -1,8 +1,13 @@
-"""`tvp analyze NAME`: the paper's analyses (ablation, width, data-scale, cross-dataset, corruption, efficiency)."""
+"""`tvp analyze NAME`: the paper's analyses (ablation, width, data-scale, cross-dataset, corruption, efficiency).
+
+``accelerate launch -m tvprompt analyze ...`` shards every training run and evaluation of the analysis
+over the processes (one per GPU); the results are those of one process. ``efficiency`` times one device.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ._model_args import add_model_args, load_options
@@ -121,7 +126,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     options = load_options(args)
     backends = Backends.default(**options)
     if name == "efficiency":
+        from ..errors import UsageError
         from ..evaluation.efficiency import efficiency
+
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UsageError("tvp analyze efficiency times one device: run it without accelerate launch")
 
         kw = {k: getattr(args, k) for k in ("batch_size", "steps", "width", "image_size", "lora_rank", "seed")}
         if args.reduced:
@@ -150,6 +159,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         elif name == "corruption":
             an.corruption(args.model, setup, args.output, prompt=args.prompt, base=recipe,
                           corruptions=args.corruptions, severities=args.severities, **common)
+    if int(os.environ.get("RANK", "0")) != 0:  # `accelerate launch`: the main process reports
+        return 0
     file = {"data-scale": "data_scale", "cross-dataset": "cross_dataset"}.get(name, name)
     print((Path(args.output) / f"{file}.md").read_text(encoding="utf-8"))
     print(f"wrote {args.output}/{file}.json, .md and .png")
