@@ -109,7 +109,7 @@ def test_corruption_reduced_grid(tmp_path):
     calls = {}
     doc = corruption(TARGETS, setup_(), tmp_path / "out", prompt=prompt, backends=toy_backends(calls), reduced=True)
     check_outputs(tmp_path / "out", "corruption", 3)  # 2 corruptions + mean row
-    assert doc["corruptions"] == list(CORRUPTIONS[:2]) and doc["severities"] == [3]
+    assert doc["corruptions"] == list(CORRUPTIONS[:2]) and doc["severities"] == [3] and doc["strength"] == "cifar10c"
     assert [o[2:] for o in calls["opened"]] == [(CORRUPTIONS[0], 3), (CORRUPTIONS[1], 3)]
     means = [doc["mean_delta"][c] for c in doc["corruptions"]]
     assert doc["overall_mean_delta"] == pytest.approx(sum(means) / 2)

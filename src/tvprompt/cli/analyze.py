@@ -71,7 +71,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     _train_args(p, required=False)
     p.add_argument("--prompt", metavar="PROMPT", help="an existing prompt, directory or Hub id (else one is trained)")
     p.add_argument("--corruptions", nargs="+",
-                   help="corruption names (default: all 15; CIFAR-10-C strengths, spatial sizes scaled to the image side)")
+                   help="corruption names (default: all 15; strengths set by --corruption-strength)")
+    p.add_argument("--corruption-strength", choices=["cifar10c", "imagenetc"], default="cifar10c",
+                   help="whose constants: cifar10c (default; made for 32 px) or imagenetc (made for 224 px, "
+                   "for images of 224 px and more); spatial sizes scale with the image side")
     p.add_argument("--severities", type=int, nargs="+", help="severities 1-5 (default all)")
     p = names.add_parser("efficiency", help="Tab. 5: prompt training vs full fine-tuning vs LoRA")
     p.add_argument("--model", required=True, metavar="MODEL", help="the model to measure on")
@@ -141,7 +144,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     else:
         setup = EvalSetup(task=args.task or "", data=args.data or "", split=args.split, limit=args.limit,
                           batch_size=args.batch_size, seed=args.seed, image_size=args.image_size,
-                          progress=args.progress)
+                          progress=args.progress,
+                          corruption_strength=getattr(args, "corruption_strength", "cifar10c"))
         runtime = {"device": args.device, "device_map": args.device_map, "dtype": args.dtype,
                    "revision": args.revision, "trust_remote_code": args.trust_remote_code}
         trainer = functools.partial(an.train_prompt, runtime={k: v for k, v in runtime.items() if v is not None})

@@ -365,8 +365,10 @@ def _corruption(targets: Sequence[str], setup: EvalSetup, output: Path, prompt: 
 
     doc = {"title": "corruption robustness", "prompt": str(pdir), "primary_metric": metric, "reduced": reduced,
            "models": list(targets), "corruptions": corruptions, "severities": severities,
+           "strength": setup.corruption_strength,
            "grid": {c: {str(s): v for s, v in d.items()} for c, d in grid.items()}, "mean_delta": means,
            "overall_mean_delta": overall}
     return write_analysis(output, "corruption", doc, ["corruption", *(f"sev {s}" for s in severities), "mean"],
-                          table, plot, f"Mean over models of Δ {metric} (points) on corrupted `{setup.split}` images.",
+                          table, plot, f"Mean over models of Δ {metric} (points) on corrupted `{setup.split}` images "
+                          f"({setup.corruption_strength} constants).",
                           world)
