@@ -109,7 +109,7 @@ def test_corruption_reduced_grid(tmp_path):
     calls = {}
     doc = corruption(TARGETS, setup_(), tmp_path / "out", prompt=prompt, backends=toy_backends(calls), reduced=True)
     check_outputs(tmp_path / "out", "corruption", 3)  # 2 corruptions + mean row
-    assert doc["corruptions"] == list(CORRUPTIONS[:2]) and doc["severities"] == [3]
+    assert doc["corruptions"] == list(CORRUPTIONS[:2]) and doc["severities"] == [3] and doc["strength"] == "cifar10c"
     assert [o[2:] for o in calls["opened"]] == [(CORRUPTIONS[0], 3), (CORRUPTIONS[1], 3)]
     means = [doc["mean_delta"][c] for c in doc["corruptions"]]
     assert doc["overall_mean_delta"] == pytest.approx(sum(means) / 2)
@@ -176,3 +176,61 @@ def test_lora_targets_prefers_q_v():
     for part in (mllm.vision, mllm.language_model):
         part.q_proj, part.o_proj = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     assert lora_targets(mllm) == ["language_model.q_proj"]
+
+
+class CountingWorld:
+    """A one-process world that counts how often it is joined and left."""
+
+    def __init__(self, counts):
+        from tvprompt.training.distributed import World
+
+        self.inner, self.counts = World(), counts
+        counts["joined"] = counts.get("joined", 0) + 1
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def close(self):
+        self.counts["closed"] = self.counts.get("closed", 0) + 1
+
+
+def test_an_analysis_joins_the_processes_once_for_all_its_evaluations(tmp_path, base, monkeypatch):
+    from tvprompt.evaluation import analyses, evaluate
+
+    counts = {}
+    monkeypatch.setattr(analyses, "init_world", lambda: CountingWorld(counts))
+
+    def own_world():
+        raise AssertionError("an evaluation joined its own process group")
+
+    monkeypatch.setattr(evaluate, "init_world", own_world)
+    trainer, calls = FakeTrainer(), {}
+    doc = corruption(TARGETS, setup_(), tmp_path, base=base, trainer=trainer, backends=toy_backends(calls),
+                     reduced=True)
+    assert len(trainer.recipes) == 1 and len(doc["grid"]) == 2  # one training, two evaluations
+    assert counts == {"joined": 1, "closed": 1}
+
+
+def test_the_project_trainer_is_bound_to_the_analysis_world():
+    import functools
+
+    from tvprompt.evaluation.analyses import _in_world, train_prompt
+    from tvprompt.training.distributed import World
+
+    w = World()
+    assert _in_world(train_prompt, w).keywords == {"world": w}
+    bound = _in_world(functools.partial(train_prompt, runtime={"device": "cpu"}), w)
+    assert bound.func is train_prompt and bound.keywords == {"runtime": {"device": "cpu"}, "world": w}
+    other = FakeTrainer()
+    assert _in_world(other, w) is other
+
+
+def test_only_the_main_process_writes_an_analysis(tmp_path):
+    from tvprompt.evaluation.analyses import write_analysis
+    from tvprompt.training.distributed import World
+
+    def plot(path):
+        raise AssertionError("a second process drew the plot")
+
+    doc = write_analysis(tmp_path, "width", {"title": "t"}, ["a"], [[1]], plot, world=World(rank=1, size=2))
+    assert doc["analysis"] == "width" and list(tmp_path.iterdir()) == []

@@ -70,3 +70,10 @@ def test_analyze_usage_errors(tvp, tmp_path):
     assert r.returncode == 2 and "--guide" in r.stderr
     r = tvp("analyze", "cross-dataset", "--model", "m", "--eval", "nonsense", "--output", tmp_path / "o")
     assert r.returncode == 2 and "TASK=PATH" in r.stderr
+
+
+def test_efficiency_refuses_several_processes(tvp, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    r = tvp("analyze", "efficiency", "--model", "m", "--task", "t", "--data", tmp_path, "--output", tmp_path / "o")
+    assert r.returncode == 2 and "without accelerate launch" in r.stderr
+    assert not (tmp_path / "o").exists()

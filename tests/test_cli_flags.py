@@ -35,3 +35,31 @@ def test_no_progress_on_every_long_command():
 def test_train_has_overwrite():
     assert flag_values(parse("train", "--overwrite"))["overwrite"] is True
     assert "overwrite" not in flag_values(parse("train"))
+
+
+def test_corruption_strength_flag_reaches_the_evaluation(monkeypatch):
+    import pytest
+
+    from tvprompt.evaluation import evaluate as ev
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake(prompts, models, setup, output, **kw):
+        seen["setup"] = setup
+        raise Stop
+
+    monkeypatch.setattr(ev, "evaluate", fake)
+    common = ("eval", "--model", "zoo:x", "--task", "t", "--data", "d", "--output", "o", "--corruption", "fog")
+    for argv, want in ((common, "cifar10c"), ((*common, "--corruption-strength", "imagenetc"), "imagenetc")):
+        args = parse(*argv)
+        with pytest.raises(Stop):
+            args.func(args)
+        assert (seen["setup"].corruption, seen["setup"].corruption_strength) == ("fog", want)
+    analyze = parse("analyze", "corruption", "--model", "m", "--task", "t", "--data", "d", "--output", "o",
+                    "--corruption-strength", "imagenetc")
+    assert analyze.corruption_strength == "imagenetc"
+    with pytest.raises(SystemExit):
+        parse(*common, "--corruption-strength", "imagenet")

@@ -1,4 +1,4 @@
-"""The 15 CIFAR-10-C corruptions: determinism, value range, severity ordering."""
+"""The 15 CIFAR-10-C / ImageNet-C corruptions: determinism, value range, severity ordering, the two strengths."""
 
 from __future__ import annotations
 
@@ -67,3 +67,29 @@ def test_bad_arguments():
         corrupt(torch.rand(3, 8, 8), "rain", 1)
     with pytest.raises(ValueError, match="severity"):
         corrupt(torch.rand(3, 8, 8), "fog", 0)
+
+
+def test_imagenetc_strength_uses_the_imagenet_c_constants():
+    from tvprompt.data.corruptions import STRENGTHS, TABLES
+
+    assert STRENGTHS == ("cifar10c", "imagenetc")
+    # a few rows of make_imagenet_c.py / make_cifar_c.py, read off the reference scripts
+    assert TABLES["imagenetc"]["gaussian_noise"] == [0.08, 0.12, 0.18, 0.26, 0.38]
+    assert TABLES["imagenetc"]["jpeg_compression"] == [25, 18, 15, 10, 7]
+    assert TABLES["cifar10c"]["jpeg_compression"] == [80, 65, 58, 50, 40]
+    for name in CORRUPTIONS:  # every row differs between the two tables
+        assert TABLES["imagenetc"][name] != TABLES["cifar10c"][name], name
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(3, 224, 224, generator=g, dtype=torch.float64)
+    mean = x.mean((1, 2), keepdim=True)
+    for strength, factor in (("cifar10c", 0.4), ("imagenetc", 0.2)):  # contrast, severity 3
+        out = corrupt(x, "contrast", 3, 0, strength=strength)
+        assert torch.allclose(out, ((x - mean) * factor + mean).clamp(0, 1), atol=1e-6), strength
+    # the noise is as strong as the table says: σ 0.18 (ImageNet-C) vs 0.08 (CIFAR-10-C), away from clipping
+    mid = torch.full((3, 224, 224), 0.5, dtype=torch.float64)
+    for strength, sigma in (("cifar10c", 0.08), ("imagenetc", 0.18)):
+        noise = corrupt(mid, "gaussian_noise", 3, 0, strength=strength) - mid
+        assert abs(float(noise.std()) - sigma) < 0.1 * sigma, strength
+    with pytest.raises(ValueError, match="strength"):
+        corrupt(x, "fog", 1, strength="imagenet")
+

@@ -92,6 +92,19 @@ def test_corruption_on_the_fly_is_deterministic(manifest):
         open_dataset(SPEC, manifest, "test", corruption="fog", severity=6)
 
 
+def test_the_corruption_strength_picks_the_table(manifest):
+    from tvprompt.data.corruptions import corrupt
+
+    clean = open_dataset(SPEC, manifest, "test")[0].image
+    cifar = open_dataset(SPEC, manifest, "test", corruption="brightness", severity=3)[0].image
+    inet = open_dataset(SPEC, manifest, "test", corruption="brightness", severity=3, corruption_strength="imagenetc")
+    assert torch.allclose(cifar, corrupt(clean, "brightness", 3, strength="cifar10c"))
+    assert torch.allclose(inet[0].image, corrupt(clean, "brightness", 3, strength="imagenetc"))
+    assert not torch.allclose(inet[0].image, cifar, atol=1e-3)
+    with pytest.raises(UsageError, match="corruption strength"):
+        open_dataset(SPEC, manifest, "test", corruption="fog", severity=1, corruption_strength="imagenet")
+
+
 def test_iter_batches_shapes_order_and_resume(manifest):
     ds = open_dataset(SPEC, manifest, "train", seed=0)
     full = list(iter_batches(ds, 32, shuffle=True, seed=7, image_size=24))

@@ -207,7 +207,20 @@ def test_usage_errors(tmp_path, prompts):
 def test_corruption_reaches_the_dataset(tmp_path, prompts):
     calls: dict = {}
     run(tmp_path, prompts[:1], calls, models=["toy:a"], corruption="gaussian_noise", severity=2)
-    assert calls["open_kwargs"] == {"corruption": "gaussian_noise", "severity": 2}
+    assert calls["open_kwargs"] == {"corruption": "gaussian_noise", "severity": 2, "corruption_strength": "cifar10c"}
+
+
+def test_the_corruption_strength_reaches_the_dataset_and_the_fingerprint(tmp_path, prompts):
+    calls: dict = {}
+    res = run(tmp_path, prompts[:1], calls, models=["toy:a"], corruption="contrast", severity=3,
+              corruption_strength="imagenetc")
+    assert calls["open_kwargs"] == {"corruption": "contrast", "severity": 3, "corruption_strength": "imagenetc"}
+    assert res["setup"]["corruption_strength"] == "imagenetc"
+    before = {c["fingerprint"] for c in res["cells"]}
+    other = run(tmp_path, prompts[:1], {}, models=["toy:a"], corruption="contrast", severity=3)
+    assert before.isdisjoint(c["fingerprint"] for c in other["cells"])  # cifar10c cells are not reused
+    with pytest.raises(UsageError, match="--corruption-strength"):
+        EvalSetup(task="t", data="d", corruption="fog", corruption_strength="imagenet")
 
 
 def test_prompt_applied_on_the_adapter_device(tmp_path, prompts):

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from tvprompt.cli import build_parser
@@ -140,3 +142,36 @@ def test_every_train_config_field_has_a_flag_and_every_flag_a_field():
     dests = {_RENAMES.get(a.dest, a.dest) for a in train._actions if a.dest not in cli_only}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     assert dests == fields, f"flags without a field: {sorted(dests - fields)}; fields without a flag: {sorted(fields - dests)}"
+
+
+def test_from_preset_is_what_the_cli_runs():
+    vp = TrainConfig.from_preset("vp", sources=["hf:a"], lr=30.0, val_split=None)
+    assert (vp.method, vp.update, vp.lr, vp.fca, vp.tse, vp.flip) == ("vp", "sgd", 30.0, 0.0, 0.0, False)
+    assert vp.sources == ["hf:a"] and vp.val_split is None  # None is a value here, not "not given"
+    assert vp == dataclasses.replace(resolve_config("vp", flags={"sources": ["hf:a"], "lr": 30.0}), val_split=None)
+    assert TrainConfig.from_preset("evp") == resolve_config("evp")
+    released = TrainConfig.from_preset(preset="released", steps=5)
+    assert released == resolve_config(None, flags={"preset": "released", "steps": 5})
+    assert TrainConfig.from_preset("vp", **{"batch-size": 4}).batch_size == 4  # YAML spellings too
+    with pytest.raises(UsageError, match="unknown key 'lrr'; did you mean lr"):
+        TrainConfig.from_preset("vp", lrr=3)
+    with pytest.raises(UsageError, match="--method 'sgd'"):
+        TrainConfig.from_preset("sgd")
+
+
+def test_train_refuses_a_vp_config_built_directly(tmp_path):
+    from tvprompt import train
+    from tvprompt.training.config import unapplied_preset
+
+    direct = TrainConfig(method="vp", sources=["zoo:nothing"], output=str(tmp_path / "run"))
+    assert unapplied_preset(direct) == ["update", "lr", "fca", "tse", "flip"]
+    with pytest.raises(UsageError, match=r"TrainConfig\(method='vp'\) built directly keeps tvp's update='normalized', "
+                                         r"lr=10.0.*TrainConfig.from_preset\('vp', ...\)"):
+        train(direct)
+    assert not (tmp_path / "run").exists()  # refused before anything was loaded or written
+    assert unapplied_preset(TrainConfig(method="evp")) == ["lr", "fca", "tse"]
+    assert unapplied_preset(TrainConfig()) == []  # tvp: the defaults are its preset
+    assert unapplied_preset(TrainConfig(method="vp", update="sgd", lr=40.0, fca=0.0, tse=0.0, flip=False)) == []
+    # chosen through the resolver, tvp's values on a vp run are the caller's choice
+    chosen = resolve_config("vp", flags={"update": "normalized", "lr": 10.0, "fca": 0.005, "tse": 0.001, "flip": True})
+    assert unapplied_preset(chosen) == [] and unapplied_preset(TrainConfig.from_preset("vp")) == []

@@ -1,8 +1,13 @@
-"""`tvp analyze NAME`: the paper's analyses (ablation, width, data-scale, cross-dataset, corruption, efficiency)."""
+"""`tvp analyze NAME`: the paper's analyses (ablation, width, data-scale, cross-dataset, corruption, efficiency).
+
+``accelerate launch -m tvprompt analyze ...`` shards every training run and evaluation of the analysis
+over the processes (one per GPU); the results are those of one process. ``efficiency`` times one device.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ._model_args import add_model_args, load_options
@@ -66,7 +71,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     _train_args(p, required=False)
     p.add_argument("--prompt", metavar="PROMPT", help="an existing prompt, directory or Hub id (else one is trained)")
     p.add_argument("--corruptions", nargs="+",
-                   help="corruption names (default: all 15; CIFAR-10-C strengths, spatial sizes scaled to the image side)")
+                   help="corruption names (default: all 15; strengths set by --corruption-strength)")
+    p.add_argument("--corruption-strength", choices=["cifar10c", "imagenetc"], default="cifar10c",
+                   help="whose constants: cifar10c (default; made for 32 px) or imagenetc (made for 224 px, "
+                   "for images of 224 px and more); spatial sizes scale with the image side")
     p.add_argument("--severities", type=int, nargs="+", help="severities 1-5 (default all)")
     p = names.add_parser("attention", help="Fig. 4: where each model looks with and without a prompt (PNG grid)")
     p.add_argument("--prompt", required=True, metavar="DIR", help="a trained prompt folder")
@@ -140,7 +148,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     options = load_options(args)
     backends = Backends.default(**options)
     if name == "efficiency":
+        from ..errors import UsageError
         from ..evaluation.efficiency import efficiency
+
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UsageError("tvp analyze efficiency times one device: run it without accelerate launch")
 
         kw = {k: getattr(args, k) for k in ("batch_size", "steps", "width", "image_size", "lora_rank", "seed")}
         if args.reduced:
@@ -151,7 +163,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     else:
         setup = EvalSetup(task=args.task or "", data=args.data or "", split=args.split, limit=args.limit,
                           batch_size=args.batch_size, seed=args.seed, image_size=args.image_size,
-                          progress=args.progress)
+                          progress=args.progress,
+                          corruption_strength=getattr(args, "corruption_strength", "cifar10c"))
         runtime = {"device": args.device, "device_map": args.device_map, "dtype": args.dtype,
                    "revision": args.revision, "trust_remote_code": args.trust_remote_code}
         trainer = functools.partial(an.train_prompt, runtime={k: v for k, v in runtime.items() if v is not None})
@@ -169,6 +182,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         elif name == "corruption":
             an.corruption(args.model, setup, args.output, prompt=args.prompt, base=recipe,
                           corruptions=args.corruptions, severities=args.severities, **common)
+    if int(os.environ.get("RANK", "0")) != 0:  # `accelerate launch`: the main process reports
+        return 0
     file = {"data-scale": "data_scale", "cross-dataset": "cross_dataset"}.get(name, name)
     print((Path(args.output) / f"{file}.md").read_text(encoding="utf-8"))
     print(f"wrote {args.output}/{file}.json, .md and .png")

@@ -33,9 +33,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="samples per batch; each adapter call holds B × (pending cells) images (default 16)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="data seed (default 0)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="generation length for open tasks")
-    p.add_argument("--corruption", help="evaluate on corrupted images: a CIFAR-10-C corruption (gaussian_noise, ..., "
-                   "jpeg_compression; CIFAR-10-C strengths, spatial sizes scaled to the image side)")
+    p.add_argument("--corruption", help="evaluate on corrupted images: a CIFAR-10-C / ImageNet-C corruption "
+                   "(gaussian_noise, ..., jpeg_compression; strengths set by --corruption-strength)")
     p.add_argument("--severity", type=int, default=3, help="corruption severity 1-5 (default 3)")
+    p.add_argument("--corruption-strength", choices=["cifar10c", "imagenetc"], default="cifar10c",
+                   help="whose constants: cifar10c (default; made for 32 px) or imagenetc (made for 224 px, "
+                   "for images of 224 px and more); spatial sizes scale with the image side")
     p.add_argument("--image-size", type=int, metavar="S",
                    help="side images are loaded at before prompting (default: the first prompt's height, else 224)")
     p.add_argument("--tsne", action="store_true", help="also save vision features and plot clean vs prompted t-SNE")
@@ -74,7 +77,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     setup = EvalSetup(
         task=args.task, data=args.data, split=args.split, limit=args.limit, batch_size=args.batch_size,
         seed=args.seed, max_new_tokens=args.max_new_tokens, corruption=args.corruption,
-        severity=args.severity if args.corruption else None, tsne=args.tsne, image_size=args.image_size,
+        severity=args.severity if args.corruption else None, corruption_strength=args.corruption_strength, tsne=args.tsne, image_size=args.image_size,
         num_workers=args.num_workers, progress=args.progress,
     )
     command = shlex.join(["tvp", *sys.argv[1:]]) if sys.argv[1:] else None

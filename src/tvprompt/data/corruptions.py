@@ -1,8 +1,15 @@
-"""The 15 CIFAR-10-C corruptions (Hendrycks & Dietterich, 2019) x 5 severities, for Tab. 9.
+"""The 15 corruptions of CIFAR-10-C / ImageNet-C (Hendrycks & Dietterich, 2019) x 5 severities, for Tab. 9.
 
-Implemented with numpy / scipy / PIL after the reference ``make_cifar_c.py`` parameters (the
-CIFAR-10-C constants, for 32x32 images; spatial sizes scale with the image side / 32). These
-differ from the reference by necessity:
+Implemented with numpy / scipy / PIL after the reference scripts' parameters, at one of two
+strengths (:data:`STRENGTHS`):
+
+- ``cifar10c`` (the default): the ``make_cifar_c.py`` constants, for 32x32 images;
+- ``imagenetc``: the ``make_imagenet_c.py`` constants, for 224x224 images (far stronger: e.g.
+  Gaussian noise σ 0.08-0.38 instead of 0.04-0.10), the strength to compare with ImageNet-C
+  numbers on images of 224 px and more.
+
+Spatial sizes (blur radii, displacements) scale with the image side / the table's side (32 or 224).
+These differ from the reference by necessity:
 
 - ``frost`` blends a procedurally generated ice texture (the reference ships frost photos);
 - ``glass_blur`` swaps every pixel with a random neighbour per iteration, vectorised (the
@@ -10,14 +17,16 @@ differ from the reference by necessity:
 - ``motion_blur`` / ``snow`` use a one-sided Gaussian line kernel in place of ImageMagick's
   motion blur.
 
-Every function takes an RGB float (H, W, 3) array in [0, 1] and a numpy Generator, and
-returns the same shape in [0, 1]. :func:`corrupt` wraps them for (3, H, W) tensors.
+Every function takes an RGB float (H, W, 3) array in [0, 1], the severity's constants ``c`` (a row of
+:data:`TABLES`), the spatial scale ``k`` and a numpy Generator, and returns the same shape in [0, 1].
+:func:`corrupt` wraps them for (3, H, W) tensors.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,17 +34,13 @@ from matplotlib.colors import hsv_to_rgb, rgb_to_hsv
 from PIL import Image
 from scipy import ndimage
 
-Fn = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
+Fn = Callable[[np.ndarray, Any, float, np.random.Generator], np.ndarray]
 _REGISTRY: dict[str, Fn] = {}
 
 
 def _register(fn: Fn) -> Fn:
     _REGISTRY[fn.__name__] = fn
     return fn
-
-
-def _scale(x: np.ndarray) -> float:
-    return min(x.shape[:2]) / 32.0
 
 
 def _to_uint8_pil(x: np.ndarray) -> Image.Image:
@@ -115,20 +120,17 @@ def _plasma_fractal(size: int, wibbledecay: float, rng: np.random.Generator) -> 
 
 # ---- noise --------------------------------------------------------------------------------------
 @_register
-def gaussian_noise(x: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray:
-    c = [0.04, 0.06, 0.08, 0.09, 0.10][s - 1]
+def gaussian_noise(x: np.ndarray, c: Any, k: float, rng: np.random.Generator) -> np.ndarray:
     return x + rng.normal(size=x.shape, scale=c)
 
 
 @_register
-def shot_noise(x: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray:
-    c = [500, 250, 100, 75, 50][s - 1]
+def shot_noise(x: np.ndarray, c: Any, k: float, rng: np.random.Generator) -> np.ndarray:
     return rng.poisson(x * c) / c
 
 
 @_register
-def impulse_noise(x: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray:
-    c = [0.01, 0.02, 0.03, 0.05, 0.07][s - 1]
+def impulse_noise(x: np.ndarray, c: Any, k: float, rng: np.random.Generator) -> np.ndarray:
     out = x.copy()
     hit = rng.random(x.shape) < c
     salt = rng.random(x.shape) < 0.5
@@ -139,16 +141,14 @@ def impulse_noise(x: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray
 
 # ---- blur ---------------------------------------------------------------------------------------
 @_register
-def defocus_blur(x: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray:
-    r, alias = [(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)][s - 1]
-    k = _scale(x)
+def defocus_blur(x: np.ndarray, c: Any, k: float, rng: np.random.Generator) -> np.ndarray:
+    r, alias = c
     return _blur_each(x, _disk(r * k, alias * k))
 
 
 @_register
-def glass_blur(x: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray:
-    sigma, delta, iters = [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)][s - 1]
-    k = _scale(x)
+def glass_blur(x: np.ndarray, c: Any, k: float, rng: np.random.Generator) -> np.ndarray:
+    sigma, delta, iters = c
     delta = max(1, int(round(delta * k)))
     x = ndimage.gaussian_filter(x, sigma=(sigma * k, sigma * k, 0))
     h, w = x.shape[:2]
@@ -161,17 +161,16 @@ def glass_blur(x: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray:
 
 
 @_register
-def motion_blur(x: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray:
-    radius, sigma = [(10, 1), (10, 1.5), (10, 2), (10, 2.5), (12, 3)][s - 1]
-    k = _scale(x)
+def motion_blur(x: np.ndarray, c: Any, k: float, rng: np.random.Generator) -> np.ndarray:
+    radius, sigma = c
     # ImageMagick's radius is the kernel extent; the visible smear is set by sigma
     return _line_blur(x, min(radius, 3 * sigma) * k, sigma * k, rng.uniform(-45, 45))
 
 
 @_register
-def zoom_blur(x: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray:
-    top = [1.06, 1.11, 1.16, 1.21, 1.26][s - 1]
-    factors = np.arange(1, top, 0.01)  # includes 1.0, as in the reference: (x + sum of zooms) / (n + 1)
+def zoom_blur(x: np.ndarray, c: Any, k: float, rng: np.random.Generator) -> np.ndarray:
+    top, step = c
+    factors = np.arange(1, top, step)  # includes 1.0, as in the reference: (x + sum of zooms) / (n + 1)
     out = x.copy()
     for f in factors:
         out += x if f == 1 else _clipped_zoom(x, float(f))
@@ -180,19 +179,12 @@ def zoom_blur(x: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray:
 
 # ---- weather ------------------------------------------------------------------------------------
 @_register
-def snow(x: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray:
-    loc, scale, zoom, thresh, radius, sigma, blend = [
-        (0.1, 0.2, 1, 0.6, 8, 3, 0.95),
-        (0.1, 0.2, 1, 0.5, 10, 4, 0.9),
-        (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
-        (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
-        (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8),
-    ][s - 1]
+def snow(x: np.ndarray, c: Any, k: float, rng: np.random.Generator) -> np.ndarray:
+    loc, scale, zoom, thresh, radius, sigma, blend = c
     h, w = x.shape[:2]
     layer = rng.normal(size=(h, w), loc=loc, scale=scale)
     layer = _clipped_zoom(layer, zoom)
     layer[layer < thresh] = 0
-    k = _scale(x)
     layer = _line_blur(np.clip(layer, 0, 1), min(radius, 3 * sigma) * k, sigma * k, rng.uniform(-135, -45))
     gray = (x @ np.array([0.299, 0.587, 0.114]))[..., None]
     x = blend * x + (1 - blend) * np.maximum(x, gray * 1.5 + 0.5)
@@ -210,14 +202,14 @@ def _frost_texture(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
 
 
 @_register
-def frost(x: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray:
-    a, b = [(1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)][s - 1]
+def frost(x: np.ndarray, c: Any, k: float, rng: np.random.Generator) -> np.ndarray:
+    a, b = c
     return a * x + b * _frost_texture(x.shape[0], x.shape[1], rng)
 
 
 @_register
-def fog(x: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray:
-    a, decay = [(0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)][s - 1]
+def fog(x: np.ndarray, c: Any, k: float, rng: np.random.Generator) -> np.ndarray:
+    a, decay = c
     h, w = x.shape[:2]
     size = 1 << int(np.ceil(np.log2(max(h, w, 8))))
     top = x.max()
@@ -227,29 +219,21 @@ def fog(x: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray:
 
 # ---- digital ------------------------------------------------------------------------------------
 @_register
-def brightness(x: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray:
-    c = [0.05, 0.1, 0.15, 0.2, 0.3][s - 1]
+def brightness(x: np.ndarray, c: Any, k: float, rng: np.random.Generator) -> np.ndarray:
     hsv = rgb_to_hsv(np.clip(x, 0, 1))
     hsv[..., 2] = np.clip(hsv[..., 2] + c, 0, 1)
     return hsv_to_rgb(hsv)
 
 
 @_register
-def contrast(x: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray:
-    c = [0.75, 0.5, 0.4, 0.3, 0.15][s - 1]
+def contrast(x: np.ndarray, c: Any, k: float, rng: np.random.Generator) -> np.ndarray:
     means = x.mean(axis=(0, 1), keepdims=True)
     return (x - means) * c + means
 
 
 @_register
-def elastic_transform(x: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray:
-    alpha, sigma, affine = [
-        (0, 0, 0.08),
-        (0.05, 0.2, 0.07),
-        (0.08, 0.06, 0.06),
-        (0.1, 0.04, 0.05),
-        (0.1, 0.03, 0.03),
-    ][s - 1]
+def elastic_transform(x: np.ndarray, c: Any, k: float, rng: np.random.Generator) -> np.ndarray:
+    alpha, sigma, affine = c  # fractions of the side
     h, w = x.shape[:2]
     side = min(h, w)
     # random affine as in the reference: three points at the centre +- side//3 jittered by up to affine*side
@@ -267,16 +251,15 @@ def elastic_transform(x: np.ndarray, s: int, rng: np.random.Generator) -> np.nda
 
 
 @_register
-def pixelate(x: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray:
-    c = [0.95, 0.9, 0.85, 0.75, 0.65][s - 1]
+def pixelate(x: np.ndarray, c: Any, k: float, rng: np.random.Generator) -> np.ndarray:
     h, w = x.shape[:2]
     im = _to_uint8_pil(x).resize((max(1, int(w * c)), max(1, int(h * c))), Image.BOX)
     return _from_pil(im.resize((w, h), Image.BOX))
 
 
 @_register
-def jpeg_compression(x: np.ndarray, s: int, rng: np.random.Generator) -> np.ndarray:
-    quality = [80, 65, 58, 50, 40][s - 1]
+def jpeg_compression(x: np.ndarray, c: Any, k: float, rng: np.random.Generator) -> np.ndarray:
+    quality = c
     buf = io.BytesIO()
     _to_uint8_pil(x).save(buf, format="JPEG", quality=quality)
     buf.seek(0)
@@ -292,19 +275,71 @@ CORRUPTIONS: tuple[str, ...] = (
 )  # fmt: skip
 assert set(CORRUPTIONS) == set(_REGISTRY)
 
+# Per strength, per corruption: the constants of severities 1..5, as in the reference scripts.
+TABLES: dict[str, dict[str, list[Any]]] = {
+    "cifar10c": {  # make_cifar_c.py
+        "gaussian_noise": [0.04, 0.06, 0.08, 0.09, 0.10],
+        "shot_noise": [500, 250, 100, 75, 50],
+        "impulse_noise": [0.01, 0.02, 0.03, 0.05, 0.07],
+        "defocus_blur": [(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)],
+        "glass_blur": [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)],
+        "motion_blur": [(10, 1), (10, 1.5), (10, 2), (10, 2.5), (12, 3)],
+        "zoom_blur": [(1.06, 0.01), (1.11, 0.01), (1.16, 0.01), (1.21, 0.01), (1.26, 0.01)],
+        "snow": [(0.1, 0.2, 1, 0.6, 8, 3, 0.95), (0.1, 0.2, 1, 0.5, 10, 4, 0.9), (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+                 (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85), (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8)],
+        "frost": [(1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)],
+        "fog": [(0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)],
+        "brightness": [0.05, 0.1, 0.15, 0.2, 0.3],
+        "contrast": [0.75, 0.5, 0.4, 0.3, 0.15],
+        "elastic_transform": [(0, 0, 0.08), (0.05, 0.2, 0.07), (0.08, 0.06, 0.06), (0.1, 0.04, 0.05),
+                              (0.1, 0.03, 0.03)],
+        "pixelate": [0.95, 0.9, 0.85, 0.75, 0.65],
+        "jpeg_compression": [80, 65, 58, 50, 40],
+    },
+    "imagenetc": {  # make_imagenet_c.py
+        "gaussian_noise": [0.08, 0.12, 0.18, 0.26, 0.38],
+        "shot_noise": [60, 25, 12, 5, 3],
+        "impulse_noise": [0.03, 0.06, 0.09, 0.17, 0.27],
+        "defocus_blur": [(3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5)],
+        "glass_blur": [(0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2)],
+        "motion_blur": [(10, 3), (15, 5), (15, 8), (15, 12), (20, 15)],
+        "zoom_blur": [(1.11, 0.01), (1.16, 0.01), (1.21, 0.02), (1.26, 0.02), (1.31, 0.03)],
+        "snow": [(0.1, 0.3, 3, 0.5, 10, 4, 0.8), (0.2, 0.3, 2, 0.5, 12, 4, 0.7), (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
+                 (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65), (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55)],
+        "frost": [(1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75)],
+        "fog": [(1.5, 2), (2, 2), (2.5, 1.7), (2.5, 1.5), (3, 1.4)],
+        "brightness": [0.1, 0.2, 0.3, 0.4, 0.5],
+        "contrast": [0.4, 0.3, 0.2, 0.1, 0.05],
+        # the reference gives these in pixels as multiples of 244 on a 224 image ("244 should have been
+        # 224"): as fractions of the side, the multiples times 244 / 224
+        "elastic_transform": [tuple(v * 244 / 224 for v in row) for row in
+                              [(2, 0.7, 0.1), (2, 0.08, 0.2), (0.05, 0.01, 0.02), (0.07, 0.01, 0.02), (0.12, 0.01, 0.02)]],
+        "pixelate": [0.6, 0.5, 0.4, 0.3, 0.25],
+        "jpeg_compression": [25, 18, 15, 10, 7],
+    },
+}
+STRENGTHS: tuple[str, ...] = tuple(TABLES)
+SIDES = {"cifar10c": 32.0, "imagenetc": 224.0}  # the image side each table was made for
+assert all(set(t) == set(CORRUPTIONS) and all(len(v) == 5 for v in t.values()) for t in TABLES.values())
 
-def corrupt(image: torch.Tensor, name: str, severity: int, rng: np.random.Generator | int = 0) -> torch.Tensor:
+
+def corrupt(image: torch.Tensor, name: str, severity: int, rng: np.random.Generator | int = 0,
+            strength: str = "cifar10c") -> torch.Tensor:
     """Apply corruption ``name`` at ``severity`` (1..5) to a (3, H, W) float [0, 1] tensor.
 
+    ``strength``: whose constants (:data:`STRENGTHS`: ``cifar10c`` or ``imagenetc``).
     ``rng`` is a numpy Generator or an int seed; the same seed gives the same output.
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown corruption {name!r}; choose from {', '.join(CORRUPTIONS)}")
     if not 1 <= severity <= 5:
         raise ValueError(f"severity must be 1..5, got {severity}")
+    if strength not in TABLES:
+        raise ValueError(f"unknown corruption strength {strength!r}; choose from {', '.join(STRENGTHS)}")
     if not isinstance(rng, np.random.Generator):
         rng = np.random.default_rng(rng)
     x = image.detach().cpu().permute(1, 2, 0).numpy().astype(np.float64)
-    out = _REGISTRY[name](x, severity, rng)
+    k = min(x.shape[:2]) / SIDES[strength]
+    out = _REGISTRY[name](x, TABLES[strength][name][severity - 1], k, rng)
     out = np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
     return torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1).to(image.dtype)

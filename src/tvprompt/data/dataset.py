@@ -44,6 +44,7 @@ class TaskDataset(torch.utils.data.Dataset):
         seed: int = 0,
         corruption: str | None = None,
         severity: int = 0,
+        corruption_strength: str = "cifar10c",
         choices: list[str] | None = None,
     ) -> None:
         self.spec = spec
@@ -53,6 +54,7 @@ class TaskDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.corruption = corruption
         self.severity = severity
+        self.corruption_strength = corruption_strength
         self.choices = choices if choices is not None else spec.choices
 
     def __len__(self) -> int:
@@ -71,7 +73,7 @@ class TaskDataset(torch.utils.data.Dataset):
             from .corruptions import corrupt
 
             rng = np.random.default_rng([self.seed, index, 0xC0])
-            image = corrupt(image, self.corruption, self.severity, rng)
+            image = corrupt(image, self.corruption, self.severity, rng, self.corruption_strength)
         return image
 
     def __getitem__(self, index: int) -> Sample:
@@ -134,6 +136,7 @@ def open_dataset(
     val_fraction: float = 0.1,
     corruption: str | None = None,
     severity: int = 0,
+    corruption_strength: str = "cifar10c",
     format: str | None = None,
     format_options: dict[str, Any] | None = None,
     download: bool = False,
@@ -145,6 +148,8 @@ def open_dataset(
     train). Where train and test name one pool, a fixed-seed stratified ``spec.holdout`` share
     of it is test. ``fraction`` < 1 keeps a stratified seeded share (at least one per class).
     ``format_options`` override the task's reader options (e.g. ``{"image_dir": "/coco/val2014"}``).
+    ``corruption`` / ``severity`` / ``corruption_strength`` (``cifar10c`` or ``imagenetc`` constants):
+    see :mod:`tvprompt.data.corruptions`.
     """
     spec = load_task(spec)
     if split not in SPLITS:
@@ -154,8 +159,10 @@ def open_dataset(
     if not 0.0 < val_fraction < 1.0:
         raise UsageError(f"val_fraction must be in (0, 1), got {val_fraction}")
     if corruption:
-        from .corruptions import CORRUPTIONS
+        from .corruptions import CORRUPTIONS, STRENGTHS
 
+        if corruption_strength not in STRENGTHS:
+            raise UsageError(f"unknown corruption strength {corruption_strength!r}; choose from {', '.join(STRENGTHS)}")
         if corruption not in CORRUPTIONS:
             raise UsageError(f"unknown corruption {corruption!r}; choose from {', '.join(CORRUPTIONS)}")
         if not 1 <= severity <= 5:
@@ -222,7 +229,7 @@ def open_dataset(
         spec = dataclasses.replace(spec, choices=list(choices), classes=None, refine_choices=False)
     log.info("%s: %s split %s, %d samples", spec.name, source, split, len(samples))
     return TaskDataset(spec, samples, split=split, source=source, seed=seed, corruption=corruption,
-                       severity=severity, choices=choices)  # fmt: skip
+                       severity=severity, corruption_strength=corruption_strength, choices=choices)  # fmt: skip
 
 
 def _dataset_choices(

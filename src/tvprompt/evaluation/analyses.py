@@ -14,15 +14,21 @@ Training goes through one function, :func:`train_prompt` (replaceable: every ana
 ``trainer=``); each trained prompt is reused on a rerun when its recipe is unchanged, and the
 evaluations resume cell by cell, so an interrupted analysis continues where it stopped.
 Every analysis has a reduced mode (``reduced=True``; ``--reduced``) that runs a small grid.
+
+Under ``accelerate launch`` one analysis joins the process group once (``world=``, else
+:func:`~tvprompt.training.distributed.init_world`) and hands it to every training run and evaluation
+it makes, which shard their work over the processes; the main process writes the reports.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +37,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..files import write_text_atomic
+from ..training.distributed import World, init_world
 from .evaluate import Backends, EvalSetup, evaluate, slug, versions
 from .report import bar_chart, fmt_delta, line_chart, markdown_table
 
@@ -76,10 +83,12 @@ class TrainRecipe:
 Trainer = Callable[[TrainRecipe, Path], Path]
 
 
-def train_prompt(recipe: TrainRecipe, output: Path, runtime: dict[str, Any] | None = None) -> Path:
+def train_prompt(recipe: TrainRecipe, output: Path, runtime: dict[str, Any] | None = None,
+                 world: World | None = None) -> Path:
     """Train one prompt with the project trainer into ``output``; returns the prompt directory.
 
-    ``runtime``: TrainConfig runtime fields (device, dtype, ...) that do not change the recipe."""
+    ``runtime``: TrainConfig runtime fields (device, dtype, ...) that do not change the recipe.
+    ``world``: the processes to train with (default: the trainer joins and leaves its own)."""
     from ..training.config import resolve_config
     from ..training.loop import train
 
@@ -97,26 +106,59 @@ def train_prompt(recipe: TrainRecipe, output: Path, runtime: dict[str, Any] | No
         train_set = open_dataset(spec, recipe.data, cfg.train_split, seed=recipe.seed, fraction=recipe.fraction)
         if cfg.val_split:
             val_set = open_dataset(spec, recipe.data, cfg.val_split, seed=recipe.seed)
-    train(cfg, spec=spec, train_set=train_set, val_set=val_set)
+    train(cfg, spec=spec, train_set=train_set, val_set=val_set, world=world)
     return output / "prompt"
 
 
-def trained(recipe: TrainRecipe, output: Path, trainer: Trainer) -> Path:
+@contextmanager
+def _joined(world: World | None) -> Iterator[World]:
+    """The processes of one analysis: ``world``, else joined here once and left at the end (joining
+    and leaving per evaluation breaks a launched run at its second evaluation)."""
+    if world is not None:
+        yield world
+        return
+    world = init_world()
+    try:
+        yield world
+    finally:
+        world.close()
+
+
+def _in_world(trainer: Trainer, world: World) -> Trainer:
+    """The project trainer bound to the analysis's processes (other trainers are called as given)."""
+    if trainer is train_prompt:
+        return functools.partial(train_prompt, world=world)
+    if isinstance(trainer, functools.partial) and trainer.func is train_prompt and "world" not in trainer.keywords:
+        return functools.partial(trainer, world=world)
+    return trainer
+
+
+def trained(recipe: TrainRecipe, output: Path, trainer: Trainer, world: World | None = None) -> Path:
     """``trainer(recipe, output)`` unless ``output`` already holds a prompt made from the same recipe.
 
     A folder holding anything else (another recipe, an interrupted run) is cleared and trained afresh.
+    Under several processes every process trains (the trainer shards the batches) and the main one
+    clears the folder and writes the stamp.
     """
+    world = world or World()
     stamp = output / "recipe.json"
     wanted = json.dumps(dataclasses.asdict(recipe), sort_keys=True)
     prompt_dir = output / "prompt"
-    if stamp.is_file() and stamp.read_text() == wanted and prompt_dir.is_dir():
+    reuse = stamp.is_file() and stamp.read_text() == wanted and prompt_dir.is_dir()
+    world.barrier()  # every process has looked before the main one clears
+    if reuse:
         log.info("reusing %s (same recipe)", prompt_dir)
         return prompt_dir
-    if output.exists():
-        shutil.rmtree(output)
-    output.mkdir(parents=True)
+    if world.is_main:
+        if output.exists():
+            shutil.rmtree(output)
+        output.mkdir(parents=True)
+    world.barrier()
     result = Path(trainer(recipe, output))
-    write_text_atomic(stamp, wanted)
+    world.barrier()  # the main process has written the prompt
+    if world.is_main:
+        write_text_atomic(stamp, wanted)
+    world.barrier()
     return result
 
 
@@ -135,9 +177,13 @@ def _delta_rows(results: dict[str, Any], labels: dict[str, str]) -> tuple[list[s
 
 
 def write_analysis(output: Path, name: str, doc: dict[str, Any], header: Sequence[str],
-                   rows: Sequence[Sequence[Any]], plot: Callable[[Path], Path], note: str = "") -> dict[str, Any]:
-    """NAME.json (the document), NAME.md (a table) and NAME.png (``plot``) in ``output``."""
+                   rows: Sequence[Sequence[Any]], plot: Callable[[Path], Path], note: str = "",
+                   world: World | None = None) -> dict[str, Any]:
+    """NAME.json (the document), NAME.md (a table) and NAME.png (``plot``) in ``output``, written by the
+    main process (the others return the same document)."""
     doc = {"analysis": name, **doc, "versions": versions()}
+    if world is not None and not world.is_main:
+        return doc
     write_text_atomic(output / f"{name}.json", json.dumps(doc, indent=2, default=str) + "\n")
     title = f"# {name}: {doc.get('title', '')}\n\n" + (f"{note}\n\n" if note else "")
     write_text_atomic(output / f"{name}.md", title + markdown_table(header, rows) + f"\n![{name}]({name}.png)\n")
@@ -153,13 +199,21 @@ def _model_header(results: dict[str, Any]) -> list[str]:
 
 def _sweep(name: str, title: str, variants: dict[str, TrainRecipe], targets: Sequence[str], setup: EvalSetup,
            output: Path, trainer: Trainer, backends: Backends | None, xs: Sequence[float] | None = None,
-           xlabel: str = "", logx: bool = False, reduced: bool = False) -> dict[str, Any]:
-    output = Path(output)
+           xlabel: str = "", logx: bool = False, reduced: bool = False, world: World | None = None) -> dict[str, Any]:
+    with _joined(world) as world:
+        return _sweep_in(name, title, variants, targets, setup, Path(output), trainer, backends, xs, xlabel, logx,
+                         reduced, world)
+
+
+def _sweep_in(name: str, title: str, variants: dict[str, TrainRecipe], targets: Sequence[str], setup: EvalSetup,
+              output: Path, trainer: Trainer, backends: Backends | None, xs: Sequence[float] | None, xlabel: str,
+              logx: bool, reduced: bool, world: World) -> dict[str, Any]:
     if reduced:
         variants = {k: _reduced(r) for k, r in variants.items()}
-    dirs = [trained(r, output / "train" / slug(label), trainer) for label, r in variants.items()]
+    trainer = _in_world(trainer, world)
+    dirs = [trained(r, output / "train" / slug(label), trainer, world) for label, r in variants.items()]
     names = [f"{name}-{slug(label)}" for label in variants]
-    results = evaluate(dirs, targets, setup, output / "eval", backends=backends, names=names)
+    results = evaluate(dirs, targets, setup, output / "eval", backends=backends, names=names, world=world)
     models, rows = _delta_rows(results, dict(zip(names, variants, strict=True)))
     metric = results["primary_metric"]
     table = [[r["label"], *(fmt_delta(r["delta"][m]) for m in models), fmt_delta(r["avg_delta"])] for r in rows]
@@ -183,12 +237,13 @@ def _sweep(name: str, title: str, variants: dict[str, TrainRecipe], targets: Seq
     if xs is not None:
         doc["x"] = list(xs)
     note = f"Δ = prompted − clean {metric} in points on `{setup.split}`, evaluated on {', '.join(targets)}."
-    return write_analysis(output, name, doc, header, table, plot, note)
+    return write_analysis(output, name, doc, header, table, plot, note, world)
 
 
 # ------------------------------------------------------------------ analyses
 def ablation(base: TrainRecipe, targets: Sequence[str], setup: EvalSetup, output: str | Path, *,
-             trainer: Trainer = train_prompt, backends: Backends | None = None, reduced: bool = False) -> dict[str, Any]:
+             trainer: Trainer = train_prompt, backends: Backends | None = None, reduced: bool = False,
+             world: World | None = None) -> dict[str, Any]:
     """Tab. 2: the same training with FCA and TSE switched on and off (weights from ``base``, else tvp's)."""
     if base.guide is None:
         raise UsageError("the ablation trains TSE variants: pass --guide MODEL (a CLIP-like model)")
@@ -197,28 +252,28 @@ def ablation(base: TrainRecipe, targets: Sequence[str], setup: EvalSetup, output
     variants = {label: dataclasses.replace(base, fca=fca if f else 0.0, tse=tse if t else 0.0)
                 for label, (f, t) in ABLATION.items()}
     return _sweep("ablation", "FCA / TSE ablation", variants, targets, setup, Path(output), trainer, backends,
-                  reduced=reduced)
+                  reduced=reduced, world=world)
 
 
 def width_sweep(base: TrainRecipe, targets: Sequence[str], setup: EvalSetup, output: str | Path, *,
                 widths: Sequence[int] | None = None, trainer: Trainer = train_prompt,
-                backends: Backends | None = None, reduced: bool = False) -> dict[str, Any]:
+                backends: Backends | None = None, reduced: bool = False, world: World | None = None) -> dict[str, Any]:
     """Tab. 3: prompt width p."""
     widths = list(widths or ((min(WIDTHS), base.width) if reduced else WIDTHS))
     widths = sorted(set(widths))
     variants = {f"p={w}": dataclasses.replace(base, width=w) for w in widths}
     return _sweep("width", "prompt width", variants, targets, setup, Path(output), trainer, backends,
-                  xs=widths, xlabel="prompt width p (pixels)", reduced=reduced)
+                  xs=widths, xlabel="prompt width p (pixels)", reduced=reduced, world=world)
 
 
 def data_scale(base: TrainRecipe, targets: Sequence[str], setup: EvalSetup, output: str | Path, *,
                fractions: Sequence[float] | None = None, trainer: Trainer = train_prompt,
-               backends: Backends | None = None, reduced: bool = False) -> dict[str, Any]:
+               backends: Backends | None = None, reduced: bool = False, world: World | None = None) -> dict[str, Any]:
     """Fig. 5: fraction of the training data."""
     fractions = sorted(set(fractions or ((0.1, 1.0) if reduced else FRACTIONS)))
     variants = {f"{100 * f:g}%": dataclasses.replace(base, fraction=f) for f in fractions}
     return _sweep("data_scale", "training data scale", variants, targets, setup, Path(output), trainer, backends,
-                  xs=[100 * f for f in fractions], xlabel="training data (%)", logx=True, reduced=reduced)
+                  xs=[100 * f for f in fractions], xlabel="training data (%)", logx=True, reduced=reduced, world=world)
 
 
 def _reduced(recipe: TrainRecipe) -> TrainRecipe:
@@ -227,28 +282,34 @@ def _reduced(recipe: TrainRecipe) -> TrainRecipe:
 
 
 def _prompt_or_train(prompt: str | Path | None, base: TrainRecipe | None, output: Path, trainer: Trainer,
-                     reduced: bool) -> Path:
+                     reduced: bool, world: World) -> Path:
     if prompt is not None:
         return Path(prompt)
     if base is None:
         raise UsageError("give --prompt DIR, or --source/--train-data to train one")
-    return trained(_reduced(base) if reduced else base, output / "train" / "prompt", trainer)
+    return trained(_reduced(base) if reduced else base, output / "train" / "prompt", _in_world(trainer, world), world)
 
 
 def cross_dataset(eval_sets: Sequence[tuple[str, str]], targets: Sequence[str], setup: EvalSetup,
                   output: str | Path, *, prompt: str | Path | None = None, base: TrainRecipe | None = None,
                   trainer: Trainer = train_prompt, backends: Backends | None = None,
-                  reduced: bool = False) -> dict[str, Any]:
+                  reduced: bool = False, world: World | None = None) -> dict[str, Any]:
     """Tab. 4: one prompt (given, or trained from ``base``) evaluated on other datasets of the same kind."""
     if not eval_sets:
         raise UsageError("give at least one --eval TASK=PATH")
-    output = Path(output)
-    pdir = _prompt_or_train(prompt, base, output, trainer, reduced)
+    with _joined(world) as world:
+        return _cross_dataset(eval_sets, targets, setup, Path(output), prompt, base, trainer, backends, reduced, world)
+
+
+def _cross_dataset(eval_sets: Sequence[tuple[str, str]], targets: Sequence[str], setup: EvalSetup, output: Path,
+                   prompt: str | Path | None, base: TrainRecipe | None, trainer: Trainer, backends: Backends | None,
+                   reduced: bool, world: World) -> dict[str, Any]:
+    pdir = _prompt_or_train(prompt, base, output, trainer, reduced, world)
     rows, metric, header = [], "", []
     for task, data in eval_sets:
         s = dataclasses.replace(setup, task=task, data=data)
         res = evaluate([pdir], targets, s, output / "eval" / slug(f"{task}-{Path(data).name}"), backends=backends,
-                       names=["prompt"])
+                       names=["prompt"], world=world)
         models, (row,) = _delta_rows(res, {"prompt": f"{task} ({Path(data).name})"})
         metric, header = res["primary_metric"], _model_header(res)
         row["clean"] = {m: res["clean"][m].get(metric) for m in models}
@@ -262,24 +323,32 @@ def cross_dataset(eval_sets: Sequence[tuple[str, str]], targets: Sequence[str], 
     doc = {"title": "cross-dataset transfer", "prompt": str(pdir), "primary_metric": metric, "reduced": reduced,
            "models": list(targets), "rows": rows, "recipe": dataclasses.asdict(base) if base and prompt is None else None}
     return write_analysis(output, "cross_dataset", doc, ["evaluated on", *header, "avg Δ"], table, plot,
-                          "Δ = prompted − clean, in points, of each dataset's primary metric.")
+                          "Δ = prompted − clean, in points, of each dataset's primary metric.", world)
 
 
 def corruption(targets: Sequence[str], setup: EvalSetup, output: str | Path, *, prompt: str | Path | None = None,
                base: TrainRecipe | None = None, corruptions: Sequence[str] | None = None,
                severities: Sequence[int] | None = None, trainer: Trainer = train_prompt,
-               backends: Backends | None = None, reduced: bool = False) -> dict[str, Any]:
+               backends: Backends | None = None, reduced: bool = False, world: World | None = None) -> dict[str, Any]:
     """Tab. 9: mean Δ over models for every corruption × severity of the evaluation images."""
-    output = Path(output)
     corruptions = list(corruptions or (CORRUPTIONS[:2] if reduced else CORRUPTIONS))
     severities = list(severities or ((3,) if reduced else SEVERITIES))
-    pdir = _prompt_or_train(prompt, base, output, trainer, reduced)
+    with _joined(world) as world:
+        return _corruption(targets, setup, Path(output), prompt, base, corruptions, severities, trainer, backends,
+                           reduced, world)
+
+
+def _corruption(targets: Sequence[str], setup: EvalSetup, output: Path, prompt: str | Path | None,
+                base: TrainRecipe | None, corruptions: list[str], severities: list[int], trainer: Trainer,
+                backends: Backends | None, reduced: bool, world: World) -> dict[str, Any]:
+    pdir = _prompt_or_train(prompt, base, output, trainer, reduced, world)
     grid: dict[str, dict[int, dict[str, Any]]] = {}
     metric = ""
     for c in corruptions:
         for s in severities:
             es = dataclasses.replace(setup, corruption=c, severity=s)
-            res = evaluate([pdir], targets, es, output / "eval" / f"{slug(c)}-{s}", backends=backends, names=["prompt"])
+            res = evaluate([pdir], targets, es, output / "eval" / f"{slug(c)}-{s}", backends=backends, names=["prompt"],
+                           world=world)
             models, (row,) = _delta_rows(res, {"prompt": f"{c}/{s}"})
             metric = res["primary_metric"]
             row["clean"] = {m: res["clean"][m].get(metric) for m in models}
@@ -296,7 +365,10 @@ def corruption(targets: Sequence[str], setup: EvalSetup, output: str | Path, *, 
 
     doc = {"title": "corruption robustness", "prompt": str(pdir), "primary_metric": metric, "reduced": reduced,
            "models": list(targets), "corruptions": corruptions, "severities": severities,
+           "strength": setup.corruption_strength,
            "grid": {c: {str(s): v for s, v in d.items()} for c, d in grid.items()}, "mean_delta": means,
            "overall_mean_delta": overall}
     return write_analysis(output, "corruption", doc, ["corruption", *(f"sev {s}" for s in severities), "mean"],
-                          table, plot, f"Mean over models of Δ {metric} (points) on corrupted `{setup.split}` images.")
+                          table, plot, f"Mean over models of Δ {metric} (points) on corrupted `{setup.split}` images "
+                          f"({setup.corruption_strength} constants).",
+                          world)

@@ -64,6 +64,7 @@ class EvalSetup:
     image_size: int | None = None  # default: the first prompt's height, else 224
     corruption: str | None = None
     severity: int | None = None
+    corruption_strength: str = "cifar10c"  # whose constants: cifar10c or imagenetc (tvprompt.data.corruptions)
     tsne: bool = False
     tsne_samples: int = 256
     num_workers: int | None = None  # image-decoding workers (default: up to 4 on a GPU, 0 on a CPU)
@@ -76,6 +77,10 @@ class EvalSetup:
             raise UsageError(f"--batch-size: {self.batch_size} must be >= 1")
         if self.num_workers is not None and self.num_workers < 0:
             raise UsageError(f"--num-workers: {self.num_workers} must be >= 0")
+        from ..data.corruptions import STRENGTHS
+
+        if self.corruption_strength not in STRENGTHS:
+            raise UsageError(f"--corruption-strength: {self.corruption_strength!r} is not one of {', '.join(STRENGTHS)}")
 
 
 @dataclass
@@ -385,7 +390,8 @@ def _evaluate(prompts: Sequence[str | Path], models: Sequence[str], setup: EvalS
     spec = backends.load_task(setup.task)
     kwargs: dict[str, Any] = {"seed": setup.seed}
     if setup.corruption:
-        kwargs.update(corruption=setup.corruption, severity=setup.severity or 3)
+        kwargs.update(corruption=setup.corruption, severity=setup.severity or 3,
+                      corruption_strength=setup.corruption_strength)
     dataset = backends.open_dataset(spec, setup.data, setup.split, **kwargs)
     if len(dataset) == 0:
         raise TvpError(f"{setup.data}: split {setup.split!r} holds no samples")

@@ -73,7 +73,10 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 
 @dataclass
 class TrainConfig:
-    """A training run. Build with :func:`resolve_config` (preset -> file -> flags) or directly."""
+    """A training run. Build it with :meth:`from_preset` (``TrainConfig.from_preset("vp", lr=30)``, what
+    ``tvp train --method vp --lr 30`` runs) or :func:`resolve_config` (preset -> file -> flags). Built
+    directly, the defaults are tvp's whatever ``method`` says; :func:`~tvprompt.training.loop.train`
+    refuses such a vp / evp config (:func:`unapplied_preset`)."""
 
     method: str = _f("tvp", "vp | evp | tvp: the preset the other defaults come from")
     preset: str | None = _f(None, "a named recipe over the method's preset: released (the released TVP code)")
@@ -222,6 +225,17 @@ class TrainConfig:
         if self.source_devices and len(self.source_devices) != len(self.sources):
             raise bad("source_devices", f"{len(self.source_devices)} devices for {len(self.sources)} sources")
 
+    @classmethod
+    def from_preset(cls, method: str = "tvp", *, preset: str | None = None, **overrides: Any) -> TrainConfig:
+        """The config ``tvp train --method METHOD [--preset PRESET] --OPTION VALUE ...`` runs: the method's
+        preset, then the named recipe, then ``overrides`` (field names, as in a YAML config; None is a value)."""
+        values = normalise_keys(overrides, "TrainConfig.from_preset")
+        if "method" in values or "preset" in values:
+            raise UsageError("TrainConfig.from_preset: give method and preset as its own arguments")
+        config = dataclasses.replace(resolve_config(method, flags={"preset": preset}), **values)
+        config._preset_applied = True
+        return config
+
     def check_runnable(self) -> None:
         """The fields a real run needs; separate from ``__post_init__`` so partial configs can be built."""
         if not self.sources:
@@ -250,6 +264,15 @@ class TrainConfig:
     def hyperparameters(self) -> dict[str, Any]:
         """The result-affecting fields (what a prompt directory records)."""
         return {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+
+
+def unapplied_preset(config: TrainConfig) -> list[str]:
+    """The fields of a directly built vp / evp config that still hold tvp's defaults where the method's
+    preset says otherwise ([] for a config from :meth:`TrainConfig.from_preset` / :func:`resolve_config`)."""
+    if getattr(config, "_preset_applied", False) or config.method not in PRESETS:
+        return []
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    return [k for k, v in PRESETS[config.method].items() if v != defaults[k] and getattr(config, k) == defaults[k]]
 
 
 def config_keys() -> set[str]:
@@ -349,4 +372,6 @@ def resolve_config(
         values.pop("steps", None)
     values.update(flags)
     values["method"] = method
-    return TrainConfig(**values)
+    config = TrainConfig(**values)
+    config._preset_applied = True  # values equal to tvp's defaults here are the caller's choice
+    return config

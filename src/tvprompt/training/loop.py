@@ -39,6 +39,7 @@ from .config import (
     absolute_paths,
     load_config_file,
     resolve_config,
+    unapplied_preset,
 )
 from .distributed import World, init_world
 from .objective import FcaReferences, Objective, TaskTexts
@@ -99,7 +100,17 @@ def train(
     batch_fn: Callable[..., Iterator[Any]] | None = None,
     world: World | None = None,
 ) -> TrainResult:
-    """Train a prompt. Models, task and data are loaded from ``config`` unless passed in (tests, notebooks)."""
+    """Train a prompt. Models, task and data are loaded from ``config`` unless passed in (tests, notebooks).
+
+    Build ``config`` with :meth:`TrainConfig.from_preset` (or :func:`resolve_config`): a vp / evp config
+    built directly with tvp's defaults is refused before anything is loaded."""
+    stale = [] if resume else unapplied_preset(config)
+    if stale:
+        m = config.method
+        raise UsageError(
+            f"TrainConfig(method={m!r}) built directly keeps tvp's {', '.join(f'{k}={getattr(config, k)!r}' for k in stale)}"
+            f" instead of the {m} preset's: build it with TrainConfig.from_preset({m!r}, ...) (as `tvp train` does)"
+            " or set these fields yourself")
     own_world = world is None
     world = world or init_world()
     run = _set_up(config, world, resume=resume, sources=sources, guide=guide, spec=spec,
