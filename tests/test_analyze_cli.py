@@ -77,3 +77,11 @@ def test_efficiency_refuses_several_processes(tvp, tmp_path, monkeypatch):
     r = tvp("analyze", "efficiency", "--model", "m", "--task", "t", "--data", tmp_path, "--output", tmp_path / "o")
     assert r.returncode == 2 and "without accelerate launch" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_attention_refuses_several_processes(tvp, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    r = tvp("analyze", "attention", "--prompt", tmp_path, "--model", "m", "--task", "t", "--data", tmp_path,
+            "--output", tmp_path / "o")
+    assert r.returncode == 2 and "draws a few images: run it without accelerate launch" in r.stderr
+    assert not (tmp_path / "o").exists()

@@ -135,6 +135,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from ..evaluation.evaluate import Backends, EvalSetup
 
     name = args.analysis
+    if name in ("attention", "efficiency") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from ..errors import UsageError
+
+        why = "draws a few images" if name == "attention" else "times one device"
+        raise UsageError(f"tvp analyze {name} {why}: run it without accelerate launch")
     if name == "attention":
         from ..evaluation.attention import attention_figure
 
@@ -148,11 +153,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     options = load_options(args)
     backends = Backends.default(**options)
     if name == "efficiency":
-        from ..errors import UsageError
         from ..evaluation.efficiency import efficiency
-
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise UsageError("tvp analyze efficiency times one device: run it without accelerate launch")
 
         kw = {k: getattr(args, k) for k in ("batch_size", "steps", "width", "image_size", "lora_rank", "seed")}
         if args.reduced:
