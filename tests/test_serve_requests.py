@@ -226,3 +226,16 @@ def test_a_job_on_an_upload_runs_the_real_trainer_on_a_zoo_model(tmp_path, one_t
         refused = client.post("/jobs", headers=client.tokens["alice"], json={
             "method": "evp", "sources": ["hf:someone/else"], "dataset_id": ds["id"]})
         assert refused.status_code == 422 and "not offered by this server" in refused.json()["detail"]
+
+
+def test_the_upload_route_has_its_body_limit_before_the_body_is_read(served):
+    from tvprompt.serve.guard import route_limit
+
+    settings = served.app.state.ctx.settings
+    assert route_limit("upload_dataset", settings) == (settings.max_upload_bytes + 64 * 1024,
+                                                        "upload is over the limit of 1048576 bytes")
+    # an anonymous upload is refused before its body counts; a declared length over the limit, before it is read
+    assert served.post("/datasets", content=b"x" * 10, headers={"Content-Type": "multipart/form-data; boundary=b"}).status_code == 401
+    r = served.post("/datasets", content=b"x" * 10, headers={**served.tokens["alice"], "Content-Length": str(2 * MiB),
+                                                             "Content-Type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 413 and r.json()["detail"] == "upload is over the limit of 1048576 bytes"
