@@ -239,3 +239,20 @@ def test_the_upload_route_has_its_body_limit_before_the_body_is_read(served):
     r = served.post("/datasets", content=b"x" * 10, headers={**served.tokens["alice"], "Content-Length": str(2 * MiB),
                                                              "Content-Type": "multipart/form-data; boundary=b"})
     assert r.status_code == 413 and r.json()["detail"] == "upload is over the limit of 1048576 bytes"
+
+
+def test_the_python_client_uploads_trains_and_deletes(served):
+    from tvprompt.client import PromptClient, ServiceError
+
+    with PromptClient("http://testserver") as client:
+        client._http = TestClient(served.app, headers=served.tokens["alice"])  # the app in-process, alice's token
+        ds = client.upload_dataset(_manifest_zip(4), "client-set", instruction="Colour? {choices}", choices=["red", "blue"])
+        assert ds["choices"] == ["red", "blue"] and ds["instruction"] == "Colour? {choices}"
+        assert ds["id"] in {d["id"] for d in client.datasets()}
+        job = client.submit_job(method="vp", sources=["zoo:a"], dataset_id=ds["id"], steps=2)
+        done = client.wait_job(job["id"], timeout=60, poll_s=0.1)
+        assert done["state"] == "succeeded" and client.get(done["prompt_id"])["name"] == "client-set"
+        client.delete_dataset(ds["id"])
+        with pytest.raises(ServiceError) as err:
+            client.delete_dataset(ds["id"])
+        assert err.value.status == 404
