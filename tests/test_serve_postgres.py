@@ -168,7 +168,7 @@ def test_schemathesis_on_postgresql(pg_url, tmp_path, mode):
     from .test_serve_schemathesis import EXAMPLES, fuzz_target
 
     app, token = fuzz_target(tmp_path, db_url=pg_url)
-    assert fuzz_app(app, token, mode, EXAMPLES) >= 11
+    assert fuzz_app(app, token, mode, EXAMPLES) >= 15
 
 
 def test_uploaded_datasets_and_their_jobs_on_postgresql(pg_url, tmp_path):

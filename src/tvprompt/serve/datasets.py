@@ -350,7 +350,10 @@ class DatasetStore:
         removed = 0
         for path in self.root.iterdir():
             if path.name not in known:
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink()
                 removed += 1
         return removed
 
