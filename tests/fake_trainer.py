@@ -46,8 +46,13 @@ with open(out / "metrics.jsonl", "a") as fh:
         time.sleep(step_s)
         fh.write(json.dumps({"step": step, "total_steps": args.steps, "loss": 1.0 / step}) + "\n")
         fh.flush()
+task = args.task
+if task.endswith(".yaml"):  # an uploaded dataset's task spec: the prompt carries its name
+    import yaml
+
+    task = yaml.safe_load(Path(task).read_text())["name"]
 prompt = VisualPrompt(
-    image_height=32, image_width=32, prompt_width=4, task=args.task, method=args.method, seed=args.seed,
+    image_height=32, image_width=32, prompt_width=4, task=task, method=args.method, seed=args.seed,
     sources=[{"model_id": s} for s in args.source], data={"manifest_lines": n_lines},
     metrics={"val_accuracy": 0.5},
 )

@@ -214,3 +214,39 @@ def test_docs_render_offline_with_authorize(page, server):
     assert all(u.startswith(server.url) or u.startswith(("blob:", "data:")) for u in loaded), loaded
     page.problems[:] = [m for m in page.problems if "cdn.redoc.ly" not in m]
     assert page.problems == []
+
+
+def test_request_a_prompt_for_my_task(page, server, tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "mine.zip", "w") as zf:
+        for label, colour in (("red", (220, 20, 20)), ("blue", (20, 20, 220))):
+            for i in range(4):
+                buf = io.BytesIO()
+                Image.new("RGB", (40, 40), colour).save(buf, format="PNG")
+                zf.writestr(f"{label}/{i}.png", buf.getvalue())
+    page.goto(server.url + "/#/request")
+    assert page.locator("#request").count() == 0  # needs a token
+    page.evaluate(f"sessionStorage.setItem('tvp-token', {server.token!r})")
+    page.reload()
+    page.wait_for_selector("#request")
+    page.set_input_files("#request-file", str(tmp_path / "mine.zip"))
+    page.fill("#request-name", "red-or-blue")
+    page.fill("#request-instruction", "Is this <b>red</b> or blue?")
+    page.select_option("#request-method", "vp")
+    page.fill("#request-models", "zoo:llava-p8")
+    page.fill("#request-steps", "2")
+    page.click("#request-run")
+    page.wait_for_selector("#dataset-list tr")
+    assert "red-or-blue" in page.locator("#dataset-list").inner_text() and "blue, red" in page.locator("#dataset-list").inner_text()
+    page.wait_for_selector("#request-watch .job[data-state='succeeded'], #request-watch .job[data-state='failed']", timeout=240_000)
+    job = page.locator("#request-watch .job")
+    assert job.get_attribute("data-state") == "succeeded", job.inner_text()
+    page.wait_for_selector("#request-result")
+    assert page.locator("#request-result").inner_text().startswith("Validation accuracy: ")
+    with page.expect_download() as download:
+        page.click("#request-download")
+    assert {"prompt_config.json", "prompt.safetensors"} <= set(zipfile.ZipFile(download.value.path()).namelist())
+    page.click("#dataset-list tr:has-text('red-or-blue') button")
+    page.wait_for_selector("#dataset-list:has-text('none yet')")
+    assert page.problems == []

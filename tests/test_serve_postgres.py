@@ -168,4 +168,34 @@ def test_schemathesis_on_postgresql(pg_url, tmp_path, mode):
     from .test_serve_schemathesis import EXAMPLES, fuzz_target
 
     app, token = fuzz_target(tmp_path, db_url=pg_url)
-    assert fuzz_app(app, token, mode, EXAMPLES) >= 11
+    assert fuzz_app(app, token, mode, EXAMPLES) >= 15
+
+
+def test_uploaded_datasets_and_their_jobs_on_postgresql(pg_url, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from tvprompt.serve import Settings, create_app
+    from tvprompt.serve.auth import create_token
+
+    from .service_utils import HERE
+    from .test_serve_requests import _manifest_zip, _wait
+
+    app = create_app(Settings(store_dir=tmp_path / "store", db_url=pg_url,
+                              train_command=[sys.executable, str(HERE / "fake_trainer.py")]))
+    with TestClient(app) as client:
+        sessions = app.state.ctx.sessions
+        client.tokens = {who: {"Authorization": f"Bearer {create_token(sessions, who)[1]}"} for who in ("pg-ann", "pg-ben")}
+        ann, ben = client.tokens["pg-ann"], client.tokens["pg-ben"]
+        r = client.post("/datasets", files={"file": ("s.zip", _manifest_zip(4))}, data={"name": "pg-colours", "choices": "red,blue"},
+                        headers=ann)
+        assert r.status_code == 201, r.text
+        ds = r.json()["id"]
+        assert [d["id"] for d in client.get("/datasets", headers=ann).json()] == [ds]
+        assert client.get(f"/datasets/{ds}", headers=ben).status_code == 404
+        too_long = client.post("/datasets", files={"file": ("s.zip", _manifest_zip(2))}, data={"name": "x" * 65}, headers=ann)
+        assert too_long.status_code in (400, 422)
+        job = client.post("/jobs", json={"method": "vp", "sources": ["zoo:a"], "dataset_id": ds, "steps": 2}, headers=ann).json()
+        done = _wait(client, job["id"], who="pg-ann")
+        assert done["state"] == "succeeded" and client.get(f"/prompts/{done['prompt_id']}").json()["name"] == "pg-colours"
+        assert client.delete(f"/datasets/{ds}", headers=ann).status_code == 204
+        assert client.get("/datasets", headers=ann).json() == []

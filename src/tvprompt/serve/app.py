@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..errors import TvpError
+from .datasets import DatasetLimits, DatasetStore
 from .front import open_host
 from .gate import Gate
 from .guard import RequestGuard
@@ -36,6 +37,7 @@ class Context:
     jobs: JobRunner
     apply_limiter: RateLimiter
     apply_gate: Gate
+    datasets: DatasetStore
 
 
 def status_for(error: TvpError) -> int:
@@ -65,11 +67,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = Registry(sessions, store, settings.archive_limits, settings.max_prompt_pixels, settings.prompt_cache_size)
         registry.sweep()
         app.state.host = open_host(settings, registry)
-        jobs = JobRunner(settings, sessions, registry)
+        datasets = DatasetStore(
+            sessions, settings.datasets_dir,
+            DatasetLimits(settings.max_upload_bytes, settings.max_unpacked_bytes, settings.max_dataset_images,
+                          settings.max_image_pixels),
+            settings.max_datasets_per_owner,
+        )
+        datasets.sweep()
+        jobs = JobRunner(settings, sessions, registry, datasets)
         jobs.start()
         app.state.ctx = Context(
             settings, sessions, registry, jobs, RateLimiter(settings.apply_rate_per_minute, settings.apply_burst),
-            Gate(settings.max_concurrent_applies, settings.max_queued_applies, settings.apply_queue_timeout_s),
+            Gate(settings.max_concurrent_applies, settings.max_queued_applies, settings.apply_queue_timeout_s), datasets,
         )
         log.info("tvprompt service: store %s, db %s", settings.store_dir, engine.url.render_as_string(hide_password=True))
         try:
@@ -88,11 +97,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     from . import docs, web
-    from .routers import ask, health, jobs, prompts
+    from .routers import ask, datasets, health, jobs, prompts
 
     app.include_router(health.router)
     app.include_router(prompts.router)
     app.include_router(jobs.router)
+    app.include_router(datasets.router)
     app.include_router(ask.router)
     app.include_router(web.router)
     docs.install(app)

@@ -80,6 +80,20 @@ class JobRow(Base):
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)  # trainer's process (group) id while running
 
 
+class DatasetRow(Base):
+    """An uploaded training set (files in ``<store>/datasets/<id>``); only its owner sees it."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    images: Mapped[int] = mapped_column(Integer)
+    summary_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[str] = mapped_column(String(40), default=utcnow)
+
+
 def open_engine(url: str) -> Engine:
     """Create the engine and the tables. SQLite files get WAL, a busy timeout and foreign keys."""
     try:

@@ -129,7 +129,7 @@ def route_limit(name: str | None, settings: Any) -> tuple[int, str] | None:
     """(body limit, refusal) of a route that takes an upload; None: the request-wide limits apply."""
     if name in ("apply_prompt", "ask"):
         return settings.max_image_bytes + _FORM_SLACK, f"image is over the limit of {settings.max_image_bytes} bytes"
-    if name == "upload_prompt":
+    if name in ("upload_prompt", "upload_dataset"):
         return settings.max_upload_bytes + _FORM_SLACK, f"upload is over the limit of {settings.max_upload_bytes} bytes"
     return None
 

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import sessionmaker
@@ -31,6 +31,9 @@ from ..errors import TvpError, UsageError
 from ..prompt import CONFIG_NAME
 from .db import JobRow, utcnow
 from .registry import Forbidden, NotFound, Registry, check_name
+
+if TYPE_CHECKING:
+    from .datasets import DatasetStore
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -87,8 +90,12 @@ def find_prompt_dir(output: Path) -> Path | None:
 class JobRunner:
     """Starts queued jobs (up to ``max_concurrent_jobs``), follows them, registers their prompts."""
 
-    def __init__(self, settings: Settings, sessions: sessionmaker, registry: Registry, poll_s: float = 0.2) -> None:
+    def __init__(
+        self, settings: Settings, sessions: sessionmaker, registry: Registry, datasets: DatasetStore | None = None,
+        poll_s: float = 0.2,
+    ) -> None:
         self.settings = settings
+        self.datasets = datasets
         self.sessions = sessions
         self.registry = registry
         self.poll_s = poll_s
@@ -135,10 +142,13 @@ class JobRunner:
             check_model_id(src, s.allowed_models, "source")
         if request.get("guide") is not None:
             check_model_id(request["guide"], s.allowed_models, "guide")
-        task = request.get("task")
-        if not isinstance(task, str) or not _TASK_RE.match(task):
-            raise UsageError(f"task {task!r}: give a task name (letters, digits, '_', '.', '-')")
-        resolve_dataset(s.data_root, request.get("dataset") or "")
+        if request.get("dataset_id") is not None:
+            self._uploaded(request["dataset_id"], owner)  # another owner's dataset is "not found"
+        else:
+            task = request.get("task")
+            if not isinstance(task, str) or not _TASK_RE.match(task):
+                raise UsageError(f"task {task!r}: give a task name (letters, digits, '_', '.', '-')")
+            resolve_dataset(s.data_root, request.get("dataset") or "")
         if request.get("name") is not None:
             check_name(request["name"])
         row = JobRow(id=secrets.token_hex(8), owner=owner, state="queued", request_json=json.dumps(request, sort_keys=True))
@@ -187,11 +197,17 @@ class JobRunner:
             time.sleep(0.05)
         return row
 
+    def _uploaded(self, dataset_id: str, owner: str) -> tuple[Path, Path]:
+        if self.datasets is None:
+            raise UsageError("this server takes no uploaded datasets")
+        return self.datasets.files(dataset_id, owner)
+
     def _roots(self, job_id: str) -> list[tuple[Path, str]]:
         """Server folders and the names a job's owner sees instead (most specific first)."""
         s = self.settings
         workdir = s.jobs_dir / job_id
-        roots = [(workdir / "output", "OUTPUT"), (workdir, "JOB"), (s.jobs_dir, "JOBS"), (s.store_dir, "STORE")]
+        roots = [(workdir / "output", "OUTPUT"), (workdir, "JOB"), (s.jobs_dir, "JOBS"), (s.datasets_dir, "DATASETS"),
+                 (s.store_dir, "STORE")]
         if s.data_root is not None:
             roots.insert(0, (s.data_root, "DATA"))
         return roots
@@ -223,7 +239,11 @@ class JobRunner:
         cmd = [*self.settings.train_command, "--method", req["method"]]
         for src in req["sources"]:
             cmd += ["--source", src]
-        cmd += ["--task", req["task"], "--data", str(resolve_dataset(self.settings.data_root, req["dataset"]))]
+        if req.get("dataset_id"):
+            task, data = self._uploaded(req["dataset_id"], row.owner)
+            cmd += ["--task", str(task), "--data", str(data)]
+        else:
+            cmd += ["--task", req["task"], "--data", str(resolve_dataset(self.settings.data_root, req["dataset"]))]
         if req.get("guide"):
             cmd += ["--guide", req["guide"]]
         for key, flag in (("steps", "--steps"), ("batch_size", "--batch-size"), ("seed", "--seed")):

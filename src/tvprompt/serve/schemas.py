@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class ErrorOut(BaseModel):
@@ -52,13 +52,26 @@ class JobCreate(BaseModel):
 
     method: Literal["vp", "evp", "tvp"]
     sources: list[str] = Field(min_length=1, max_length=8, description="source model ids")
-    task: str = Field(min_length=1, max_length=128)
-    dataset: str = Field(min_length=1, max_length=512, description="manifest path relative to the server's data root")
+    task: str | None = Field(default=None, min_length=1, max_length=128,
+                             description="task name; with dataset_id, the uploaded dataset's task spec is used")
+    dataset: str | None = Field(default=None, min_length=1, max_length=512,
+                                description="manifest path relative to the server's data root")
+    dataset_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{16}$", description="one of your uploaded datasets")
     guide: str | None = Field(default=None, max_length=256, description="CLIP guide model id (tvp)")
     steps: int | None = Field(default=None, ge=1, le=10_000_000)
     batch_size: int | None = Field(default=None, ge=1, le=4096)
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     name: str | None = Field(default=None, max_length=64, description="registry name of the resulting prompt")
+
+    @model_validator(mode="after")
+    def _one_dataset(self) -> JobCreate:
+        if (self.dataset is None) == (self.dataset_id is None):
+            raise ValueError("give either dataset (a manifest under the data root, with task) or dataset_id (an upload)")
+        if self.dataset is not None and self.task is None:
+            raise ValueError("task: required with dataset")
+        if self.dataset_id is not None and self.task is not None:
+            raise ValueError("task: leave it out with dataset_id (the upload's task spec is used)")
+        return self
 
 
 class JobOut(BaseModel):
@@ -75,6 +88,19 @@ class JobOut(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+
+
+class DatasetOut(BaseModel):
+    id: str
+    owner: str
+    name: str
+    size: int = Field(description="bytes of the uploaded zip")
+    images: int
+    layout: Literal["manifest", "folders"]
+    choices: list[str]
+    instruction: str
+    splits: dict[str, int] = Field(description="images per split (no val: carved from train when training)")
+    created_at: str
 
 
 class HostedModel(BaseModel):

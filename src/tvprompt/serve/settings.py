@@ -33,6 +33,8 @@ class Settings:
     max_unpacked_bytes: int = 96 * MiB
     max_zip_members: int = 16
     max_compression_ratio: float = 200.0
+    max_dataset_images: int = field(default=2000, metadata={"help": "images in one uploaded dataset"})
+    max_datasets_per_owner: int = 20
     max_json_bytes: int = field(default=1 * MiB, metadata={"help": "JSON request bodies"})
     max_image_bytes: int = 20 * MiB
     max_image_pixels: int = field(default=16_000_000, metadata={"help": "decoded pixels of an image sent to apply"})
@@ -77,6 +79,8 @@ class Settings:
             "max_upload_bytes",
             "max_unpacked_bytes",
             "max_zip_members",
+            "max_dataset_images",
+            "max_datasets_per_owner",
             "max_image_bytes",
             "max_json_bytes",
             "max_concurrent_applies",
@@ -112,6 +116,10 @@ class Settings:
             max_members=self.max_zip_members,
             max_ratio=self.max_compression_ratio,
         )
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.store_dir / "datasets"
 
     def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)

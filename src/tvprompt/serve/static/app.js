@@ -339,6 +339,97 @@ async function listJobs() {
   } catch (e) { status("jobs: " + e.message); }
 }
 
+// ------------------------------------------------------------------ request a prompt for my task
+function showRequest(view) {
+  const parts = [el("h1", {}, "Request a prompt for my task"),
+    el("p", { class: "muted" }, "Upload a small labelled set; the server trains a prompt for it on its own white-box models. ",
+      "Your set stays private to your token and can be deleted; you keep your own model.")];
+  if (!token()) {
+    parts.push(el("p", {}, "This needs a token: ", el("a", { href: "#/account" }, "set it first"), "."));
+    view.replaceChildren(...parts);
+    return;
+  }
+  parts.push(requestPanel(), el("section", { class: "panel" }, el("h2", {}, "My datasets"), el("div", { id: "dataset-list" })));
+  view.replaceChildren(...parts);
+  listDatasets();
+}
+
+function requestPanel() {
+  const models = el("datalist", { id: "request-model-list" });
+  hostedModels().then((ms) => models.replaceChildren(...ms.map((m) => el("option", { value: m.id }, m.name))));
+  const f = {
+    zip: el("input", { type: "file", id: "request-file", accept: ".zip,application/zip" }),
+    name: el("input", { type: "text", id: "request-name", placeholder: "task name, e.g. my-birds" }),
+    instruction: el("input", { type: "text", id: "request-instruction", class: "wide", placeholder: "default: What is in this image? Answer with one of: {choices}." }),
+    choices: el("input", { type: "text", id: "request-choices", class: "wide", placeholder: "comma-separated (default: the labels found)" }),
+    method: el("select", { id: "request-method" }, ["evp", "vp", "tvp"].map((m) => el("option", { value: m }, m))),
+    models: el("input", { type: "text", id: "request-models", class: "wide", list: "request-model-list", placeholder: "zoo:llava-p8, …" }),
+    steps: el("input", { type: "number", id: "request-steps", min: 1, value: 100 }),
+  };
+  const button = el("button", { id: "request-run" }, "Upload and start");
+  button.addEventListener("click", async () => {
+    if (!f.zip.files[0]) { status("request: choose a zip (images + manifest.jsonl, or one folder per class)"); return; }
+    const form = new FormData();
+    form.append("file", f.zip.files[0]);
+    form.append("name", f.name.value.trim());
+    if (f.instruction.value.trim()) form.append("instruction", f.instruction.value.trim());
+    if (f.choices.value.trim()) form.append("choices", f.choices.value.trim());
+    try {
+      const ds = await json("/datasets", { method: "POST", body: form });
+      status("dataset " + ds.name + ": " + ds.images + " images, choices " + ds.choices.join(", "), true);
+      const body = { method: f.method.value, sources: f.models.value.split(",").map((x) => x.trim()).filter(Boolean),
+        dataset_id: ds.id, steps: Number(f.steps.value) || undefined };
+      const job = await json("/jobs", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+      watchRequest(job.id);
+      listDatasets();
+    } catch (e) { status("request: " + e.message); }
+  });
+  const rows = Object.entries(f).flatMap(([k, input]) => [el("label", { for: input.id }, k), input]);
+  return el("section", { class: "panel", id: "request" }, el("h2", {}, "Upload and train"),
+    el("p", { class: "muted" }, "A zip of images with manifest.jsonl ({\"image\": \"a.png\", \"answer\": \"cat\"} per line), or one folder per class."),
+    el("form", { class: "stack", onsubmit: (e) => e.preventDefault() }, rows, models, el("span", {}), el("span", {}, button)),
+    el("div", { id: "request-watch" }));
+}
+
+function watchRequest(id) {
+  if (state.watch) clearTimeout(state.watch);
+  const tick = async () => {
+    const box = document.getElementById("request-watch");
+    if (!box) return;
+    try {
+      const job = await json("/jobs/" + encodeURIComponent(id));
+      const parts = [jobView(job)];
+      if (job.state === "succeeded" && job.prompt_id) {
+        const p = await json("/prompts/" + encodeURIComponent(job.prompt_id));
+        const m = p.metrics || {};
+        parts.push(el("p", { id: "request-result" }, "Validation accuracy: ",
+          el("strong", {}, m.val_accuracy === undefined || m.val_accuracy === null ? "–" : fmt(m.val_accuracy)),
+          m.selected_step ? " (step " + m.selected_step + " of " + m.steps + ")" : ""),
+        el("p", {}, el("a", { href: "/prompts/" + encodeURIComponent(p.id) + "/download", id: "request-download" }, "Download the prompt (zip)"),
+          " · ", el("a", { href: "#/p/" + encodeURIComponent(p.id) }, "its page")));
+      }
+      box.replaceChildren(...parts);
+      if (!FINAL.includes(job.state)) state.watch = setTimeout(tick, 700);
+    } catch (e) { status("request: " + e.message); }
+  };
+  tick();
+}
+
+async function listDatasets() {
+  const box = document.getElementById("dataset-list");
+  if (!box) return;
+  try {
+    const sets = await json("/datasets");
+    box.replaceChildren(sets.length ? el("table", {}, el("tbody", {}, sets.map((d) => el("tr", { "data-dataset-id": d.id },
+      el("td", {}, el("code", {}, d.id)), el("td", {}, d.name), el("td", {}, d.images + " images"),
+      el("td", {}, d.choices.join(", ")),
+      el("td", {}, el("button", { class: "secondary", onclick: async () => {
+        try { await api("/datasets/" + encodeURIComponent(d.id), { method: "DELETE" }); status("deleted " + d.name, true); listDatasets(); }
+        catch (e) { status("delete: " + e.message); }
+      } }, "Delete")))))) : el("p", { class: "muted" }, "none yet"));
+  } catch (e) { status("datasets: " + e.message); }
+}
+
 function whoami() {
   document.getElementById("whoami").textContent = token() ? "token set" : "";
 }
@@ -351,6 +442,7 @@ async function route() {
   try {
     if (hash.startsWith("/p/")) await showPrompt(view, decodeURIComponent(hash.slice(3)));
     else if (hash === "/account") showAccount(view);
+    else if (hash === "/request") showRequest(view);
     else await showGallery(view);
   } catch (e) {
     view.replaceChildren(el("p", {}, el("a", { href: "#/" }, "← all prompts")));
