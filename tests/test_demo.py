@@ -73,6 +73,10 @@ def test_demo_quick_end_to_end_small(zoo_env, tmp_path):
     assert summary["prompts"]["pad-only"]["sources"] == []
     pad = json.loads((tmp_path / "demo" / "runs" / "pad-only" / "prompt" / "prompt_config.json").read_text())
     assert pad["prompt_width"] == 30 and pad["method"] == "none"
+    trained = json.loads((tmp_path / "demo" / "runs" / "seed0" / "tvp_at_llava-p8" / "prompt" / "prompt_config.json")
+                         .read_text())
+    # pad-only shrinks the image exactly as the trained prompts do: only the learned border differs
+    assert (pad["fit"], pad["resample"]) == (trained["fit"], trained["resample"]) == ("crop", "bicubic")
     for row in summary["prompts"].values():
         for cell in row["cells"].values():
             assert 0.0 <= cell["mean"] <= 1.0 and cell["n"] == 1

@@ -124,7 +124,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                       overwrite=True, progress=cfg.progress)
     runs = prompt_runs(cfg)
     pad_only = out / "runs" / PAD_ONLY[0] / "prompt"
-    VisualPrompt(PromptConfig(prompt_width=cfg.width, method="none", task=task)).save_pretrained(pad_only)
+    # the trained prompts' own image pipeline (fit, kernel), so pad-only isolates what shrinking costs
+    trained = resolve_config("tvp")
+    VisualPrompt(PromptConfig(prompt_width=cfg.width, method="none", task=task, fit=trained.image_fit,
+                              resample=trained.image_resample)).save_pretrained(pad_only)
     timings: dict[str, float] = {}
     per_seed: list[dict[str, Any]] = []
     for seed in range(cfg.seeds):
