@@ -9,4 +9,5 @@
 | ``loop`` | ``train()``: set-up, one update, validation and selection, checkpoint, write-out |
 | ``validation`` | ranking accuracy on the validation split |
 | ``checkpoint``, ``distributed``, ``runlog`` | bit-exact resume, data parallel processes, metrics.jsonl and progress |
+| ``trackers`` | ``--report-to``: accelerate's experiment trackers |
 """
