@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ._flags import deprecated_alias
 
@@ -28,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     deprecated_alias(p, "--eval-limit", "--limit", "eval_limit", type=int)
     p.add_argument("--paper-defaults", action="store_true",
                    help="use every released hyper-parameter (EVP step size γ=70 instead of the demo's 10)")
+    p.add_argument("--tune", action="store_true",
+                   help="instead of the demo, choose each method's step size on the source model's validation "
+                        "split (γ at ¼, 1 and 4 times the released value; writes tuning/tuning.json)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     p.set_defaults(func=cmd_demo)
 
@@ -35,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from ..demo import DemoConfig, render, run_demo
+    from ..demo import DemoConfig, render, run_demo, run_tuning
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     overrides = {"output": args.output, "seeds": args.seeds, "task": args.task, "progress": args.progress,
@@ -45,6 +49,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if value is not None:
             overrides[key] = value
     cfg = DemoConfig.quick(**overrides) if args.quick else DemoConfig(**overrides)
+    if args.tune:
+        result = run_tuning(cfg)
+        print((Path(args.output) / "tuning" / "tuning.md").read_text(encoding="utf-8"))
+        print(f"chosen step sizes: {result['chosen']} (the demo's own are tvprompt.demo.TUNED) "
+              f"in {result['seconds']:.0f} s")
+        return 0
     summary = run_demo(cfg)
     print(render(summary))
     print(f"report written to {args.output}/ (table.md, summary.json, transfer.png, eval/*/) "

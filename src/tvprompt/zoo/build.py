@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from ..data import shapeworld as sw
 from ..files import atomic_dir
-from .recipes import GEOMETRY_RECIPES, GUIDE, RECIPES, GuideRecipe, Recipe
+from .recipes import GUIDE, RECIPES, GuideRecipe, Recipe
 
 log = logging.getLogger(__name__)
 
@@ -474,15 +474,14 @@ def zero_shot(model: Any, tok: Any, pre: Any, eval_data: dict[str, tuple]) -> di
 
 def build_zoo(output: Path, *, names: list[str] | None = None, n_per_task: int = 1500, eval_per_task: int = 100,
               threads: int = 2, progress: bool = True, scale: float = 1.0) -> list[dict[str, Any]]:
-    """Build the zoo members ``names`` (default: the shipped MLLMs and the guide) into ``output``;
-    ``names`` may also pick issue 20's ``GEOMETRY_RECIPES``.
+    """Build the zoo members ``names`` (default: every MLLM and the guide) into ``output``.
 
     ``scale`` multiplies every step count (tests use a tiny fraction; manifests record it).
     """
     from ..errors import UsageError
 
     torch.set_num_threads(threads)
-    recipes = {r.name: r for r in [*RECIPES, *GEOMETRY_RECIPES]}
+    recipes = {r.name: r for r in RECIPES}
     wanted = names or [*(r.name for r in RECIPES), GUIDE.name]
     unknown = [n for n in wanted if n not in recipes and n != GUIDE.name]
     if unknown:

@@ -57,63 +57,36 @@ def _layers(vision: int = 2, text: int = 2, heads: int = 4) -> dict[str, Any]:
 _LLAMA_KV = {"text_config.num_key_value_heads": 4}
 _QFORMER = {"qformer_config.num_hidden_layers": 2, "qformer_config.num_attention_heads": 4}
 
+# Every vision tower has a 12×12 patch grid, so the 30 px border of a 224 px prompt covers
+# 30/224 · 12 = 1.6 whole patches per side (zoo/geometry.py), like the real MLLMs the paper uses
+# (ViT-g/14 at 224 px: 2.1; ViT-L/14 at 336 px: 3.2). Inputs of 72–96 px rather than 48 keep a
+# shrunk downstream object several pixels wide per patch (at 48 px / patch 4 the padded layout
+# alone cost 12 points of shape accuracy). The members differ in family, input size, patch size
+# and seed, so transfer between them is a real question.
 RECIPES: list[Recipe] = [
     Recipe(
         name="llava-p8", family="llava", seed=1,
-        overrides={"image_size": 48, "patch_size": 8, "hidden": 96},
+        overrides={"image_size": 96, "patch_size": 8, "hidden": 96},
         edits={**_layers(), **_LLAMA_KV, "vision_feature_layer": -1},
-        description="LLaVA-1.5 architecture: CLIP ViT (48 px, patch 8) + MLP projector + Llama",
+        description="LLaVA-1.5 architecture: CLIP ViT (96 px, patch 8, 12x12 tokens) + MLP projector + Llama",
     ),
     Recipe(
         name="blip2-opt", family="blip2", seed=2,
-        overrides={"image_size": 48, "patch_size": 8, "hidden": 96, "num_query_tokens": 16, "llm": "opt"},
+        overrides={"image_size": 96, "patch_size": 8, "hidden": 96, "num_query_tokens": 16, "llm": "opt"},
         edits={**_layers(), **_QFORMER}, vision_steps=500, lm_steps=1500, exist_share=0.6, stage2_aux="projected",
-        description="BLIP-2 architecture: BLIP ViT (48 px, patch 8) + Q-Former (16 queries) + OPT",
+        description="BLIP-2 architecture: BLIP ViT (96 px, patch 8, 12x12 tokens) + Q-Former (16 queries) + OPT",
     ),
     Recipe(
-        name="instructblip-p12", family="instructblip", seed=3,
-        overrides={"image_size": 48, "patch_size": 12, "hidden": 96, "num_query_tokens": 16, "llm": "llama"},
+        name="instructblip-p7", family="instructblip", seed=3,
+        overrides={"image_size": 84, "patch_size": 7, "hidden": 96, "num_query_tokens": 16, "llm": "llama"},
         edits={**_layers(), **_QFORMER, **_LLAMA_KV}, lm_steps=1000, exist_share=0.5, stage2_aux="projected",
-        description="InstructBLIP architecture: BLIP ViT (48 px, patch 12) + instruction-aware Q-Former + Llama",
+        description="InstructBLIP architecture: BLIP ViT (84 px, patch 7, 12x12 tokens) + instruction-aware Q-Former + Llama",
     ),
     Recipe(
         name="llava-next-p6", family="llava_next", seed=4,
-        overrides={"image_size": 36, "patch_size": 6, "hidden": 96, "pinpoints": [[36, 36]]},
-        edits={**_layers(), **_LLAMA_KV, "vision_feature_layer": -1}, lm_steps=1000, exist_share=0.5,
-        description="LLaVA-NeXT architecture: CLIP ViT (36 px, patch 6) + one any-res tile + MLP projector + Llama",
-    ),
-]
-
-# Issue 20's members with real prompt geometry, not shipped yet: every vision tower has a 12×12
-# patch grid, so the 30 px border of a 224 px prompt covers 30/224·12 = 1.6 whole patches per side
-# (zoo/geometry.py; ViT-g/14 at 224 px sees 2.1, ViT-L/14 at 336 px 3.2), against 0.54–0.80 for
-# the shipped members above. Same families, widths, seeds and stage lengths as the shipped ones
-# (LLaVA-NeXT's stage 2 shortened to 600 steps: its two 144-token views make it the slowest);
-# inputs and patches differ (48/4, 72/6, 60/5). `tvp zoo build --only NAME --output DIR` builds one.
-GEOMETRY_RECIPES: list[Recipe] = [
-    Recipe(
-        name="llava-p4", family="llava", seed=1,
-        overrides={"image_size": 48, "patch_size": 4, "hidden": 96},
-        edits={**_layers(), **_LLAMA_KV, "vision_feature_layer": -1},
-        description="LLaVA-1.5 architecture: CLIP ViT (48 px, patch 4, 12x12 tokens) + MLP projector + Llama",
-    ),
-    Recipe(
-        name="blip2-opt-p4", family="blip2", seed=2,
-        overrides={"image_size": 48, "patch_size": 4, "hidden": 96, "num_query_tokens": 16, "llm": "opt"},
-        edits={**_layers(), **_QFORMER}, vision_steps=500, lm_steps=1500, exist_share=0.6, stage2_aux="projected",
-        description="BLIP-2 architecture: BLIP ViT (48 px, patch 4, 12x12 tokens) + Q-Former (16 queries) + OPT",
-    ),
-    Recipe(
-        name="instructblip-p6", family="instructblip", seed=3,
-        overrides={"image_size": 72, "patch_size": 6, "hidden": 96, "num_query_tokens": 16, "llm": "llama"},
-        edits={**_layers(), **_QFORMER, **_LLAMA_KV}, lm_steps=1000, exist_share=0.5, stage2_aux="projected",
-        description="InstructBLIP architecture: BLIP ViT (72 px, patch 6, 12x12 tokens) + instruction-aware Q-Former + Llama",
-    ),
-    Recipe(
-        name="llava-next-p5", family="llava_next", seed=4,
-        overrides={"image_size": 60, "patch_size": 5, "hidden": 96, "pinpoints": [[60, 60]]},
+        overrides={"image_size": 72, "patch_size": 6, "hidden": 96, "pinpoints": [[72, 72]]},
         edits={**_layers(), **_LLAMA_KV, "vision_feature_layer": -1}, lm_steps=600, exist_share=0.5,
-        description="LLaVA-NeXT architecture: CLIP ViT (60 px, patch 5, 12x12 tokens) + one any-res tile + MLP projector + Llama",
+        description="LLaVA-NeXT architecture: CLIP ViT (72 px, patch 6, 12x12 tokens) + one any-res tile + MLP projector + Llama",
     ),
 ]
 
