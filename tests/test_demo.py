@@ -93,3 +93,35 @@ def test_demo_quick_default(zoo_env, tmp_path):
     r = _run(zoo_env, tmp_path / "demo")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "report written" in r.stdout
+
+
+def test_tuning_grid_gives_every_method_the_same_budget():
+    from tvprompt.demo import TUNING_FACTORS, choose_step_size, tuning_grid
+    from tvprompt.training.config import PRESETS
+
+    grid = tuning_grid()
+    assert set(grid) == {"vp", "evp", "tvp"} and {len(v) for v in grid.values()} == {len(TUNING_FACTORS)}
+    for method, values in grid.items():
+        assert values == [PRESETS[method]["lr"] * f for f in TUNING_FACTORS]
+        # what the demo runs is a point of that grid (chosen by `tvp demo --tune`), or the released value
+        assert TUNED[method].get("lr", PRESETS[method]["lr"]) in values
+    assert choose_step_size([10.0, 40.0, 160.0], {"10": 0.5, "40": 0.6, "160": 0.7}) == 160.0
+    assert choose_step_size([10.0, 40.0, 160.0], {"10": 0.7, "40": 0.7, "160": 0.7}) == 40.0  # tie: released
+    assert choose_step_size([10.0, 40.0, 160.0], {"10": 0.7, "40": 0.5, "160": 0.7}) == 10.0  # then smaller
+
+
+def test_demo_tune_scores_the_grid_on_validation_only(zoo_env, tmp_path):
+    r = _run(zoo_env, tmp_path / "demo", "--tune", "--methods", "vp", "evp", "--steps", "2", "--n", "60")
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads((tmp_path / "demo" / "tuning" / "tuning.json").read_text())
+    assert result["split"] == "val" and set(result["grid"]) == {"vp", "evp"}
+    for method, values in result["grid"].items():
+        scores = result["scores"][method]
+        assert set(scores) == {f"{v:g}" for v in values} and all(0 <= s <= 1 for s in scores.values())
+        assert scores[f"{result['chosen'][method]['lr']:g}"] == max(scores.values())
+    # every evaluation the tuning ran read the validation split, never test
+    evaluations = sorted((tmp_path / "demo" / "tuning" / "eval").glob("*/results.json"))
+    assert [p.parent.name for p in evaluations] == ["evp", "vp"]
+    for results in evaluations:
+        assert json.loads(results.read_text())["setup"]["split"] == "val"
+    assert not (tmp_path / "demo" / "eval").exists() and "γ = ×0.25" in r.stdout

@@ -27,14 +27,12 @@ from tvprompt.zoo.build import (
     same_platform,
 )
 from tvprompt.zoo.geometry import MIN_BORDER_PATCHES, border_patches, checkpoint_border_patches
-from tvprompt.zoo.recipes import GEOMETRY_RECIPES
+from tvprompt.zoo.recipes import RECIPES
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 SHIPPED = zoo.list_zoo(Path(zoo.__file__).resolve().parent / "weights")
 MLLMS = [e for e in SHIPPED if e.kind == "mllm"]
 needs_zoo = pytest.mark.skipif(not MLLMS, reason="no zoo shipped in this checkout")
-_PRE_ISSUE_20 = {"llava-p8", "blip2-opt", "instructblip-p12", "llava-next-p6"}  # built before the geometry rule
-_BELOW_2X_CHANCE = {"blip2-opt", "instructblip-p12"}
 
 
 def test_resolve_errors_name_the_fix(tmp_path, monkeypatch):
@@ -171,31 +169,21 @@ def test_checkpoint_border_patches_names_a_bad_config(tmp_path):
         checkpoint_border_patches(tmp_path / "missing")
 
 
-@pytest.mark.parametrize("recipe", GEOMETRY_RECIPES, ids=lambda r: r.name)
-def test_geometry_recipes_see_the_border_as_whole_patches(tmp_path, recipe):
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda r: r.name)
+def test_every_recipe_sees_the_border_as_whole_patches(tmp_path, recipe):
     """Read from the config.json the build writes, not from the recipe's numbers."""
     init_checkpoint(recipe, tmp_path)
     assert checkpoint_border_patches(tmp_path) >= MIN_BORDER_PATCHES
 
 
-_OLD_GEOMETRY = pytest.mark.xfail(strict=True, reason="issue 20: the shipped members (4x4-6x6 patch grids) see "
-                                  "the 30 px border as 0.54-0.80 patches; GEOMETRY_RECIPES are not shipped yet")
-
-
 @needs_zoo
-@pytest.mark.parametrize("entry", [pytest.param(e, marks=_OLD_GEOMETRY) if e.name in _PRE_ISSUE_20 else e
-                                   for e in MLLMS], ids=lambda e: e.name)
+@pytest.mark.parametrize("entry", MLLMS, ids=lambda e: e.name)
 def test_every_shipped_member_sees_the_border_as_whole_patches(entry):
     assert checkpoint_border_patches(entry.path) >= MIN_BORDER_PATCHES
 
 
-_NOT_COMPETENT = pytest.mark.xfail(strict=True, reason="issue 20: below 2x chance on downstream shape "
-                                   "(blip2-opt 14 %, instructblip-p12 22 %)")
-
-
 @needs_zoo
-@pytest.mark.parametrize("entry", [pytest.param(e, marks=_NOT_COMPETENT) if e.name in _BELOW_2X_CHANCE else e
-                                   for e in MLLMS], ids=lambda e: e.name)
+@pytest.mark.parametrize("entry", MLLMS, ids=lambda e: e.name)
 def test_shipped_member_is_competent_on_the_demo_task_with_room_to_adapt(entry):
     """On `tvp demo`'s task without a prompt: >= 2x chance downstream and >= 10 points below pretraining."""
     task = DemoConfig().task
@@ -208,4 +196,4 @@ def test_the_shipped_zoo_is_found_where_the_catalog_looks():
     """The zoo tests skip without a zoo: make sure that never hides a zoo that is there."""
     weights = Path(zoo.__file__).resolve().parent / "weights"
     assert weights.is_dir() and zoo.zoo_dir() == weights
-    assert sorted(e.name for e in MLLMS) == ["blip2-opt", "instructblip-p12", "llava-next-p6", "llava-p8"]
+    assert sorted(e.name for e in MLLMS) == ["blip2-opt", "instructblip-p7", "llava-next-p6", "llava-p8"]

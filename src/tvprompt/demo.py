@@ -51,7 +51,7 @@ class DemoConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     seeds: int = 1
     n_images: int = 2000  # generated, then split 60/20/20 into train/val/test
-    steps: int = 300
+    steps: int = 150
     batch_size: int = 16
     val_max_samples: int = 64
     eval_limit: int | None = None  # the whole test split
@@ -186,6 +186,12 @@ def tuning_grid(methods: list[str] | tuple[str, ...] = METHODS) -> dict[str, lis
     return {m: [PRESETS[m]["lr"] * f for f in TUNING_FACTORS] for m in methods}
 
 
+def choose_step_size(values: list[float], scores: dict[str, float]) -> float:
+    """The best-scoring step size; ties go to the released one (factor 1), then the smaller."""
+    released = values[TUNING_FACTORS.index(1.0)]
+    return max(values, key=lambda lr: (scores[f"{lr:g}"], lr == released, -lr))
+
+
 def run_tuning(cfg: DemoConfig) -> dict[str, Any]:
     """Choose each method's step size on the source model's validation split (seed 0).
 
@@ -218,8 +224,7 @@ def run_tuning(cfg: DemoConfig) -> dict[str, Any]:
         clean = results["clean"][cfg.source][metric]
         scores[method] = {f"{lr:g}": results["transfer"][n][cfg.source]["prompted"][metric]
                           for lr, n in zip(values, names, strict=True)}
-    released = {m: grid[m][TUNING_FACTORS.index(1.0)] for m in grid}
-    chosen = {m: max(grid[m], key=lambda lr, m=m: (scores[m][f"{lr:g}"], lr == released[m], -lr)) for m in grid}
+    chosen = {m: choose_step_size(grid[m], scores[m]) for m in grid}
     result = {"source": cfg.source, "task": _task(cfg), "split": "val", "factors": list(TUNING_FACTORS),
               "grid": grid, "no_prompt": clean, "scores": scores, "chosen": {m: {"lr": lr} for m, lr in chosen.items()},
               "settings": {"steps": cfg.steps, "batch_size": cfg.batch_size, "seed": 0, "n_images": cfg.n_images},

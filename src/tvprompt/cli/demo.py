@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     deprecated_alias(p, "--n-images", "--n", "n_images", type=int)
     deprecated_alias(p, "--eval-limit", "--limit", "eval_limit", type=int)
     p.add_argument("--paper-defaults", action="store_true",
-                   help="use every released hyper-parameter (EVP step size γ=70 instead of the demo's 10)")
+                   help="use every released hyper-parameter instead of the step sizes `--tune` chose")
     p.add_argument("--tune", action="store_true",
                    help="instead of the demo, choose each method's step size on the source model's validation "
                         "split (γ at ¼, 1 and 4 times the released value; writes tuning/tuning.json)")

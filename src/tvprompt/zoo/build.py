@@ -98,7 +98,7 @@ def make_eval_data(n_per_task: int, distribution: str, seed: int = TRAIN_SEED) -
 
 
 def augment(x01: torch.Tensor, generator: torch.Generator, p_shrink: float = 0.5,
-            max_border: float = 0.18) -> torch.Tensor:
+            max_border: float = 0.3) -> torch.Tensor:
     """Random horizontal flip, and half the time TVP's padded layout: the image shrunk inside a
     black border of random width (up to ``max_border`` of the side). One batched grid_sample."""
     b = x01.shape[0]
@@ -227,7 +227,7 @@ def train_member(adapter: Any, recipe: Recipe, data: ZooData, progress: bool = T
             idx = sample_indices(data, recipe.vision_batch_size, gen, {"shape": recipe.shape_share})
         else:
             idx = sample_indices(data, recipe.batch_size, gen, {"exist": recipe.exist_share})
-        x = augment(data.images[idx].float() / 255, gen)
+        x = augment(data.images[idx].float() / 255, gen, max_border=recipe.max_border)
         if stage1:
             kind, loss_lm = "encoder", None
             feats = adapter.vision_features(x, kind)
@@ -411,7 +411,7 @@ def build_guide(recipe: GuideRecipe, n_per_task: int, evals: dict[str, dict], ou
     loss_value = float("nan")
     for step in range(recipe.steps):
         idx = torch.randint(0, x.shape[0], (recipe.batch_size,), generator=gen)
-        img = _emb(model.get_image_features(pixel_values=pre(augment(x[idx].float() / 255, gen))))
+        img = _emb(model.get_image_features(pixel_values=pre(augment(x[idx].float() / 255, gen, max_border=recipe.max_border))))
         txt = _emb(model.get_text_features(input_ids=enc.input_ids, attention_mask=enc.attention_mask))
         img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
         logits = model.logit_scale.exp() * img @ txt.T  # (B, T) over the distinct captions

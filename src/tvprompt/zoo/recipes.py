@@ -27,6 +27,9 @@ class Recipe:
     shape_share: float = 0.5  # share of each stage-1 batch drawn from the shape task
     exist_share: float = 0.35  # share of each stage-2 batch drawn from the existence task
     stage2_aux: str = "encoder"  # features the stage-2 auxiliary head reads: encoder | projected
+    # Half of the training images are shrunk inside a black border of random width up to this share
+    # of the side (TVP's padded layout and smaller objects: real MLLMs see every scale in pretraining).
+    max_border: float = 0.3
     batch_size: int = 32
     lr: float = 2e-3
     description: str = ""
@@ -43,6 +46,7 @@ class GuideRecipe:
     steps: int = 400
     batch_size: int = 64
     lr: float = 2e-3
+    max_border: float = 0.18
 
 
 def _layers(vision: int = 2, text: int = 2, heads: int = 4) -> dict[str, Any]:
@@ -67,7 +71,7 @@ RECIPES: list[Recipe] = [
     Recipe(
         name="llava-p8", family="llava", seed=1,
         overrides={"image_size": 96, "patch_size": 8, "hidden": 96},
-        edits={**_layers(), **_LLAMA_KV, "vision_feature_layer": -1},
+        edits={**_layers(), **_LLAMA_KV, "vision_feature_layer": -1}, lm_steps=1000, exist_share=0.5,
         description="LLaVA-1.5 architecture: CLIP ViT (96 px, patch 8, 12x12 tokens) + MLP projector + Llama",
     ),
     Recipe(
@@ -79,7 +83,8 @@ RECIPES: list[Recipe] = [
     Recipe(
         name="instructblip-p7", family="instructblip", seed=3,
         overrides={"image_size": 84, "patch_size": 7, "hidden": 96, "num_query_tokens": 16, "llm": "llama"},
-        edits={**_layers(), **_QFORMER, **_LLAMA_KV}, lm_steps=1000, exist_share=0.5, stage2_aux="projected",
+        edits={**_layers(), **_QFORMER, **_LLAMA_KV}, vision_steps=500, lm_steps=1500, exist_share=0.6,
+        stage2_aux="projected",
         description="InstructBLIP architecture: BLIP ViT (84 px, patch 7, 12x12 tokens) + instruction-aware Q-Former + Llama",
     ),
     Recipe(
