@@ -37,6 +37,20 @@ def fmt_delta(value: float | None) -> str:
     return "" if value is None else f"{100 * value:+.1f}"
 
 
+def mean_sd(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample sd (ddof=1; 0 for one value) and count of ``values`` (e.g. one per training seed)."""
+    arr = np.asarray(values, dtype=float)
+    return {"mean": float(arr.mean()), "sd": float(arr.std(ddof=1)) if arr.size > 1 else 0.0, "n": int(arr.size)}
+
+
+def fmt_mean_sd(stat: dict[str, float] | None, signed: bool = False, with_sd: bool = True) -> str:
+    """A :func:`mean_sd` of metrics in [0, 1] as points: ``mean ± sd`` (the mean alone for one value); '' for None."""
+    if stat is None:
+        return ""
+    value = f"{100 * stat['mean']:+.1f}" if signed else f"{100 * stat['mean']:.1f}"
+    return f"{value} ± {100 * stat['sd']:.1f}" if with_sd and stat["n"] > 1 else value
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub Markdown table; cells are str()-ed and pipes escaped."""
 
