@@ -80,8 +80,9 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float]], path: str | Path, *, title: str = "",
-              ylabel: str = "", sources: dict[str, Sequence[bool]] | None = None, note: str = "") -> Path:
-    """Grouped bars: one group per label in ``groups``, one bar per series.
+              ylabel: str = "", sources: dict[str, Sequence[bool]] | None = None, note: str = "",
+              errors: dict[str, Sequence[float]] | None = None) -> Path:
+    """Grouped bars: one group per label in ``groups``, one bar per series; ``errors[name]``: error bars (± that).
 
     ``sources[name][i]``: bar i of series ``name`` is a source model of that prompt (hatched, as the
     tables mark it). A bar of exactly 0 gets a dash at 0 so that "no change" stays visible. ``note``
@@ -93,7 +94,8 @@ def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float]], path: s
     any_source = False
     for i, (name, values) in enumerate(series.items()):
         pos = x + (i - (len(series) - 1) / 2) * width
-        bars = ax.bar(pos, values, width, label=name)
+        yerr = errors.get(name) if errors else None
+        bars = ax.bar(pos, values, width, label=name, yerr=yerr, capsize=3 if yerr is not None else 0)
         color = bars.patches[0].get_facecolor() if bars.patches else None
         for k, bar in enumerate(bars.patches):
             if sources and sources.get(name) and sources[name][k]:
@@ -118,12 +120,17 @@ def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float]], path: s
 
 
 def line_chart(xs: Sequence[float], series: dict[str, Sequence[float]], path: str | Path, *, title: str = "",
-               xlabel: str = "", ylabel: str = "", logx: bool = False, ticks_at_xs: bool = True) -> Path:
-    """One line per series over ``xs``; the x ticks sit at the ``xs`` themselves (the widths or fractions run)."""
+               xlabel: str = "", ylabel: str = "", logx: bool = False, ticks_at_xs: bool = True,
+               errors: dict[str, Sequence[float]] | None = None) -> Path:
+    """One line per series over ``xs``; the x ticks sit at the ``xs`` themselves (the widths or fractions run);
+    ``errors[name]``: error bars (± that) on that series."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for name, ys in series.items():
-        ax.plot(xs, ys, marker="o", label=name)
+        if errors and errors.get(name) is not None:
+            ax.errorbar(xs, ys, yerr=errors[name], marker="o", capsize=3, label=name)
+        else:
+            ax.plot(xs, ys, marker="o", label=name)
     if logx:
         ax.set_xscale("log")
     if ticks_at_xs:
