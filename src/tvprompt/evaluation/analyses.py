@@ -14,6 +14,8 @@ Training goes through one function, :func:`train_prompt` (replaceable: every ana
 ``trainer=``); each trained prompt is reused on a rerun when its recipe is unchanged, and the
 evaluations resume cell by cell, so an interrupted analysis continues where it stopped.
 Every analysis has a reduced mode (``reduced=True``; ``--reduced``) that runs a small grid.
+The sweeps (ablation, width, data scale) take ``seeds=N``: every variant trained with N training seeds
+(its own folder each), all evaluated on the same samples, reported as mean ± sd with error bars.
 
 Under ``accelerate launch`` one analysis joins the process group once (``world=``, else
 :func:`~tvprompt.training.distributed.init_world`) and hands it to every training run and evaluation

@@ -4,7 +4,8 @@
 prompt, columns = models, then the average Δ; a prompt's source model is marked —), ``delta.png``
 (Δ per model and prompt), ``prompt_<name>.png`` (each prompt rendered on grey) and, when features
 were saved (``--tsne``), ``tsne_<model>.png`` (clean vs prompted features, Fig. 3 of the paper).
-The small helpers (``markdown_table``, ``bar_chart``, ``line_chart``) are shared with the analyses.
+The small helpers (``markdown_table``, ``bar_chart``, ``line_chart``, ``mean_sd``) are shared with the
+analyses and the demo.
 """
 
 from __future__ import annotations
