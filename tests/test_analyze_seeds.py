@@ -114,7 +114,7 @@ def test_width_with_two_seeds_draws_lines_with_error_bars(tmp_path, base, monkey
     drawn = {}
 
     def fake_line_chart(xs, series, path, **kw):
-        drawn.update(xs=xs, series=series, errors=kw.get("errors"))
+        drawn.update(xs=xs, series=series, errors=kw.get("errors"), title=kw.get("title"))
         path.write_bytes(b"png")
         return path
 
@@ -124,6 +124,7 @@ def test_width_with_two_seeds_draws_lines_with_error_bars(tmp_path, base, monkey
                       backends=toy_backends({}), seeds=2)
     assert [(r.width, r.seed) for r in trainer.recipes] == [(10, 5), (10, 6), (20, 5), (20, 6)]
     assert drawn["xs"] == [10, 20] and doc["x"] == [10, 20]
+    assert drawn["title"] == "prompt width: mean ± sd over 2 training seeds"
     assert drawn["errors"]["mean over models"] == [100 * r["avg_delta"]["sd"] for r in doc["rows"]]
     assert drawn["series"]["mean over models"] == [100 * r["avg_delta"]["mean"] for r in doc["rows"]]
     assert drawn["errors"]["toy:b"] == [100 * r["delta"]["toy:b"]["sd"] for r in doc["rows"]]
@@ -135,14 +136,14 @@ def test_one_seed_keeps_todays_outputs(tmp_path, base, monkeypatch):
     drawn = {}
 
     def fake_line_chart(xs, series, path, **kw):
-        drawn.update(errors=kw.get("errors"))
+        drawn.update(errors=kw.get("errors"), title=kw.get("title"))
         path.write_bytes(b"png")
         return path
 
     monkeypatch.setattr(analyses, "line_chart", fake_line_chart)
     doc = width_sweep(base, TARGETS, limited(), tmp_path, widths=[10], trainer=SeededTrainer(),
                       backends=toy_backends({}))
-    assert "seeds" not in doc and drawn["errors"] is None
+    assert "seeds" not in doc and drawn["errors"] is None and drawn["title"] == "prompt width"
     assert [p.name for p in (tmp_path / "train").iterdir()] == ["p_10"]
     assert isinstance(doc["rows"][0]["avg_delta"], float) and "±" not in (tmp_path / "width.md").read_text()
 

@@ -258,6 +258,8 @@ def _sweep_in(name: str, title: str, variants: dict[str, TrainRecipe], targets: 
     table = [[r["label"], *(cell(r["delta"][m]) for m in models), cell(r["avg_delta"])] for r in rows]
     header = ["variant", *_model_header(results), f"avg Δ {metric}"]
 
+    plot_title = title if seeds == 1 else f"{title}: mean ± sd over {seeds} training seeds"
+
     def plot(path: Path) -> Path:
         def errors(series: dict[str, list[Any]]) -> dict[str, list[float]] | None:
             return {k: [_points(v, "sd") for v in vs] for k, vs in series.items()} if seeds > 1 else None
@@ -269,13 +271,13 @@ def _sweep_in(name: str, title: str, variants: dict[str, TrainRecipe], targets: 
             from .report import model_names
 
             series = {r["label"]: [r["delta"][m] for m in models] for r in rows}
-            return bar_chart(list(model_names(results).values()), means(series), path, title=title,
+            return bar_chart(list(model_names(results).values()), means(series), path, title=plot_title,
                              ylabel=f"Δ {metric} (points)", errors=errors(series))
         series = {"mean over models": [r["avg_delta"] for r in rows]}
         if len(models) > 1:
             series.update({m: [r["delta"][m] for r in rows] for m in models})
-        return line_chart(list(xs), means(series), path, title=title, xlabel=xlabel, ylabel=f"Δ {metric} (points)",
-                          logx=logx, errors=errors(series))
+        return line_chart(list(xs), means(series), path, title=plot_title, xlabel=xlabel,
+                          ylabel=f"Δ {metric} (points)", logx=logx, errors=errors(series))
 
     recipes: dict[str, Any] = {k: dataclasses.asdict(v) for k, v in variants.items()}
     if seeds > 1:
@@ -288,7 +290,8 @@ def _sweep_in(name: str, title: str, variants: dict[str, TrainRecipe], targets: 
         doc["x"] = list(xs)
     note = f"Δ = prompted − clean {metric} in points on `{setup.split}`, evaluated on {', '.join(targets)}."
     if seeds > 1:
-        note += (f" Each cell: mean ± sd (sample sd) over {seeds} training seeds ({', '.join(map(str, doc['seeds']))}),"
+        listed = ", ".join(map(str, doc["seeds"]))
+        note += (f" Each cell: mean ± sd (sample sd) over {seeds} training seeds ({listed}),"
                  f" all evaluated on the same samples (evaluation seed {setup.seed}).")
     return write_analysis(output, name, doc, header, table, plot, note, world)
 
