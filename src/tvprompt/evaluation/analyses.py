@@ -210,13 +210,15 @@ def _sweep(name: str, title: str, variants: dict[str, TrainRecipe], targets: Seq
 
 
 def check_seeds(seeds: int) -> None:
+    """Refuse a training-seed count below 1 (``--seeds``)."""
     if seeds < 1:
         raise UsageError(f"--seeds {seeds}: give 1 or more training seeds per variant")
 
 
 def _stat(values: Sequence[float | None]) -> dict[str, float] | None:
     """Mean ± sd over seeds; None when a seed has no value."""
-    return None if any(v is None for v in values) else mean_sd([float(v) for v in values])  # type: ignore[arg-type]
+    present = [float(v) for v in values if v is not None]
+    return mean_sd(present) if len(present) == len(values) else None
 
 
 def _over_seeds(label: str, per_seed: list[dict[str, Any]], models: list[str]) -> dict[str, Any]:
