@@ -72,6 +72,39 @@ def test_analyze_usage_errors(tvp, tmp_path):
     assert r.returncode == 2 and "TASK=PATH" in r.stderr
 
 
+@pytest.mark.parametrize("name", ["ablation", "width", "data-scale"])
+def test_zero_seeds_is_a_usage_error(tvp, tmp_path, name):
+    r = tvp("analyze", name, "--model", "m", "--task", "t", "--data", tmp_path, "--source", "m", "--guide", "g",
+            "--seeds", "0", "--output", tmp_path / "o")
+    assert r.returncode == 2 and "--seeds 0" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_width_with_two_seeds_trains_two_different_prompts_on_one_eval_subset(world, tmp_path, tvp):
+    root, model = world
+    args = ["analyze", "width", *common(root, model), *training(model), "--widths", "4", "--seed", "3",
+            "--seeds", "2", "--output", tmp_path]
+    r = tvp(*args)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "width.json").read_text())
+    assert doc["seeds"] == [3, 4] and doc["setup"]["seed"] == 3 and doc["setup"]["limit"] == 4
+    folders = [tmp_path / "train" / f"p_4-seed{s}" for s in (3, 4)]
+    configs = [json.loads((f / "prompt" / "prompt_config.json").read_text()) for f in folders]
+    assert [c["seed"] for c in configs] == [3, 4]
+    weights = [(f / "prompt" / "prompt.safetensors").read_bytes() for f in folders]
+    assert weights[0] != weights[1]
+    cells = [json.loads(p.read_text()) for p in (tmp_path / "eval" / "cells").glob("*.json")]
+    assert len(cells) == 3 and len({tuple(rec["id"] for rec in c["records"]) for c in cells}) == 1
+    row = doc["rows"][0]
+    assert row["avg_delta"]["n"] == 2 and [p["seed"] for p in row["per_seed"]] == [3, 4]
+    stamps = [f.joinpath("recipe.json").stat().st_mtime_ns for f in folders]
+    r = tvp(*args)  # rerun: both prompts reused
+    assert r.returncode == 0, r.stderr
+    assert [f.joinpath("recipe.json").stat().st_mtime_ns for f in folders] == stamps
+    assert [(f / "prompt" / "prompt.safetensors").read_bytes() for f in folders] == weights
+
+
 def test_efficiency_refuses_several_processes(tvp, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     r = tvp("analyze", "efficiency", "--model", "m", "--task", "t", "--data", tmp_path, "--output", tmp_path / "o")

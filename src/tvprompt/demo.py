@@ -239,48 +239,41 @@ def run_tuning(cfg: DemoConfig) -> dict[str, Any]:
     return result
 
 
-def _mean_sd(values: list[float]) -> dict[str, float]:
-    arr = np.asarray(values, dtype=float)
-    return {"mean": float(arr.mean()), "sd": float(arr.std(ddof=1)) if arr.size > 1 else 0.0, "n": int(arr.size)}
-
-
 def summarize(cfg: DemoConfig, per_seed: list[dict[str, Any]], runs: list[tuple[str, str, list[str]]],
               targets: list[str]) -> dict[str, Any]:
     """Primary metric per (prompt, model), mean ± sd over seeds; the clean row; mean Δ per prompt."""
+    from .evaluation.report import mean_sd
+
     metric = per_seed[0]["primary_metric"]
-    clean = {m: _mean_sd([r["clean"][m][metric] for r in per_seed]) for m in targets}
+    clean = {m: mean_sd([r["clean"][m][metric] for r in per_seed]) for m in targets}
     rows = {}
     for name, method, sources in runs:
-        cells = {m: _mean_sd([r["transfer"][name][m]["prompted"][metric] for r in per_seed]) for m in targets}
+        cells = {m: mean_sd([r["transfer"][name][m]["prompted"][metric] for r in per_seed]) for m in targets}
         deltas = [np.mean([r["transfer"][name][m]["delta"][metric] for m in targets]) for r in per_seed]
         tgt = [m for m in targets if m not in sources]
         tdeltas = [np.mean([r["transfer"][name][m]["delta"][metric] for m in tgt]) for r in per_seed] if tgt else []
-        rows[name] = {"method": method, "sources": sources, "cells": cells, "avg_delta": _mean_sd(deltas),
-                      "avg_delta_targets": _mean_sd(tdeltas) if tdeltas else None}
+        rows[name] = {"method": method, "sources": sources, "cells": cells, "avg_delta": mean_sd(deltas),
+                      "avg_delta_targets": mean_sd(tdeltas) if tdeltas else None}
     return {"task": per_seed[0]["task"]["name"], "metric": metric, "split": "test",
             "n_test": per_seed[0]["cells"][0]["n"], "seeds": cfg.seeds, "targets": targets,
             "clean": clean, "prompts": rows, "config": asdict(cfg)}
 
 
-def _fmt(stat: dict[str, float], signed: bool = False, with_sd: bool = True) -> str:
-    value = f"{100 * stat['mean']:+.1f}" if signed else f"{100 * stat['mean']:.1f}"
-    return f"{value} ± {100 * stat['sd']:.1f}" if with_sd and stat["n"] > 1 else value
-
-
 def render(summary: dict[str, Any]) -> str:
     """The Table-1-style Markdown table (rows: prompts; columns: target models)."""
-    from .evaluation.report import markdown_table
+    from .evaluation.report import fmt_mean_sd, markdown_table
 
     targets = summary["targets"]
     header = ["prompt", "method", *[_short(m) for m in targets], "avg Δ", "avg Δ (targets)"]
-    rows = [["no prompt", "", *[_fmt(summary["clean"][m]) for m in targets], "", ""]]
+    rows = [["no prompt", "", *[fmt_mean_sd(summary["clean"][m]) for m in targets], "", ""]]
     for name, row in summary["prompts"].items():
         cells = []
         for m in targets:
-            text = _fmt(row["cells"][m])
+            text = fmt_mean_sd(row["cells"][m])
             cells.append(f"*{text}*" if m in row["sources"] else text)
         tgt = row["avg_delta_targets"]
-        rows.append([name, row["method"], *cells, _fmt(row["avg_delta"], True), _fmt(tgt, True) if tgt else ""])
+        rows.append([name, row["method"], *cells, fmt_mean_sd(row["avg_delta"], True),
+                     fmt_mean_sd(tgt, True) if tgt else ""])
     seeds = summary["seeds"]
     lines = [
         f"# tvp demo: {summary['task']} (ShapeWorld downstream)",

@@ -28,6 +28,13 @@ def _train_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--tse", type=float, help="λ2, TSE weight (default: the method's preset, tvp 0.001; needs --guide)")
 
 
+def _seeds_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="train each variant N times, with training seeds --seed … --seed+N-1 (one folder each, "
+                   "reused on a rerun); the table and plot show mean ± sd (sample sd) over the seeds, all evaluated "
+                   "on the same samples (default 1)")
+
+
 def _eval_args(p: argparse.ArgumentParser, data_required: bool = True) -> None:
     p.add_argument("--model", action="extend", nargs="+", required=True, metavar="MODEL",
                    help="target models (several after one flag, or the flag repeated)")
@@ -37,7 +44,9 @@ def _eval_args(p: argparse.ArgumentParser, data_required: bool = True) -> None:
     p.add_argument("--limit", type=int, metavar="N",
                    help="evaluate N samples only: a subset seeded by --seed, stratified by class")
     p.add_argument("--batch-size", type=int, default=16, help="evaluation batch (default 16)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="draws the --limit evaluation subset and seeds training (default 0); with --seeds N the "
+                   "training seeds are SEED … SEED+N-1 and the evaluation subset stays the one SEED draws")
     p.add_argument("--output", required=True, metavar="DIR")
     p.add_argument("--reduced", action="store_true", help="a small grid (quick checks, tests)")
     add_model_args(p)
@@ -53,13 +62,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = names.add_parser("ablation", help="Tab. 2: none / FCA / TSE / FCA+TSE")
     _eval_args(p)
     _train_args(p)
+    _seeds_arg(p)
     p = names.add_parser("width", help="Tab. 3: prompt width sweep")
     _eval_args(p)
     _train_args(p)
+    _seeds_arg(p)
     p.add_argument("--widths", type=int, nargs="+", help="widths p to train (default 10 20 30 40 50)")
     p = names.add_parser("data-scale", help="Fig. 5: fraction of training data")
     _eval_args(p)
     _train_args(p)
+    _seeds_arg(p)
     p.add_argument("--fractions", type=float, nargs="+", help="fractions in (0, 1] (default 0.01 … 1)")
     p = names.add_parser("cross-dataset", help="Tab. 4: one prompt on other datasets of the same kind")
     _eval_args(p, data_required=False)
@@ -135,6 +147,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from ..evaluation.evaluate import Backends, EvalSetup
 
     name = args.analysis
+    an.check_seeds(getattr(args, "seeds", 1))  # before anything is loaded or written
     if name in ("attention", "efficiency") and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from ..errors import UsageError
 
@@ -172,11 +185,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         common = {"reduced": args.reduced, "backends": backends, "trainer": trainer}
         recipe = _recipe(args)
         if name == "ablation":
-            an.ablation(recipe, args.model, setup, args.output, **common)
+            an.ablation(recipe, args.model, setup, args.output, seeds=args.seeds, **common)
         elif name == "width":
-            an.width_sweep(recipe, args.model, setup, args.output, widths=args.widths, **common)
+            an.width_sweep(recipe, args.model, setup, args.output, widths=args.widths, seeds=args.seeds, **common)
         elif name == "data-scale":
-            an.data_scale(recipe, args.model, setup, args.output, fractions=args.fractions, **common)
+            an.data_scale(recipe, args.model, setup, args.output, fractions=args.fractions, seeds=args.seeds,
+                          **common)
         elif name == "cross-dataset":
             an.cross_dataset(_parse_eval_sets(args.eval), args.model, setup, args.output, prompt=args.prompt,
                              base=recipe, **common)

@@ -14,6 +14,8 @@ Training goes through one function, :func:`train_prompt` (replaceable: every ana
 ``trainer=``); each trained prompt is reused on a rerun when its recipe is unchanged, and the
 evaluations resume cell by cell, so an interrupted analysis continues where it stopped.
 Every analysis has a reduced mode (``reduced=True``; ``--reduced``) that runs a small grid.
+The sweeps (ablation, width, data scale) take ``seeds=N``: every variant trained with N training seeds
+(its own folder each), all evaluated on the same samples, reported as mean ± sd with error bars.
 
 Under ``accelerate launch`` one analysis joins the process group once (``world=``, else
 :func:`~tvprompt.training.distributed.init_world`) and hands it to every training run and evaluation
@@ -39,7 +41,7 @@ from ..errors import UsageError
 from ..files import write_text_atomic
 from ..training.distributed import World, init_world
 from .evaluate import Backends, EvalSetup, evaluate, slug, versions
-from .report import bar_chart, fmt_delta, line_chart, markdown_table
+from .report import bar_chart, fmt_delta, fmt_mean_sd, line_chart, markdown_table, mean_sd
 
 log = logging.getLogger(__name__)
 
@@ -199,52 +201,112 @@ def _model_header(results: dict[str, Any]) -> list[str]:
 
 def _sweep(name: str, title: str, variants: dict[str, TrainRecipe], targets: Sequence[str], setup: EvalSetup,
            output: Path, trainer: Trainer, backends: Backends | None, xs: Sequence[float] | None = None,
-           xlabel: str = "", logx: bool = False, reduced: bool = False, world: World | None = None) -> dict[str, Any]:
+           xlabel: str = "", logx: bool = False, reduced: bool = False, world: World | None = None,
+           seeds: int = 1) -> dict[str, Any]:
+    check_seeds(seeds)
     with _joined(world) as world:
         return _sweep_in(name, title, variants, targets, setup, Path(output), trainer, backends, xs, xlabel, logx,
-                         reduced, world)
+                         reduced, world, seeds)
+
+
+def check_seeds(seeds: int) -> None:
+    """Refuse a training-seed count below 1 (``--seeds``)."""
+    if seeds < 1:
+        raise UsageError(f"--seeds {seeds}: give 1 or more training seeds per variant")
+
+
+def _stat(values: Sequence[float | None]) -> dict[str, float] | None:
+    """Mean ± sd over seeds; None when a seed has no value."""
+    present = [float(v) for v in values if v is not None]
+    return mean_sd(present) if len(present) == len(values) else None
+
+
+def _over_seeds(label: str, per_seed: list[dict[str, Any]], models: list[str]) -> dict[str, Any]:
+    """One variant's row from its per-seed rows: mean ± sd per model and of the average Δ."""
+    return {"label": label, "seeds": [r["seed"] for r in per_seed], "prompts": [r["prompt"] for r in per_seed],
+            "delta": {m: _stat([r["delta"][m] for r in per_seed]) for m in models},
+            "prompted": {m: _stat([r["prompted"][m] for r in per_seed]) for m in models},
+            "avg_delta": _stat([r["avg_delta"] for r in per_seed]), "per_seed": per_seed}
+
+
+def _points(value: float | dict[str, float] | None, key: str = "mean") -> float:
+    """A Δ (one seed) or the ``key`` of a mean ± sd (several) in points; 0 when missing."""
+    if value is None:
+        return 0.0
+    return 100 * (value[key] if isinstance(value, dict) else (value if key == "mean" else 0.0))
 
 
 def _sweep_in(name: str, title: str, variants: dict[str, TrainRecipe], targets: Sequence[str], setup: EvalSetup,
               output: Path, trainer: Trainer, backends: Backends | None, xs: Sequence[float] | None, xlabel: str,
-              logx: bool, reduced: bool, world: World) -> dict[str, Any]:
+              logx: bool, reduced: bool, world: World, seeds: int = 1) -> dict[str, Any]:
     if reduced:
         variants = {k: _reduced(r) for k, r in variants.items()}
     trainer = _in_world(trainer, world)
-    dirs = [trained(r, output / "train" / slug(label), trainer, world) for label, r in variants.items()]
-    names = [f"{name}-{slug(label)}" for label in variants]
+    # one run per (variant, training seed), each in its own folder; every run is evaluated in one pass,
+    # so all see the same evaluation subset (``setup.seed``), whatever their training seed
+    runs = [(label, dataclasses.replace(r, seed=r.seed + i),
+             slug(label) if seeds == 1 else f"{slug(label)}-seed{r.seed + i}")
+            for label, r in variants.items() for i in range(seeds)]
+    dirs = [trained(r, output / "train" / key, trainer, world) for _, r, key in runs]
+    names = [f"{name}-{key}" for _, _, key in runs]
     results = evaluate(dirs, targets, setup, output / "eval", backends=backends, names=names, world=world)
-    models, rows = _delta_rows(results, dict(zip(names, variants, strict=True)))
+    models, rows = _delta_rows(results, dict(zip(names, (label for label, _, _ in runs), strict=True)))
+    if seeds > 1:
+        for row, (_, r, _) in zip(rows, runs, strict=True):
+            row["seed"] = r.seed
+        rows = [_over_seeds(label, rows[i * seeds:(i + 1) * seeds], models) for i, label in enumerate(variants)]
     metric = results["primary_metric"]
-    table = [[r["label"], *(fmt_delta(r["delta"][m]) for m in models), fmt_delta(r["avg_delta"])] for r in rows]
+    cell = fmt_delta if seeds == 1 else functools.partial(fmt_mean_sd, signed=True)
+    table = [[r["label"], *(cell(r["delta"][m]) for m in models), cell(r["avg_delta"])] for r in rows]
     header = ["variant", *_model_header(results), f"avg Δ {metric}"]
 
+    plot_title = title if seeds == 1 else f"{title}: mean ± sd over {seeds} training seeds"
+
     def plot(path: Path) -> Path:
+        def errors(series: dict[str, list[Any]]) -> dict[str, list[float]] | None:
+            return {k: [_points(v, "sd") for v in vs] for k, vs in series.items()} if seeds > 1 else None
+
+        def means(series: dict[str, list[Any]]) -> dict[str, list[float]]:
+            return {k: [_points(v) for v in vs] for k, vs in series.items()}
+
         if xs is None:
             from .report import model_names
 
-            series = {r["label"]: [100 * (r["delta"][m] or 0.0) for m in models] for r in rows}
-            return bar_chart(list(model_names(results).values()), series, path, title=title,
-                             ylabel=f"Δ {metric} (points)")
-        series = {"mean over models": [100 * (r["avg_delta"] or 0.0) for r in rows]}
+            series = {r["label"]: [r["delta"][m] for m in models] for r in rows}
+            return bar_chart(list(model_names(results).values()), means(series), path, title=plot_title,
+                             ylabel=f"Δ {metric} (points)", errors=errors(series))
+        series = {"mean over models": [r["avg_delta"] for r in rows]}
         if len(models) > 1:
-            series.update({m: [100 * (r["delta"][m] or 0.0) for r in rows] for m in models})
-        return line_chart(list(xs), series, path, title=title, xlabel=xlabel, ylabel=f"Δ {metric} (points)", logx=logx)
+            series.update({m: [r["delta"][m] for r in rows] for m in models})
+        return line_chart(list(xs), means(series), path, title=plot_title, xlabel=xlabel,
+                          ylabel=f"Δ {metric} (points)", logx=logx, errors=errors(series))
 
+    recipes: dict[str, Any] = {k: dataclasses.asdict(v) for k, v in variants.items()}
+    if seeds > 1:
+        recipes = {label: [dataclasses.asdict(r) for lab, r, _ in runs if lab == label] for label in variants}
     doc = {"title": title, "primary_metric": metric, "reduced": reduced, "models": models, "rows": rows,
-           "recipes": {k: dataclasses.asdict(v) for k, v in variants.items()}, "eval": str(output / "eval"),
-           "setup": dataclasses.asdict(setup)}
+           "recipes": recipes, "eval": str(output / "eval"), "setup": dataclasses.asdict(setup)}
+    if seeds > 1:
+        doc["seeds"] = [r.seed for _, r, _ in runs[:seeds]]
     if xs is not None:
         doc["x"] = list(xs)
     note = f"Δ = prompted − clean {metric} in points on `{setup.split}`, evaluated on {', '.join(targets)}."
+    if seeds > 1:
+        listed = ", ".join(map(str, doc["seeds"]))
+        note += (f" Each cell: mean ± sd (sample sd) over {seeds} training seeds ({listed}),"
+                 f" all evaluated on the same samples (evaluation seed {setup.seed}).")
     return write_analysis(output, name, doc, header, table, plot, note, world)
 
 
 # ------------------------------------------------------------------ analyses
 def ablation(base: TrainRecipe, targets: Sequence[str], setup: EvalSetup, output: str | Path, *,
              trainer: Trainer = train_prompt, backends: Backends | None = None, reduced: bool = False,
-             world: World | None = None) -> dict[str, Any]:
-    """Tab. 2: the same training with FCA and TSE switched on and off (weights from ``base``, else tvp's)."""
+             world: World | None = None, seeds: int = 1) -> dict[str, Any]:
+    """Tab. 2: the same training with FCA and TSE switched on and off (weights from ``base``, else tvp's).
+
+    ``seeds`` > 1: each variant is trained with seeds ``base.seed`` … ``base.seed + seeds - 1`` and reported as
+    mean ± sd (the same for :func:`width_sweep` and :func:`data_scale`)."""
+    check_seeds(seeds)
     if base.guide is None:
         raise UsageError("the ablation trains TSE variants: pass --guide MODEL (a CLIP-like model)")
     fca = base.fca or 0.005
@@ -252,28 +314,31 @@ def ablation(base: TrainRecipe, targets: Sequence[str], setup: EvalSetup, output
     variants = {label: dataclasses.replace(base, fca=fca if f else 0.0, tse=tse if t else 0.0)
                 for label, (f, t) in ABLATION.items()}
     return _sweep("ablation", "FCA / TSE ablation", variants, targets, setup, Path(output), trainer, backends,
-                  reduced=reduced, world=world)
+                  reduced=reduced, world=world, seeds=seeds)
 
 
 def width_sweep(base: TrainRecipe, targets: Sequence[str], setup: EvalSetup, output: str | Path, *,
                 widths: Sequence[int] | None = None, trainer: Trainer = train_prompt,
-                backends: Backends | None = None, reduced: bool = False, world: World | None = None) -> dict[str, Any]:
+                backends: Backends | None = None, reduced: bool = False, world: World | None = None,
+                seeds: int = 1) -> dict[str, Any]:
     """Tab. 3: prompt width p."""
     widths = list(widths or ((min(WIDTHS), base.width) if reduced else WIDTHS))
     widths = sorted(set(widths))
     variants = {f"p={w}": dataclasses.replace(base, width=w) for w in widths}
     return _sweep("width", "prompt width", variants, targets, setup, Path(output), trainer, backends,
-                  xs=widths, xlabel="prompt width p (pixels)", reduced=reduced, world=world)
+                  xs=widths, xlabel="prompt width p (pixels)", reduced=reduced, world=world, seeds=seeds)
 
 
 def data_scale(base: TrainRecipe, targets: Sequence[str], setup: EvalSetup, output: str | Path, *,
                fractions: Sequence[float] | None = None, trainer: Trainer = train_prompt,
-               backends: Backends | None = None, reduced: bool = False, world: World | None = None) -> dict[str, Any]:
-    """Fig. 5: fraction of the training data."""
+               backends: Backends | None = None, reduced: bool = False, world: World | None = None,
+               seeds: int = 1) -> dict[str, Any]:
+    """Fig. 5: fraction of the training data (the training seed also draws the share)."""
     fractions = sorted(set(fractions or ((0.1, 1.0) if reduced else FRACTIONS)))
     variants = {f"{100 * f:g}%": dataclasses.replace(base, fraction=f) for f in fractions}
     return _sweep("data_scale", "training data scale", variants, targets, setup, Path(output), trainer, backends,
-                  xs=[100 * f for f in fractions], xlabel="training data (%)", logx=True, reduced=reduced, world=world)
+                  xs=[100 * f for f in fractions], xlabel="training data (%)", logx=True, reduced=reduced, world=world,
+                  seeds=seeds)
 
 
 def _reduced(recipe: TrainRecipe) -> TrainRecipe:

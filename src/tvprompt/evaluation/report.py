@@ -4,7 +4,8 @@
 prompt, columns = models, then the average Δ; a prompt's source model is marked —), ``delta.png``
 (Δ per model and prompt), ``prompt_<name>.png`` (each prompt rendered on grey) and, when features
 were saved (``--tsne``), ``tsne_<model>.png`` (clean vs prompted features, Fig. 3 of the paper).
-The small helpers (``markdown_table``, ``bar_chart``, ``line_chart``) are shared with the analyses.
+The small helpers (``markdown_table``, ``bar_chart``, ``line_chart``, ``mean_sd``) are shared with the
+analyses and the demo.
 """
 
 from __future__ import annotations
@@ -37,6 +38,20 @@ def fmt_delta(value: float | None) -> str:
     return "" if value is None else f"{100 * value:+.1f}"
 
 
+def mean_sd(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample sd (ddof=1; 0 for one value) and count of ``values`` (e.g. one per training seed)."""
+    arr = np.asarray(values, dtype=float)
+    return {"mean": float(arr.mean()), "sd": float(arr.std(ddof=1)) if arr.size > 1 else 0.0, "n": int(arr.size)}
+
+
+def fmt_mean_sd(stat: dict[str, float] | None, signed: bool = False, with_sd: bool = True) -> str:
+    """A :func:`mean_sd` of metrics in [0, 1] as points: ``mean ± sd`` (the mean alone for one value); '' for None."""
+    if stat is None:
+        return ""
+    value = f"{100 * stat['mean']:+.1f}" if signed else f"{100 * stat['mean']:.1f}"
+    return f"{value} ± {100 * stat['sd']:.1f}" if with_sd and stat["n"] > 1 else value
+
+
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub Markdown table; cells are str()-ed and pipes escaped."""
 
@@ -66,8 +81,9 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float]], path: str | Path, *, title: str = "",
-              ylabel: str = "", sources: dict[str, Sequence[bool]] | None = None, note: str = "") -> Path:
-    """Grouped bars: one group per label in ``groups``, one bar per series.
+              ylabel: str = "", sources: dict[str, Sequence[bool]] | None = None, note: str = "",
+              errors: dict[str, Sequence[float]] | None = None) -> Path:
+    """Grouped bars: one group per label in ``groups``, one bar per series; ``errors[name]``: error bars (± that).
 
     ``sources[name][i]``: bar i of series ``name`` is a source model of that prompt (hatched, as the
     tables mark it). A bar of exactly 0 gets a dash at 0 so that "no change" stays visible. ``note``
@@ -79,7 +95,8 @@ def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float]], path: s
     any_source = False
     for i, (name, values) in enumerate(series.items()):
         pos = x + (i - (len(series) - 1) / 2) * width
-        bars = ax.bar(pos, values, width, label=name)
+        yerr = errors.get(name) if errors else None
+        bars = ax.bar(pos, values, width, label=name, yerr=yerr, capsize=3 if yerr is not None else 0)
         color = bars.patches[0].get_facecolor() if bars.patches else None
         for k, bar in enumerate(bars.patches):
             if sources and sources.get(name) and sources[name][k]:
@@ -104,12 +121,17 @@ def bar_chart(groups: Sequence[str], series: dict[str, Sequence[float]], path: s
 
 
 def line_chart(xs: Sequence[float], series: dict[str, Sequence[float]], path: str | Path, *, title: str = "",
-               xlabel: str = "", ylabel: str = "", logx: bool = False, ticks_at_xs: bool = True) -> Path:
-    """One line per series over ``xs``; the x ticks sit at the ``xs`` themselves (the widths or fractions run)."""
+               xlabel: str = "", ylabel: str = "", logx: bool = False, ticks_at_xs: bool = True,
+               errors: dict[str, Sequence[float]] | None = None) -> Path:
+    """One line per series over ``xs``; the x ticks sit at the ``xs`` themselves (the widths or fractions run);
+    ``errors[name]``: error bars (± that) on that series."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for name, ys in series.items():
-        ax.plot(xs, ys, marker="o", label=name)
+        if errors and errors.get(name) is not None:
+            ax.errorbar(xs, ys, yerr=errors[name], marker="o", capsize=3, label=name)
+        else:
+            ax.plot(xs, ys, marker="o", label=name)
     if logx:
         ax.set_xscale("log")
     if ticks_at_xs:
