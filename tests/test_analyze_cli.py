@@ -118,3 +118,18 @@ def test_attention_refuses_several_processes(tvp, tmp_path, monkeypatch):
             "--output", tmp_path / "o")
     assert r.returncode == 2 and "draws a few images: run it without accelerate launch" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_lr_reaches_the_training_config(tmp_path):
+    from tvprompt.cli import build_parser
+    from tvprompt.cli.analyze import _recipe
+    from tvprompt.training.config import resolve_config
+
+    base = ["analyze", "ablation", "--source", "zoo:a", "--guide", "zoo:g", "--model", "zoo:a", "--task",
+            "shapeworld_shape", "--data", str(tmp_path), "--output", str(tmp_path / "out")]
+    tuned = _recipe(build_parser().parse_args([*base, "--lr", "2.5"]))
+    preset = _recipe(build_parser().parse_args(base))
+    assert tuned.extra == {"lr": 2.5} and preset.extra == {}
+    flags = {"sources": ["zoo:a"], "task": "shapeworld_shape", "steps": 1}
+    assert resolve_config("tvp", flags={**flags, **tuned.extra}).lr == 2.5
+    assert resolve_config("tvp", flags={**flags, **preset.extra}).lr == 10.0

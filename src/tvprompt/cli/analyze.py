@@ -21,6 +21,7 @@ def _train_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--method", default="tvp", choices=["vp", "evp", "tvp"], help="trainer preset (default tvp)")
     g.add_argument("--guide", help="CLIP-like guide model for TSE")
     g.add_argument("--steps", type=int, help="prompt updates per trained prompt")
+    g.add_argument("--lr", type=float, help="learning rate / step size γ (default: the method's preset)")
     g.add_argument("--train-batch-size", type=int, default=16, help="training batch (default 16)")
     g.add_argument("--width", type=int, default=30, help="prompt width p (default 30)")
     g.add_argument("--image-size", type=int, default=224, help="prompted image side (default 224)")
@@ -125,7 +126,8 @@ def _recipe(args: argparse.Namespace):
         raise UsageError("training needs --task and --train-data (or --data)")
     return TrainRecipe(sources=args.source, task=args.task, data=data, method=args.method, guide=args.guide,
                        steps=args.steps, batch_size=args.train_batch_size, width=args.width,
-                       image_size=args.image_size, fca=args.fca, tse=args.tse, seed=args.seed)
+                       image_size=args.image_size, fca=args.fca, tse=args.tse, seed=args.seed,
+                       extra={} if args.lr is None else {"lr": args.lr})
 
 
 def _parse_eval_sets(items: list[str]) -> list[tuple[str, str]]:
