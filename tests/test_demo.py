@@ -63,6 +63,7 @@ def _run(env: dict[str, str], out: Path, *extra: str) -> subprocess.CompletedPro
 
 def test_demo_quick_end_to_end_small(zoo_env, tmp_path):
     r = _run(zoo_env, tmp_path / "demo", "--methods", "vp", "tvp", "--targets", "zoo:llava-p8", "zoo:blip2-opt",
+             "--ensemble", "zoo:llava-p8", "zoo:blip2-opt",
              "--steps", "2", "--limit", "10", "--n", "60")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "| no prompt |" in r.stdout and "tvp@llava-p8+blip2-opt" in r.stdout
@@ -93,6 +94,10 @@ def test_demo_quick_default(zoo_env, tmp_path):
     r = _run(zoo_env, tmp_path / "demo")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "report written" in r.stdout
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    # by default one source model, every method, every zoo MLLM as a target; no ensemble
+    assert list(summary["prompts"]) == ["pad-only", "vp@llava-p8", "evp@llava-p8", "tvp@llava-p8"]
+    assert len(summary["targets"]) == len(SHIPPED or ["llava-p8", "blip2-opt"])
 
 
 def test_tuning_grid_gives_every_method_the_same_budget():

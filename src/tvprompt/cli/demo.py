@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--task", default="shape", choices=["shape", "color", "count", "exist"],
                    help="ShapeWorld downstream task (default shape)")
     p.add_argument("--source", default=None, help="source model for single-model prompts (default zoo:llava-p8)")
-    p.add_argument("--ensemble", nargs="+", metavar="MODEL", help="source models of the ensemble prompts")
+    p.add_argument("--ensemble", nargs="+", metavar="MODEL",
+                   help="also train prompts on this ensemble, e.g. zoo:llava-p8 zoo:blip2-opt (default: none)")
     p.add_argument("--targets", nargs="+", metavar="MODEL", help="models to evaluate on (default: every zoo MLLM)")
     p.add_argument("--methods", nargs="+", choices=["vp", "evp", "tvp"], help="methods (default: all three)")
     p.add_argument("--steps", type=int, help="prompt updates per run")
