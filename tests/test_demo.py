@@ -116,17 +116,23 @@ def test_tuning_grid_gives_every_method_the_same_budget():
 
 
 def test_demo_tune_scores_the_grid_on_validation_only(zoo_env, tmp_path):
-    r = _run(zoo_env, tmp_path / "demo", "--tune", "--methods", "vp", "evp", "--steps", "2", "--n", "60")
+    r = _run(zoo_env, tmp_path / "demo", "--tune", "--methods", "vp", "evp", "--steps", "2", "--n", "60",
+             "--seeds", "2")
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((tmp_path / "demo" / "tuning" / "tuning.json").read_text())
-    assert result["split"] == "val" and set(result["grid"]) == {"vp", "evp"}
+    assert result["split"] == "val" and set(result["grid"]) == {"vp", "evp"} and result["seeds"] == [0, 1]
     for method, values in result["grid"].items():
-        scores = result["scores"][method]
+        scores, per_seed = result["scores"][method], result["scores_per_seed"][method]
         assert set(scores) == {f"{v:g}" for v in values} and all(0 <= s <= 1 for s in scores.values())
+        # a grid point's score is the mean over its training seeds; the best mean is chosen
+        for lr, score in scores.items():
+            assert len(per_seed[lr]) == 2 and score == pytest.approx(sum(per_seed[lr]) / 2)
         assert scores[f"{result['chosen'][method]['lr']:g}"] == max(scores.values())
-    # every evaluation the tuning ran read the validation split, never test
-    evaluations = sorted((tmp_path / "demo" / "tuning" / "eval").glob("*/results.json"))
-    assert [p.parent.name for p in evaluations] == ["evp", "vp"]
-    for results in evaluations:
-        assert json.loads(results.read_text())["setup"]["split"] == "val"
+    # one evaluation of every tuning prompt, on the validation split (never test), the clean cell once
+    results = json.loads((tmp_path / "demo" / "tuning" / "eval" / "results.json").read_text())
+    assert results["setup"]["split"] == "val" and len(results["transfer"]) == 2 * 3 * 2
+    cells = [p.name for p in (tmp_path / "demo" / "tuning" / "eval" / "cells").glob("*.json")]
+    assert sum("__none-" in c for c in cells) == 1
+    seed_dirs = sorted(p.name for p in (tmp_path / "demo" / "tuning" / "runs").iterdir())
+    assert "vp-lr10-seed0" in seed_dirs and "vp-lr10-seed1" in seed_dirs
     assert not (tmp_path / "demo" / "eval").exists() and "γ = ×0.25" in r.stdout

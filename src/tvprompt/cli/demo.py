@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="use every released hyper-parameter instead of the step sizes `--tune` chose")
     p.add_argument("--tune", action="store_true",
                    help="instead of the demo, choose each method's step size on the source model's validation "
-                        "split (γ at ¼, 1 and 4 times the released value; writes tuning/tuning.json)")
+                        "split (γ at ¼, 1 and 4 times the released value, each trained with --seeds seeds; "
+                        "the best mean wins; writes tuning/tuning.json)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide progress bars")
     p.set_defaults(func=cmd_demo)
 
