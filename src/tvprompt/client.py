@@ -112,7 +112,8 @@ class PromptClient:
         VisualPrompt.from_pretrained(directory)
         data = pack_dir(directory)
         form = {"name": name} if name else {}
-        return self._request("POST", "/prompts", files={"file": ("prompt.zip", data, "application/zip")}, data=form).json()
+        return self._request("POST", "/prompts", files={"file": ("prompt.zip", data, "application/zip")},
+                             data=form).json()
 
     def delete(self, prompt_id: str) -> None:
         self._request("DELETE", f"/prompts/{prompt_id}")
@@ -124,18 +125,21 @@ class PromptClient:
 
     # ------------------------------------------------------------------ jobs
     def submit_job(
-        self, method: str, sources: list[str], task: str | None = None, dataset: str | None = None, guide: str | None = None,
+        self, method: str, sources: list[str], task: str | None = None, dataset: str | None = None,
+        guide: str | None = None,
         steps: int | None = None, batch_size: int | None = None, seed: int | None = None, name: str | None = None,
         dataset_id: str | None = None,
     ) -> dict[str, Any]:
-        """A job on a manifest under the server's data root (``task`` + ``dataset``) or on an upload (``dataset_id``)."""
+        """A job on a manifest under the server's data root (``task`` + ``dataset``) or on an upload
+        (``dataset_id``)."""
         body = {"method": method, "sources": list(sources), "task": task, "dataset": dataset, "guide": guide,
                 "steps": steps, "batch_size": batch_size, "seed": seed, "name": name, "dataset_id": dataset_id}
         return self._request("POST", "/jobs", json={k: v for k, v in body.items() if v is not None}).json()
 
     # ------------------------------------------------------------------ uploaded datasets
     def upload_dataset(
-        self, archive: str | os.PathLike | bytes, name: str, instruction: str | None = None, choices: list[str] | None = None,
+        self, archive: str | os.PathLike | bytes, name: str, instruction: str | None = None,
+        choices: list[str] | None = None,
     ) -> dict[str, Any]:
         """Upload a zip of labelled images (with manifest.jsonl, or one folder per class) and its task spec."""
         import json
@@ -146,7 +150,8 @@ class PromptClient:
             form["instruction"] = instruction
         if choices:
             form["choices"] = json.dumps(list(choices))
-        return self._request("POST", "/datasets", files={"file": ("dataset.zip", data, "application/zip")}, data=form).json()
+        return self._request("POST", "/datasets", files={"file": ("dataset.zip", data, "application/zip")},
+                             data=form).json()
 
     def datasets(self) -> list[dict[str, Any]]:
         return self._request("GET", "/datasets").json()

@@ -82,9 +82,11 @@ class PromptConfig:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise UsageError(f"field '{name}': expected an integer, got {_short(value)}")
         if min(self.image_height, self.image_width) < 8:
-            raise UsageError(f"field 'image_height'/'image_width': {self.image_height}x{self.image_width} is too small (min 8)")
+            raise UsageError(f"field 'image_height'/'image_width': {self.image_height}x{self.image_width} is too small "
+                             "(min 8)")
         if max(self.image_height, self.image_width) > MAX_SIDE:
-            raise UsageError(f"field 'image_height'/'image_width': {self.image_height}x{self.image_width} is too large (max {MAX_SIDE})")
+            raise UsageError(f"field 'image_height'/'image_width': {self.image_height}x{self.image_width} is too large "
+                             f"(max {MAX_SIDE})")
         if not 0 <= self.seed <= MAX_SEED:
             raise UsageError(f"field 'seed': {self.seed} must be in [0, 2^63 - 1]")
         if self.shape == "padding" and not 0 < 2 * self.prompt_width < min(self.image_height, self.image_width):
@@ -93,7 +95,8 @@ class PromptConfig:
                 f"a {self.image_height}x{self.image_width} frame"
             )
         if self.shape.endswith("patch") and not 0 < self.patch_size <= min(self.image_height, self.image_width):
-            raise UsageError(f"field 'patch_size': {self.patch_size} must be in [1, {min(self.image_height, self.image_width)}]")
+            raise UsageError(f"field 'patch_size': {self.patch_size} must be in [1, "
+                             f"{min(self.image_height, self.image_width)}]")
         if (not isinstance(self.epsilon, int | float) or isinstance(self.epsilon, bool)
                 or not (math.isfinite(self.epsilon) and self.epsilon > 0)):
             raise UsageError(f"field 'epsilon': {_short(self.epsilon)} must be a positive number")
@@ -114,10 +117,12 @@ class PromptConfig:
             if value is not None:
                 _check_text(value, f"field '{name}'", limit)
         if not isinstance(self.sources, list) or len(self.sources) > MAX_SOURCES:
-            raise UsageError(f"field 'sources': expected a list of at most {MAX_SOURCES} objects, got {_short(self.sources)}")
+            raise UsageError(f"field 'sources': expected a list of at most {MAX_SOURCES} objects, got "
+                             f"{_short(self.sources)}")
         for k, src in enumerate(self.sources):
             if not isinstance(src, dict):
-                raise UsageError(f"field 'sources[{k}]': expected an object like {{\"model_id\": \"hf:...\"}}, got {_short(src)}")
+                raise UsageError(f"field 'sources[{k}]': expected an object like {{\"model_id\": \"hf:...\"}}, got "
+                                 f"{_short(src)}")
             if src.get("model_id") is not None:
                 _check_text(src["model_id"], f"field 'sources[{k}].model_id'", MAX_MODEL_ID_CHARS)
             _check_json(src, f"field 'sources[{k}]'")
@@ -367,10 +372,12 @@ class VisualPrompt(nn.Module):
             raise PromptFileError(f"{w_path}: missing tensor 'delta' (found: {', '.join(sorted(tensors)) or 'none'})")
         delta = tensors["delta"]
         if delta.dtype != torch.float32:
-            raise PromptFileError(f"{w_path}: tensor 'delta' must be float32, got {str(delta.dtype).removeprefix('torch.')}")
+            raise PromptFileError(f"{w_path}: tensor 'delta' must be float32, got "
+                                  f"{str(delta.dtype).removeprefix('torch.')}")
         if tuple(delta.shape) != config.delta_shape:
             raise PromptFileError(
-                f"{w_path}: tensor 'delta' has shape {tuple(delta.shape)} but {CONFIG_NAME} implies {config.delta_shape}"
+                f"{w_path}: tensor 'delta' has shape {tuple(delta.shape)} but {CONFIG_NAME} implies "
+                f"{config.delta_shape}"
             )
         if not torch.isfinite(delta).all():
             raise PromptFileError(f"{w_path}: tensor 'delta' holds NaN or infinite values")
@@ -495,7 +502,8 @@ def model_card(config: PromptConfig, transfer: dict[str, Any] | None = None) -> 
                   "| model | no prompt | prompted | Δ |", "|---|---|---|---|"]
         for model, r in transfer["rows"].items():
             name = f"*{model}*" if r.get("source") else model
-            cells = [f"{r[k]:.4f}" if isinstance(r.get(k), int | float) else "-" for k in ("clean", "prompted", "delta")]
+            cells = [f"{r[k]:.4f}" if isinstance(r.get(k), int | float) else "-"
+                     for k in ("clean", "prompted", "delta")]
             lines.append(f"| {name} | {' | '.join(cells)} |")
         lines.append("")
     lines += [

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="tvp", description="Transferable visual prompts for multimodal LLMs.")
     parser.add_argument("--version", action="version", version=f"tvprompt {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    parser.add_argument("-v", "--verbose", action="store_true", help="tvprompt logs at DEBUG level (other libraries: warnings)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="tvprompt logs at DEBUG level (other libraries: warnings)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in command_modules():
         importlib.import_module(name).register(sub)

@@ -77,7 +77,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = names.add_parser("cross-dataset", help="Tab. 4: one prompt on other datasets of the same kind")
     _eval_args(p, data_required=False)
     _train_args(p, required=False)
-    p.add_argument("--prompt", metavar="PROMPT", help="an existing prompt, directory or Hub id (else one is trained from --task/--data)")
+    p.add_argument("--prompt", metavar="PROMPT",
+                   help="an existing prompt, directory or Hub id (else one is trained from --task/--data)")
     p.add_argument("--eval", action="append", required=True, metavar="TASK=PATH", help="dataset to evaluate on")
     p = names.add_parser("corruption", help="Tab. 9: corruptions × severities")
     _eval_args(p)

@@ -6,7 +6,9 @@ import argparse
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--llama", required=True, metavar="DIR", help="the Vicuna v0 model as a transformers folder (a folder with only the slow tokenizer.model needs: pip install 'tvprompt[slow-tokenizer]')")
+    p.add_argument("--llama", required=True, metavar="DIR",
+                   help="the Vicuna v0 model as a transformers folder (a folder with only the slow tokenizer.model "
+                        "needs: pip install 'tvprompt[slow-tokenizer]')")
     p.add_argument("--eva-vit", metavar="FILE", help="eva_vit_g.pth, when the checkpoints do not hold the ViT")
     p.add_argument("--output", required=True, metavar="DIR", help="model directory to write")
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
@@ -28,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert released MiniGPT-4 / VPGTrans / BLIVA checkpoints")
     kinds = p.add_subparsers(dest="kind", metavar="MODEL", required=True)
 
-    k = kinds.add_parser("minigpt4", help="MiniGPT-4 on Vicuna v0 (7B or 13B): LAVIS BLIP-2 file + stage-2 llama_proj; not the Llama-2 release (no Q-Former)")
+    k = kinds.add_parser("minigpt4",
+                         help="MiniGPT-4 on Vicuna v0 (7B or 13B): LAVIS BLIP-2 file + stage-2 llama_proj; not the "
+                              "Llama-2 release (no Q-Former)")
     k.add_argument("--lavis-ckpt", required=True, metavar="FILE",
                    help="LAVIS BLIP-2 checkpoint with the Q-Former (e.g. blip2_pretrained_flant5xxl.pth)")
     k.add_argument("--stage2", required=True, metavar="FILE", help="MiniGPT-4 stage-2 checkpoint (llama_proj)")

@@ -21,7 +21,8 @@ ORDER = 60  # `tvp --help` lists commands by ORDER
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate prompts (and no prompt) on models; write results, table and plots")
     p.add_argument("--prompt", action="extend", nargs="+", default=[], metavar="DIR",
-                   help="prompt directories or Hub repo ids user/name[@revision] (several after one flag, or the flag repeated)")
+                   help="prompt directories or Hub repo ids user/name[@revision] (several after one flag, or the flag "
+                        "repeated)")
     p.add_argument("--model", action="extend", nargs="+", required=True, metavar="MODEL",
                    help="model ids: hf:<id or dir> or zoo:<name> (several after one flag, or the flag repeated)")
     p.add_argument("--task", required=True, help="built-in task name or task YAML file")
@@ -46,8 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="image-decoding worker processes (default: up to 4 on a GPU, 0 on a CPU)")
     p.add_argument("--output", required=True, metavar="DIR", help="output folder (rerun to resume)")
     p.add_argument("--label", action="extend", nargs="+", metavar="NAME",
-                   help="row names of the prompts, in --prompt order (default: from each prompt's config, e.g. tvp@llava-p8)")
-    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout (for scripts) instead of the table")
+                   help="row names of the prompts, in --prompt order (default: from each prompt's config, e.g. "
+                        "tvp@llava-p8)")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON summary on stdout (for scripts) instead of the table")
     add_model_args(p)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
     p.set_defaults(func=cmd_eval)
@@ -77,7 +80,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     setup = EvalSetup(
         task=args.task, data=args.data, split=args.split, limit=args.limit, batch_size=args.batch_size,
         seed=args.seed, max_new_tokens=args.max_new_tokens, corruption=args.corruption,
-        severity=args.severity if args.corruption else None, corruption_strength=args.corruption_strength, tsne=args.tsne, image_size=args.image_size,
+        severity=args.severity if args.corruption else None, corruption_strength=args.corruption_strength,
+        tsne=args.tsne, image_size=args.image_size,
         num_workers=args.num_workers, progress=args.progress,
     )
     command = shlex.join(["tvp", *sys.argv[1:]]) if sys.argv[1:] else None

@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument("--check", metavar="MODEL_ID", help="load hf:<dir or id> / zoo:<name> and print what was found")
     p.add_argument("--guide", action="store_true", help="with --check: load it as a CLIP-like guide")
-    p.add_argument("--device", default=None, help="with --check: cpu, cuda, cuda:N or auto (default: cuda if available)")
+    p.add_argument("--device", default=None,
+                   help="with --check: cpu, cuda, cuda:N or auto (default: cuda if available)")
     p.set_defaults(func=cmd_models)
 
 

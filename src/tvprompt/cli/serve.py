@@ -21,14 +21,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-jobs", type=int, default=1, help="training jobs run at once (default 1)")
     p.add_argument("--apply-rate", type=float, default=120.0, help="apply calls per minute per client (default 120)")
     p.add_argument("--allow-model", action="append", metavar="ID", help="model id jobs may use (repeat; default any)")
-    p.add_argument("--cors-origin", action="append", metavar="ORIGIN", help="allow browser calls from ORIGIN (default: CORS off)")
+    p.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                   help="allow browser calls from ORIGIN (default: CORS off)")
     p.add_argument("--forwarded-allow-ips", default="", metavar="IPS",
                    help="comma-separated proxy addresses whose X-Forwarded-For is trusted (default: none, "
                         "the client is the TCP peer)")
     p.add_argument("--model", action="append", metavar="ID", help="host this model for `ask` in the web front (repeat)")
     p.add_argument("--model-device", help="device of the hosted models (default: CUDA when available, else CPU)")
     p.add_argument("--demo", action="store_true",
-                   help="host the zoo models and register small ShapeWorld demo prompts (built at the first start, then cached)")
+                   help="host the zoo models and register small ShapeWorld demo prompts (built at the first start, "
+                        "then cached)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_serve)
     ssub = p.add_subparsers(dest="serve_command", metavar="SUBCOMMAND")

@@ -82,5 +82,6 @@ def _show_data(spec, args: argparse.Namespace) -> int:
         ok += 1
         counts = Counter(s.answer for s in ds.samples)
         top = ", ".join(f"{a} {n}" for a, n in counts.most_common(3))
-        print(f"{split:<5}  {len(ds)} samples, {len(counts)} distinct answers ({top}{', ...' if len(counts) > 3 else ''})")
+        print(f"{split:<5}  {len(ds)} samples, {len(counts)} distinct answers "
+              f"({top}{', ...' if len(counts) > 3 else ''})")
     return 0 if ok else 1

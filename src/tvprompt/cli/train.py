@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Learn a visual prompt. Preset of --method, then --config FILE, then flags.",
     )
     a = p.add_argument
-    a("--method", choices=["vp", "evp", "tvp"], help="preset: vp (SGD+momentum), evp (normalised step), tvp (evp+FCA+TSE); default tvp")
+    a("--method", choices=["vp", "evp", "tvp"],
+      help="preset: vp (SGD+momentum), evp (normalised step), tvp (evp+FCA+TSE); default tvp")
     a("--preset", choices=["released"],
       help="a named recipe over the method's preset: released = the released TVP code step for step (docs/training.md)")
     a("--source", action="extend", nargs="+", metavar="MODEL",
@@ -56,12 +57,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--patch-size", type=int, help="side of a fixed_patch / random_patch prompt (30)")
     g.add_argument("--epsilon", type=float, help="L-inf bound of the full prompt (0.1)")
     g.add_argument("--image-size", type=int, help="side H of the prompted image (224)")
-    g.add_argument("--no-clamp", dest="clamp", action="store_const", const=False, help="leave δ unbounded (released code)")
+    g.add_argument("--no-clamp", dest="clamp", action="store_const", const=False,
+                   help="leave δ unbounded (released code)")
     g.add_argument("--grad-norm-over", choices=["border", "frame"],
                    help="normalise the gradient over the border (default) or the whole frame, then mask (released)")
     g.add_argument("--image-fit", choices=["squash", "crop"],
                    help="squash to the frame (default) or shorter side + centre crop to the inner size (released)")
-    g.add_argument("--image-resample", choices=["bilinear", "bicubic"], help="resize kernel (bilinear; released bicubic)")
+    g.add_argument("--image-resample", choices=["bilinear", "bicubic"],
+                   help="resize kernel (bilinear; released bicubic)")
     g = p.add_argument_group("loss")
     g.add_argument("--fca", type=float, metavar="L1", help="λ1, weight of FCA (tvp 0.005)")
     g.add_argument("--tse", type=float, metavar="L2", help="λ2, weight of TSE (tvp 0.001)")
@@ -72,8 +75,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--tse-form", choices=["similarity", "contrastive"], help="TSE form (similarity)")
     g.add_argument("--minigpt4-template", choices=["chat", "released"],
                    help="MiniGPT-4/VPGTrans prompt: chat (default) or the released code's <Img>…</Img> + instruction")
-    g.add_argument("--tse-template", metavar="TEXT", help="TSE text instead of the task's, e.g. 'this is a photo of a {answer}'")
-    g.add_argument("--tse-scale-clamp", type=float, metavar="S", help="cap the guide's logit scale (released 100; 0 = none)")
+    g.add_argument("--tse-template", metavar="TEXT",
+                   help="TSE text instead of the task's, e.g. 'this is a photo of a {answer}'")
+    g.add_argument("--tse-scale-clamp", type=float, metavar="S",
+                   help="cap the guide's logit scale (released 100; 0 = none)")
     g.add_argument("--fca-cache-mb", type=float, help="FCA reference cache budget per source, MiB (1024)")
     g.add_argument("--flip", action=argparse.BooleanOptionalAction, help="random horizontal flip (evp/tvp on)")
     g.add_argument("--jitter-scale", type=float, help="random zoom in [1-s, 1+s] (0)")
@@ -89,16 +94,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--ckpt-every", type=int, help="checkpoint every N updates (100)")
     g = p.add_argument_group("runtime")
     g.add_argument("--device", help="device for δ and models (cuda if available, else cpu)")
-    g.add_argument("--source-device", action="extend", nargs="+", metavar="DEVICE", help="device per --source, in order")
-    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], help="model dtype (auto: bf16 on GPU)")
+    g.add_argument("--source-device", action="extend", nargs="+", metavar="DEVICE",
+                   help="device per --source, in order")
+    g.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="model dtype (auto: bf16 on GPU)")
     g.add_argument("--device-map", choices=["auto"], help="auto: spread each source over every GPU (big models)")
-    g.add_argument("--revision", metavar="REV", help="branch, tag or commit of the Hub source models (org/name@REV: one model)")
+    g.add_argument("--revision", metavar="REV",
+                   help="branch, tag or commit of the Hub source models (org/name@REV: one model)")
     g.add_argument("--trust-remote-code", action="store_const", const=True,
                    help="allow model families that run the checkpoint's own code (VisualGLM)")
     g.add_argument("--gradient-checkpointing", action="store_const", const=True, help="save memory in the models")
     g.add_argument("--compile", choices=COMPILE_MODES,
                    help="torch.compile the models' transformer blocks (off; try default on a GPU at batch >= 16)")
-    g.add_argument("--num-workers", type=int, help="image-decoding worker processes (default: up to 4 on a GPU, 0 on a CPU)")
+    g.add_argument("--num-workers", type=int,
+                   help="image-decoding worker processes (default: up to 4 on a GPU, 0 on a CPU)")
     g.add_argument("--report-to", action="extend", nargs="+", choices=REPORT_TO, metavar="TRACKER",
                    help=f"log every metric row to these trackers ({', '.join(REPORT_TO)}; default none); "
                         "tensorboard writes OUTPUT/tensorboard")

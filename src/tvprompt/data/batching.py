@@ -83,7 +83,8 @@ class _BatchLoader(torch.utils.data.Dataset):
                 continue
             samples.append(dataclasses.replace(loaded, image=None))
             images.append(loaded.image.float())
-        return {"index": self.start + k, "samples": samples, "images": _stack(images, self.image_size, samples, self.fit, self.resample),
+        return {"index": self.start + k, "samples": samples,
+                "images": _stack(images, self.image_size, samples, self.fit, self.resample),
                 "skipped": skipped}  # fmt: skip
 
 

@@ -313,7 +313,8 @@ TABLES: dict[str, dict[str, list[Any]]] = {
         # the reference gives these in pixels as multiples of 244 on a 224 image ("244 should have been
         # 224"): as fractions of the side, the multiples times 244 / 224
         "elastic_transform": [tuple(v * 244 / 224 for v in row) for row in
-                              [(2, 0.7, 0.1), (2, 0.08, 0.2), (0.05, 0.01, 0.02), (0.07, 0.01, 0.02), (0.12, 0.01, 0.02)]],
+                              [(2, 0.7, 0.1), (2, 0.08, 0.2), (0.05, 0.01, 0.02), (0.07, 0.01, 0.02),
+                               (0.12, 0.01, 0.02)]],
         "pixelate": [0.6, 0.5, 0.4, 0.3, 0.25],
         "jpeg_compression": [25, 18, 15, 10, 7],
     },

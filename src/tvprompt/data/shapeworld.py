@@ -130,7 +130,9 @@ def _rng(task: str, distribution: str, seed: int, index: int) -> np.random.Gener
 def split_of(index: int, seed: int = 0) -> str:
     """Deterministic train/val/test assignment (60/20/20) of sample ``index``."""
     u = np.random.default_rng([int(seed), 7919, int(index)]).random()
-    return SPLITS[0] if u < SPLIT_FRACTIONS[0] else SPLITS[1] if u < SPLIT_FRACTIONS[0] + SPLIT_FRACTIONS[1] else SPLITS[2]
+    if u < SPLIT_FRACTIONS[0]:
+        return SPLITS[0]
+    return SPLITS[1] if u < SPLIT_FRACTIONS[0] + SPLIT_FRACTIONS[1] else SPLITS[2]
 
 
 # ---------------------------------------------------------------- drawing
@@ -189,7 +191,8 @@ def _background(rng: np.random.Generator, distribution: str, size: int) -> np.nd
     # downstream: the pretraining darkness plus low-frequency colour blotches, stripes and speckle
     base = rng.integers(0, 60)
     grid = rng.uniform(-25, 25, size=(6, 6, 3)).astype(np.float32)
-    low = np.asarray(Image.fromarray((grid + 128).astype(np.uint8)).resize((size, size), Image.BILINEAR), np.float32) - 128
+    low = np.asarray(Image.fromarray((grid + 128).astype(np.uint8)).resize((size, size), Image.BILINEAR),
+                     np.float32) - 128
     period = rng.uniform(8, 20)
     angle = rng.uniform(0, math.pi)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)

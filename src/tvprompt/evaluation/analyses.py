@@ -1,5 +1,6 @@
-"""The paper's analyses: each trains the prompts it needs, evaluates them with :func:`tvprompt.evaluation.evaluate.evaluate`
-and writes ``NAME.json`` + ``NAME.md`` + ``NAME.png`` into its output folder.
+"""The paper's analyses: each trains the prompts it needs, evaluates them with
+:func:`tvprompt.evaluation.evaluate.evaluate` and writes ``NAME.json`` + ``NAME.md`` + ``NAME.png``
+into its output folder.
 
 | analysis | paper | what varies |
 |---|---|---|
@@ -382,11 +383,13 @@ def _cross_dataset(eval_sets: Sequence[tuple[str, str]], targets: Sequence[str],
     table = [[r["label"], *(fmt_delta(r["delta"][m]) for m in targets), fmt_delta(r["avg_delta"])] for r in rows]
 
     def plot(path: Path) -> Path:
-        return bar_chart([r["label"] for r in rows], {"mean Δ over models": [100 * (r["avg_delta"] or 0) for r in rows]},
+        return bar_chart([r["label"] for r in rows],
+                         {"mean Δ over models": [100 * (r["avg_delta"] or 0) for r in rows]},
                          path, title="cross-dataset transfer", ylabel="Δ (points)")
 
     doc = {"title": "cross-dataset transfer", "prompt": str(pdir), "primary_metric": metric, "reduced": reduced,
-           "models": list(targets), "rows": rows, "recipe": dataclasses.asdict(base) if base and prompt is None else None}
+           "models": list(targets), "rows": rows,
+           "recipe": dataclasses.asdict(base) if base and prompt is None else None}
     return write_analysis(output, "cross_dataset", doc, ["evaluated on", *header, "avg Δ"], table, plot,
                           "Δ = prompted − clean, in points, of each dataset's primary metric.", world)
 

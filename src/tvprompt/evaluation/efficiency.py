@@ -214,5 +214,6 @@ def efficiency(model_id: str, task: str, data: str, output: Any, *, reduced: boo
     return write_analysis(Path(output), "efficiency", doc,
                           ["method", "trainable params", "step ms", "× prompt", "peak MiB", "status"], table, plot,
                           f"One training step, batch {rows[0]['batch_size']}, median over the timed steps, "
-                          f"device {rows[0]['device']}." + (f" Not in the plot: {', '.join(skipped)}." if skipped else "")
+                          f"device {rows[0]['device']}."
+                          + (f" Not in the plot: {', '.join(skipped)}." if skipped else "")
                           + (f" {caveat}" if caveat else ""))

@@ -80,7 +80,8 @@ class EvalSetup:
         from ..data.corruptions import STRENGTHS
 
         if self.corruption_strength not in STRENGTHS:
-            raise UsageError(f"--corruption-strength: {self.corruption_strength!r} is not one of {', '.join(STRENGTHS)}")
+            raise UsageError(f"--corruption-strength: {self.corruption_strength!r} is not one of "
+                             f"{', '.join(STRENGTHS)}")
 
 
 @dataclass
@@ -207,7 +208,8 @@ def _choices(spec: Any, sample: Any) -> tuple[str, ...]:
 
 # --------------------------------------------------------------------- one model
 @torch.no_grad()
-def _predict(adapter: Any, spec: Any, samples: list, pixels: list[torch.Tensor], max_new_tokens: int) -> list[list[dict]]:
+def _predict(adapter: Any, spec: Any, samples: list, pixels: list[torch.Tensor],
+             max_new_tokens: int) -> list[list[dict]]:
     """Records for each of ``len(pixels)`` cells on one batch, from one batched adapter call per choice set."""
     family = getattr(adapter, "family", "")
     texts = [spec.prompt_for(s, family) for s in samples]
@@ -332,7 +334,9 @@ def _run_batches(adapter: Any, spec: Any, setup: EvalSetup, pending: list[Prompt
                 by_shape.setdefault(tuple(x.shape), []).append(c)
             per_cell: list[list[dict]] = [[] for _ in pixels]
             for cs in by_shape.values():
-                for c, recs in zip(cs, _predict(adapter, spec, batch.samples, [pixels[c] for c in cs], setup.max_new_tokens),
+                for c, recs in zip(cs,
+                                   _predict(adapter, spec, batch.samples, [pixels[c] for c in cs],
+                                            setup.max_new_tokens),
                                    strict=True):
                     per_cell[c] = recs
         else:

@@ -213,7 +213,8 @@ def write_report(output: str | Path, *, tsne: bool | None = None) -> list[Path]:
         sources = {p["name"]: [bool(results["transfer"][p["name"]][m]["source"]) for m in names]
                    for p in results["prompts"]}
         written.append(bar_chart(list(names.values()), series, output / DELTA_PNG, sources=sources,
-                                 title=f"{results['task']['name']}: Δ {metric} per model", ylabel=f"Δ {metric} (points)"))
+                                 title=f"{results['task']['name']}: Δ {metric} per model",
+                                 ylabel=f"Δ {metric} (points)"))
     for p in results["prompts"]:
         path = write_prompt_png(p, output / f"prompt_{p['name']}.png")
         if path:
@@ -281,7 +282,8 @@ def write_tsne(output: Path, results: dict[str, Any], *, seed: int = 0) -> list[
             ax.set_xticks([])
             ax.set_yticks([])
         shown = classes[:10]  # tab10: more classes than colours would repeat them
-        handles = [plt.Line2D([], [], linestyle="none", marker="o", markersize=5, color=cmap(k)) for k in range(len(shown))]
+        handles = [plt.Line2D([], [], linestyle="none", marker="o", markersize=5,
+                              color=cmap(k)) for k in range(len(shown))]
         fig.legend(handles, [str(c) for c in shown], title="label" + ("" if len(classes) <= 10 else " (first 10)"),
                    loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, title_fontsize=8)
         fig.suptitle(f"{name}: vision features (t-SNE)", fontsize=10)

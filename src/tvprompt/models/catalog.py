@@ -59,7 +59,8 @@ def markdown_table(rows: list[dict[str, Any]] | None = None) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['name']}{' (untested)' if r.get('untested') else ''} | {', '.join(r['model_types']) or '—'} | {r['llm'] or '—'} | {yes[r['source']]} "
+            f"| {r['name']}{' (untested)' if r.get('untested') else ''} | {', '.join(r['model_types']) or '—'} | "
+            f"{r['llm'] or '—'} | {yes[r['source']]} "
             f"| {yes[r['target']]} | {', '.join(r['features']) or '—'} | {yes[r['guide']]} | {r['extra'] or '—'} |"
         )
     return "\n".join(lines)

@@ -153,7 +153,8 @@ def _quiet_inner_hooks(block: torch.nn.Module) -> None:
         if module is block:
             continue
         for handle_id, hook in list(module._forward_hooks.items()):
-            if getattr(hook, "__module__", "") != "transformers.utils.output_capturing" or getattr(hook, "_tvp_quiet", False):
+            if (getattr(hook, "__module__", "") != "transformers.utils.output_capturing"
+                    or getattr(hook, "_tvp_quiet", False)):
                 continue
             if _closure_value(hook, "key") == "hidden_states":
                 continue

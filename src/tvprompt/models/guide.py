@@ -81,7 +81,8 @@ class HFGuide(FrozenGuide):
             raise TvpError(f"{source}: could not load the guide ({e})") from None
         processor_config = read_local_or_hub_processor_config(source)
         default = cls.default_preprocessing(model.config)
-        pre = default if processor_config is None else ImagePreprocessing.from_processor_config(processor_config, default)
+        pre = (default if processor_config is None
+               else ImagePreprocessing.from_processor_config(processor_config, default))
         return cls(model.to(dev), tokenizer, pre, model_id or f"hf:{source}", dev)
 
     def preprocess(self, pixels01: torch.Tensor) -> torch.Tensor:
@@ -117,7 +118,8 @@ class ClipGuide(HFGuide):
     @classmethod
     def default_preprocessing(cls, config: Any) -> ImagePreprocessing:
         size = int(config.vision_config.image_size)
-        return ImagePreprocessing(size=(size, size), mean=CLIP_MEAN, std=CLIP_STD, resample="bicubic", shortest_edge=size)
+        return ImagePreprocessing(size=(size, size), mean=CLIP_MEAN, std=CLIP_STD, resample="bicubic",
+                                  shortest_edge=size)
 
 
 @register_guide("siglip")

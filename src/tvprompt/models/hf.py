@@ -240,7 +240,8 @@ class HFAdapter:
         if device_map is not None:
             kwargs["device_map"] = device_map
         if attn_implementation not in ATTN_IMPLEMENTATIONS:
-            raise UsageError(f"attn_implementation {attn_implementation!r} is not one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+            raise UsageError(f"attn_implementation {attn_implementation!r} is not one of "
+                             f"{', '.join(ATTN_IMPLEMENTATIONS)}")
         try:
             model = model_cls.from_pretrained(source, attn_implementation=attn_implementation, **kwargs)
         except (ValueError, ImportError) as e:
@@ -260,7 +261,8 @@ class HFAdapter:
         tokenizer = cls.load_tokenizer(source)
         processor_config = read_local_or_hub_processor_config(source)
         default = cls.default_preprocessing(model.config)
-        pre = default if processor_config is None else ImagePreprocessing.from_processor_config(processor_config, default)
+        pre = (default if processor_config is None
+               else ImagePreprocessing.from_processor_config(processor_config, default))
         adapter = cls(model, tokenizer, pre, model_id or f"hf:{source}", device=dev)
         adapter.setup(source)
         if gradient_checkpointing:  # after __init__'s eval(): it sets flags on the checkpointed layers
@@ -294,7 +296,8 @@ class HFAdapter:
         return int(self.model.config.image_token_id)
 
     def _is_encoder_decoder(self) -> bool:
-        text = self.model.config.get_text_config(decoder=True) if hasattr(self.model.config, "get_text_config") else None
+        config = self.model.config
+        text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else None
         return bool(getattr(text, "is_encoder_decoder", False))
 
     # ---- hooks ------------------------------------------------------------------------------------
@@ -507,7 +510,8 @@ class HFAdapter:
 
     def _score_decoder(self, pixels01: torch.Tensor, prompts: list[str], choices: list[str]) -> torch.Tensor:
         prefix = self._prefix_batch(prompts, _hw(pixels01))
-        out = self._call(prefix, self.forward_kwargs(self.preprocess(pixels01), prefix), logits_to_keep=1, use_cache=True)
+        out = self._call(prefix, self.forward_kwargs(self.preprocess(pixels01), prefix), logits_to_keep=1,
+                         use_cache=True)
         first = out.logits[:, -1].float().log_softmax(-1)  # (B, V): predicts each choice's first token
         cache = self.cache_of(out)
         per_pass = max(1, self.score_rows_per_pass // len(prompts))
@@ -537,7 +541,8 @@ class HFAdapter:
         offsets = torch.zeros_like(prefix.input_ids[:, :1])
         return self.continuation_positions(prefix, offsets) is not None
 
-    def _score_packed(self, prefix: TextBatch, first: torch.Tensor, cache: Any, answers: list[list[int]]) -> torch.Tensor:
+    def _score_packed(self, prefix: TextBatch, first: torch.Tensor, cache: Any,
+                      answers: list[list[int]]) -> torch.Tensor:
         """(B, C) scores of the token sequences ``answers``, packed back to back after one copy of each
         cached ``prefix`` row; the cache grows by the packed tokens (the caller crops it)."""
         batch_size = prefix.input_ids.shape[0]
@@ -546,7 +551,8 @@ class HFAdapter:
         mask = packed_attention_mask(prefix.attention_mask, packed.segment.to(self.device),
                                      packed.offsets.to(self.device), self.dtype)
         kwargs = {"attention_mask": mask,
-                  "position_ids": self.continuation_positions(prefix, packed.offsets.to(self.device).expand(batch_size, -1))}
+                  "position_ids": self.continuation_positions(
+                      prefix, packed.offsets.to(self.device).expand(batch_size, -1))}
         out = self._call(TextBatch(ids, torch.ones_like(ids), image_size=prefix.image_size), kwargs,
                          module=self.continuation_module(), cache=cache, use_cache=True)
         return packed_scores(out.logits, first, packed)
@@ -572,7 +578,8 @@ class HFAdapter:
 
     def _generate_decoder(self, pixels01: torch.Tensor, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
         prefix = self._prefix_batch(prompts, _hw(pixels01))
-        out = self._call(prefix, self.forward_kwargs(self.preprocess(pixels01), prefix), logits_to_keep=1, use_cache=True)
+        out = self._call(prefix, self.forward_kwargs(self.preprocess(pixels01), prefix), logits_to_keep=1,
+                         use_cache=True)
         cache = self.cache_of(out)
         eos = self.end_id
         batch_size = len(prompts)
@@ -592,7 +599,8 @@ class HFAdapter:
                              self.continuation_kwargs(running, ids, step_mask),
                              module=self.continuation_module(), cache=cache, use_cache=True)
             # the cache object is updated in place
-            running = TextBatch(torch.cat([running.input_ids, ids], 1), torch.cat([running.attention_mask, step_mask], 1),
+            running = TextBatch(torch.cat([running.input_ids, ids], 1),
+                                torch.cat([running.attention_mask, step_mask], 1),
                                 image_size=prefix.image_size)
         return _strip_eos(torch.stack(tokens, 1) if tokens else torch.zeros(batch_size, 0, dtype=torch.long), eos)
 

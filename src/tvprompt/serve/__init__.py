@@ -24,5 +24,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     except ModuleNotFoundError as e:
         from ..errors import UsageError
 
-        raise UsageError(f"the service needs the 'serve' extra ({e.name} is missing): pip install 'tvprompt[serve]'") from None
+        raise UsageError(f"the service needs the 'serve' extra ({e.name} is missing): pip install "
+                         "'tvprompt[serve]'") from None
     return _create_app(settings)

@@ -64,7 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine = open_engine(settings.db_url)
         sessions = session_factory(engine)
         store = PromptStore(settings.store_dir)
-        registry = Registry(sessions, store, settings.archive_limits, settings.max_prompt_pixels, settings.prompt_cache_size)
+        registry = Registry(sessions, store, settings.archive_limits, settings.max_prompt_pixels,
+                            settings.prompt_cache_size)
         registry.sweep()
         app.state.host = open_host(settings, registry)
         datasets = DatasetStore(
@@ -78,9 +79,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs.start()
         app.state.ctx = Context(
             settings, sessions, registry, jobs, RateLimiter(settings.apply_rate_per_minute, settings.apply_burst),
-            Gate(settings.max_concurrent_applies, settings.max_queued_applies, settings.apply_queue_timeout_s), datasets,
+            Gate(settings.max_concurrent_applies, settings.max_queued_applies, settings.apply_queue_timeout_s),
+            datasets,
         )
-        log.info("tvprompt service: store %s, db %s", settings.store_dir, engine.url.render_as_string(hide_password=True))
+        log.info("tvprompt service: store %s, db %s", settings.store_dir,
+                 engine.url.render_as_string(hide_password=True))
         try:
             yield
         finally:
@@ -113,7 +116,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        return JSONResponse({"detail": str(exc.detail)}, status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

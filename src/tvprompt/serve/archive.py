@@ -106,7 +106,8 @@ def read_archive(data: bytes, limits: ArchiveLimits) -> dict[str, bytes]:
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError):
-        raise ArchiveError("upload is not a zip archive; zip a prompt directory (prompt_config.json, prompt.safetensors)") from None
+        raise ArchiveError("upload is not a zip archive; zip a prompt directory (prompt_config.json, "
+                           "prompt.safetensors)") from None
     with zf:
         infos = zf.infolist()
         if len(infos) > limits.max_members:
@@ -132,7 +133,8 @@ def read_archive(data: bytes, limits: ArchiveLimits) -> dict[str, bytes]:
             cap = MEMBERS[name] if MEMBERS[name] is not None else limits.max_weights_bytes
             if info.file_size > cap:
                 raise ArchiveError(f"archive member {name!r} is {info.file_size} bytes, over the limit of {cap}")
-            if info.file_size > limits.ratio_min_bytes and info.file_size > limits.max_ratio * max(info.compress_size, 1):
+            if (info.file_size > limits.ratio_min_bytes
+                    and info.file_size > limits.max_ratio * max(info.compress_size, 1)):
                 raise ArchiveError(
                     f"archive member {name!r}: compression ratio over {limits.max_ratio:g} (possible zip bomb)"
                 )
@@ -143,9 +145,11 @@ def read_archive(data: bytes, limits: ArchiveLimits) -> dict[str, bytes]:
                         buf += chunk
                         total += len(chunk)
                         if len(buf) > min(cap, info.file_size) or total > limits.max_unpacked_bytes:
-                            raise ArchiveError(f"archive member {name!r} unpacks past its declared size (possible zip bomb)")
+                            raise ArchiveError(f"archive member {name!r} unpacks past its declared size (possible zip "
+                                               "bomb)")
             except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as e:
-                raise ArchiveError(f"archive member {name!r} is corrupt ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+                raise ArchiveError(f"archive member {name!r} is corrupt "
+                                   f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
             out[name] = bytes(buf)
         missing = [n for n in REQUIRED if n not in out]
         if missing:

@@ -2,10 +2,10 @@
 
 ``tvp serve --model zoo:llava-p8 --model hf:...`` loads each model once when the server starts.
 An ask ranks the choices by likelihood with the adapter's ``score_choices``, as ``tvp eval`` does,
-for the clean image (fitted to the prompt's size as its inner image is fitted, the evaluator's "no prompt" cell) and for the
-prompted image. Requests go through a bounded queue (full: the caller gets 503) to one worker
-thread, which takes up to ``batch_size`` waiting requests and scores those sharing a choice set
-and an image size in one batched call per model.
+for the clean image (fitted to the prompt's size as its inner image is fitted, the evaluator's
+"no prompt" cell) and for the prompted image. Requests go through a bounded queue (full: the
+caller gets 503) to one worker thread, which takes up to ``batch_size`` waiting requests and
+scores those sharing a choice set and an image size in one batched call per model.
 """
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ def make_question(prompt: VisualPrompt, image: torch.Tensor, question: str, choi
 class ModelHost:
     """The hosted adapters, a bounded queue and the worker that batches waiting asks."""
 
-    def __init__(self, adapters: list[Any], queue_size: int = 16, batch_size: int = 8, limiter: RateLimiter | None = None) -> None:
+    def __init__(self, adapters: list[Any], queue_size: int = 16, batch_size: int = 8,
+                 limiter: RateLimiter | None = None) -> None:
         self.adapters = adapters
         self.limiter = limiter or RateLimiter(60.0, 10)
         self.batch_size = batch_size

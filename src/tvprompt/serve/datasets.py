@@ -90,7 +90,8 @@ def check_spec(name: str, instruction: str | None, choices: list[str] | None) ->
             raise DatasetError(f"choices: give 2 to {MAX_CHOICES} answers, got {len(choices)}")
         for c in choices:
             if len(c) > MAX_CHOICE_CHARS or _CONTROL.search(c):
-                raise DatasetError(f"choices: {c[:40]!r} is over {MAX_CHOICE_CHARS} characters or holds control characters")
+                raise DatasetError(f"choices: {c[:40]!r} is over {MAX_CHOICE_CHARS} characters or holds control "
+                                   "characters")
         if len(set(choices)) != len(choices):
             raise DatasetError("choices: an answer is listed twice")
     return name, instruction, choices
@@ -104,7 +105,8 @@ def _read_members(data: bytes, limits: DatasetLimits) -> dict[str, bytes]:
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError):
-        raise ArchiveError("upload is not a zip archive; zip your images with manifest.jsonl, or one folder per class") from None
+        raise ArchiveError("upload is not a zip archive; zip your images with manifest.jsonl, or one folder per "
+                           "class") from None
     with zf:
         infos = zf.infolist()
         if len(infos) > 2 * limits.max_files + 2:  # images, the manifest, folder entries
@@ -122,7 +124,8 @@ def _read_members(data: bytes, limits: DatasetLimits) -> dict[str, bytes]:
         if declared > limits.max_unpacked_bytes:
             raise ArchiveError(f"archive unpacks to {declared} bytes, over the limit of {limits.max_unpacked_bytes}")
         prefix = _common_prefix(files)
-        if prefix and all(i.filename.count("/") == 1 for i in files) and prefix + "manifest.jsonl" not in {i.filename for i in files}:
+        names = {i.filename for i in files}
+        if prefix and all(i.filename.count("/") == 1 for i in files) and prefix + "manifest.jsonl" not in names:
             prefix = None  # one class folder, not a folder around the dataset
         out: dict[str, bytes] = {}
         total = 0
@@ -135,7 +138,8 @@ def _read_members(data: bytes, limits: DatasetLimits) -> dict[str, bytes]:
                         buf += chunk
                         total += len(chunk)
                         if len(buf) > info.file_size or total > limits.max_unpacked_bytes:
-                            raise ArchiveError(f"archive member {info.filename!r} unpacks past its declared size (possible zip bomb)")
+                            raise ArchiveError(f"archive member {info.filename!r} unpacks past its declared size "
+                                               "(possible zip bomb)")
             except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as e:
                 raise ArchiveError(f"archive member {info.filename!r} is corrupt ({type(e).__name__})") from None
             out[name] = bytes(buf)
@@ -144,7 +148,8 @@ def _read_members(data: bytes, limits: DatasetLimits) -> dict[str, bytes]:
 
 def _check_image(name: str, blob: bytes, max_pixels: int) -> None:
     if PurePosixPath(name).suffix.lower() not in IMAGE_SUFFIXES:
-        raise DatasetError(f"archive member {name!r}: not an image file (accepted: {', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise DatasetError(f"archive member {name!r}: not an image file (accepted: "
+                           f"{', '.join(sorted(IMAGE_SUFFIXES))})")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -156,7 +161,8 @@ def _check_image(name: str, blob: bytes, max_pixels: int) -> None:
     except DatasetError:
         raise
     except UnidentifiedImageError:
-        raise DatasetError(f"archive member {name!r}: not an image in an accepted format ({', '.join(FORMATS)})") from None
+        raise DatasetError(f"archive member {name!r}: not an image in an accepted format "
+                           f"({', '.join(FORMATS)})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DatasetError(f"archive member {name!r}: refused as a possible decompression bomb") from None
     except (OSError, SyntaxError, ValueError, EOFError):
@@ -192,7 +198,8 @@ def _manifest_rows(members: dict[str, bytes]) -> list[dict[str, Any]]:
             raise DatasetError(f"manifest.jsonl:{n}: split {split!r}: use train, val or test")
         question = obj.get("question")
         if question is not None and (not isinstance(question, str) or len(question) > MAX_INSTRUCTION_CHARS):
-            raise DatasetError(f"manifest.jsonl:{n}: field 'question' must be a string of at most {MAX_INSTRUCTION_CHARS} characters")
+            raise DatasetError(f"manifest.jsonl:{n}: field 'question' must be a string of at most "
+                               f"{MAX_INSTRUCTION_CHARS} characters")
         rows.append({"member": key, "answer": str(answer), "split": split, "question": question, "line": n})
     return rows
 
@@ -203,7 +210,8 @@ def _folder_rows(members: dict[str, bytes]) -> list[dict[str, Any]]:
         parts = name.split("/")
         if len(parts) != 2:
             raise DatasetError(
-                f"archive member {name!r}: without manifest.jsonl every image must sit in one folder per class (CLASS/image.png)"
+                f"archive member {name!r}: without manifest.jsonl every image must sit in one folder per class "
+                "(CLASS/image.png)"
             )
         rows.append({"member": name, "answer": parts[0], "split": "train", "question": None, "line": None})
     return rows
@@ -225,7 +233,8 @@ def build_dataset(
     if layout == "manifest":
         unused = sorted(set(members) - {r["member"] for r in rows} - {"manifest.jsonl"})
         if unused:
-            raise DatasetError(f"archive member {unused[0]!r} is not named in manifest.jsonl; remove it or add a line for it")
+            raise DatasetError(f"archive member {unused[0]!r} is not named in manifest.jsonl; remove it or add a line "
+                               "for it")
     if len(rows) < 2:
         raise DatasetError(f"the dataset has {len(rows)} image(s); give at least 2")
     if len(rows) > limits.max_files:
@@ -310,7 +319,8 @@ class DatasetStore:
 
     def list(self, owner: str) -> list[DatasetRow]:
         with self.sessions() as s:
-            q = select(DatasetRow).where(DatasetRow.owner == owner).order_by(DatasetRow.created_at.desc(), DatasetRow.id)
+            q = (select(DatasetRow).where(DatasetRow.owner == owner)
+                 .order_by(DatasetRow.created_at.desc(), DatasetRow.id))
             return list(s.scalars(q))
 
     def get(self, dataset_id: str, owner: str) -> DatasetRow:

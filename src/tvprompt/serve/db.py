@@ -99,12 +99,14 @@ def open_engine(url: str) -> Engine:
     try:
         parsed = make_url(url)
     except Exception:  # noqa: BLE001 - SQLAlchemy raises several types for a bad URL
-        raise UsageError(f"--db {url!r}: not a database URL (e.g. sqlite:///registry.db, postgresql://user@host/db)") from None
+        raise UsageError(f"--db {url!r}: not a database URL (e.g. sqlite:///registry.db, "
+                         "postgresql://user@host/db)") from None
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=8, max_overflow=24)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=8,
+                               max_overflow=24)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(conn, _record) -> None:  # noqa: ANN001
@@ -118,7 +120,8 @@ def open_engine(url: str) -> Engine:
         try:
             engine = create_engine(url, pool_size=8, max_overflow=24, pool_pre_ping=True)
         except ModuleNotFoundError as e:
-            raise UsageError(f"--db {parsed.render_as_string(hide_password=True)}: driver missing ({e.name}); pip install 'psycopg[binary]'") from None
+            raise UsageError(f"--db {parsed.render_as_string(hide_password=True)}: driver missing ({e.name}); pip "
+                             "install 'psycopg[binary]'") from None
     else:
         raise UsageError(f"--db: backend {backend!r} is not supported; use sqlite:/// or postgresql://")
     Base.metadata.create_all(engine)

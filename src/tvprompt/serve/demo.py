@@ -54,7 +54,8 @@ def missing(registry: Registry) -> list[DemoPrompt]:
 
 
 def ensure_demo_prompts(registry: Registry, adapters: list[Any]) -> list[str]:
-    """Build and register the demo prompts the registry lacks (transfer measured on ``adapters``); returns their names."""
+    """Build and register the demo prompts the registry lacks (transfer measured on ``adapters``);
+    returns their names."""
     todo = missing(registry)
     if not todo:
         return []
@@ -87,7 +88,8 @@ def build_prompts(specs: list[DemoPrompt], work: Path, adapters: list[Any]) -> l
         if not (data / "manifest.jsonl").is_file():
             write_dataset(spec.task, N_IMAGES, data, distribution="downstream", seed=0, split_mix=True, overwrite=True)
         flags: dict[str, Any] = {"sources": [SOURCE], "task": f"shapeworld_{spec.task}", "data": str(data),
-                                 "output": str(work / "runs" / spec.name), "steps": STEPS, "batch_size": BATCH, "seed": 0,
+                                 "output": str(work / "runs" / spec.name), "steps": STEPS, "batch_size": BATCH,
+                                 "seed": 0,
                                  "width": WIDTH, "image_size": IMAGE_SIZE, "val_split": "val", "ckpt_every": 0,
                                  "progress": False, "dtype": "float32", "num_workers": 0}
         if spec.method == "tvp":
@@ -101,7 +103,8 @@ def build_prompts(specs: list[DemoPrompt], work: Path, adapters: list[Any]) -> l
         group = [s for s in specs if s.task == task]
         setup = EvalSetup(task=f"shapeworld_{task}", data=str(work / f"data-{task}"), split="test")
         results = evaluate([str(trained[s.name]) for s in group], list(loaded), setup, work / "eval" / task,
-                           names=[s.name for s in group], command="tvp serve --demo", backends=backends) if loaded else None
+                           names=[s.name for s in group], command="tvp serve --demo",
+                           backends=backends) if loaded else None
         for spec in group:
             prompt = VisualPrompt.from_pretrained(trained[spec.name])
             if results is not None:

@@ -73,7 +73,8 @@ def security_openapi(app: FastAPI) -> dict[str, Any]:
         return app.openapi_schema
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     schema.setdefault("components", {}).setdefault("securitySchemes", {})[SCHEME] = {
-        "type": "http", "scheme": "bearer", "description": "a token from `tvp serve token create` (sent as `Authorization: Bearer <token>`)",
+        "type": "http", "scheme": "bearer",
+        "description": "a token from `tvp serve token create` (sent as `Authorization: Bearer <token>`)",
     }
     for route in _api_routes():
         required = _uses(route.dependant, require_owner)
@@ -107,7 +108,8 @@ def install(app: FastAPI) -> None:
     def asset(name: str) -> FileResponse:
         if name not in ASSET_FILES:
             raise HTTPException(404, "not found")
-        return FileResponse(folder / name, headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"})
+        return FileResponse(folder / name,
+                            headers={"Cache-Control": "public, max-age=86400", "X-Content-Type-Options": "nosniff"})
 
     @app.get("/docs", include_in_schema=False)
     def swagger() -> HTMLResponse:

@@ -45,7 +45,8 @@ def _needs_owner(dependant: Any) -> bool:
 
 async def send_json(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     body = json.dumps({"detail": detail}).encode()
-    all_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(headers or [])]
+    all_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                   *(headers or [])]
     await send({"type": "http.response.start", "status": status, "headers": all_headers})
     await send({"type": "http.response.body", "body": body})
 

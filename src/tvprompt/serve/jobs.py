@@ -151,7 +151,8 @@ class JobRunner:
             resolve_dataset(s.data_root, request.get("dataset") or "")
         if request.get("name") is not None:
             check_name(request["name"])
-        row = JobRow(id=secrets.token_hex(8), owner=owner, state="queued", request_json=json.dumps(request, sort_keys=True))
+        row = JobRow(id=secrets.token_hex(8), owner=owner, state="queued",
+                     request_json=json.dumps(request, sort_keys=True))
         with self.sessions.begin() as sess:
             sess.add(row)
         self._wake.set()
@@ -230,7 +231,8 @@ class JobRunner:
         free = self.settings.max_concurrent_jobs - len(self._running)
         if free > 0 and not self._stop.is_set():
             with self.sessions() as sess:
-                queued = list(sess.scalars(select(JobRow).where(JobRow.state == "queued").order_by(JobRow.created_at).limit(free)))
+                q = select(JobRow).where(JobRow.state == "queued").order_by(JobRow.created_at).limit(free)
+                queued = list(sess.scalars(q))
             for row in queued:
                 self._launch(row)
 
@@ -257,7 +259,8 @@ class JobRunner:
         workdir.mkdir(parents=True, exist_ok=True)
         with self.sessions.begin() as sess:  # claim it: only a still-queued job starts
             claimed = sess.execute(
-                update(JobRow).where(JobRow.id == row.id, JobRow.state == "queued").values(state="running", started_at=utcnow())
+                update(JobRow).where(JobRow.id == row.id, JobRow.state == "queued")
+                .values(state="running", started_at=utcnow())
             ).rowcount
         if not claimed:
             return
@@ -265,7 +268,8 @@ class JobRunner:
         try:
             cmd = self._command(row, output)
             proc = subprocess.Popen(
-                cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir, start_new_session=True
+                cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir,
+                start_new_session=True
             )
         except (OSError, TvpError) as e:
             log_file.close()
@@ -294,7 +298,8 @@ class JobRunner:
         if run.cancel:
             self._end(job_id, run, "cancelled")
         elif code != 0:
-            self._end(job_id, run, "failed", error=f"trainer exited with code {code}: {_tail(run.output.parent / 'train.log')}")
+            self._end(job_id, run, "failed",
+                      error=f"trainer exited with code {code}: {_tail(run.output.parent / 'train.log')}")
         else:
             self._register_result(job_id, run)
 

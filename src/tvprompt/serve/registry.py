@@ -42,12 +42,14 @@ class Forbidden(TvpError):
 
 def check_name(name: str) -> str:
     if not NAME_RE.match(name):
-        raise PromptFileError(f"name {name!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit")
+        raise PromptFileError(f"name {name!r}: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or "
+                              "digit")
     return name
 
 
 class Registry:
-    def __init__(self, sessions: sessionmaker, store: PromptStore, limits: ArchiveLimits, max_prompt_pixels: int, cache_size: int = 32):
+    def __init__(self, sessions: sessionmaker, store: PromptStore, limits: ArchiveLimits, max_prompt_pixels: int,
+                 cache_size: int = 32):
         self.sessions = sessions
         self.store = store
         self.limits = limits
@@ -66,7 +68,8 @@ class Registry:
             try:
                 return self.add_dir(tmp, owner, name)
             except PromptFileError as e:
-                raise PromptFileError(str(e).replace(str(Path(tmp)) + "/", "").replace(str(Path(tmp)), "archive")) from None
+                message = str(e).replace(str(Path(tmp)) + "/", "").replace(str(Path(tmp)), "archive")
+                raise PromptFileError(message) from None
 
     def add_dir(self, directory: str | Path, owner: str, name: str | None = None) -> PromptRow:
         """Validate a prompt directory with ``from_pretrained`` and register its known files."""
@@ -117,7 +120,8 @@ class Registry:
             except BaseException:
                 self._drop_blob_if_unused(row.sha256)
                 raise
-        log.info("registered prompt %s (%s v%d, owner %s, sha256 %s)", row.id, name, row.version, owner, row.sha256[:12])
+        log.info("registered prompt %s (%s v%d, owner %s, sha256 %s)", row.id, name, row.version, owner,
+                 row.sha256[:12])
         return row
 
     def delete(self, prompt_id: str, owner: str) -> None:
@@ -174,7 +178,8 @@ class Registry:
 
     def versions(self, row: PromptRow) -> list[PromptRow]:
         with self.sessions() as s:
-            q = select(PromptRow).where(PromptRow.owner == row.owner, PromptRow.name == row.name).order_by(PromptRow.version)
+            q = (select(PromptRow).where(PromptRow.owner == row.owner, PromptRow.name == row.name)
+                 .order_by(PromptRow.version))
             return list(s.scalars(q))
 
     def search(
@@ -222,7 +227,8 @@ class Registry:
 def _next_version(s: Session, owner: str, name: str) -> int:
     """Bump the (owner, name) counter in the caller's transaction; a deleted version is never given again."""
     bumped = s.execute(
-        update(NameRow).where(NameRow.owner == owner, NameRow.name == name).values(last_version=NameRow.last_version + 1)
+        update(NameRow).where(NameRow.owner == owner, NameRow.name == name)
+        .values(last_version=NameRow.last_version + 1)
     ).rowcount
     if bumped:
         return s.scalar(select(NameRow.last_version).where(NameRow.owner == owner, NameRow.name == name))
@@ -258,5 +264,6 @@ def describe(row: PromptRow, versions: list[PromptRow] | None = None) -> dict[st
     }
     if versions is not None:
         out["config"] = config
-        out["versions"] = [{"id": v.id, "version": v.version, "sha256": v.sha256, "created_at": v.created_at} for v in versions]
+        out["versions"] = [{"id": v.id, "version": v.version, "sha256": v.sha256,
+                            "created_at": v.created_at} for v in versions]
     return out

@@ -66,7 +66,8 @@ class JobCreate(BaseModel):
     @model_validator(mode="after")
     def _one_dataset(self) -> JobCreate:
         if (self.dataset is None) == (self.dataset_id is None):
-            raise ValueError("give either dataset (a manifest under the data root, with task) or dataset_id (an upload)")
+            raise ValueError("give either dataset (a manifest under the data root, with task) or dataset_id (an "
+                             "upload)")
         if self.dataset is not None and self.task is None:
             raise ValueError("task: required with dataset")
         if self.dataset_id is not None and self.task is not None:

@@ -50,7 +50,8 @@ class Settings:
     )
     header_timeout_s: float = field(default=10.0, metadata={"help": "longest wait for a request's headers"})
     body_timeout_s: float = field(default=30.0, metadata={"help": "longest wait for the next chunk of a request body"})
-    keep_alive_timeout_s: float = field(default=5.0, metadata={"help": "idle keep-alive connections are closed after this"})
+    keep_alive_timeout_s: float = field(default=5.0,
+                                        metadata={"help": "idle keep-alive connections are closed after this"})
     prompt_cache_size: int = 32
     torch_threads: int | None = 1
     # hosted models for POST /prompts/{id}/ask (the web front's "ask")
@@ -97,7 +98,8 @@ class Settings:
                 raise UsageError(f"setting '{name}': expected a positive integer, got {value!r}")
         if not isinstance(self.max_queued_applies, int) or self.max_queued_applies < 0:
             raise UsageError(f"setting 'max_queued_applies': expected an integer >= 0, got {self.max_queued_applies!r}")
-        for name in ("apply_rate_per_minute", "apply_queue_timeout_s", "header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
+        for name in ("apply_rate_per_minute", "apply_queue_timeout_s", "header_timeout_s", "body_timeout_s",
+                     "keep_alive_timeout_s"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
                 raise UsageError(f"setting '{name}': must be a number > 0, got {value!r}")

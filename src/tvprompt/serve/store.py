@@ -66,7 +66,8 @@ class PromptStore:
         """Delete temporary files left by an interrupted write, and anything that is not a blob."""
         removed = 0
         for path in sorted(self.objects.glob("*/*")):
-            ok = path.is_file() and path.suffix == ".zip" and _SHA_RE.match(path.stem) and path.parent.name == path.stem[:2]
+            ok = (path.is_file() and path.suffix == ".zip" and _SHA_RE.match(path.stem)
+                  and path.parent.name == path.stem[:2])
             if not ok and path.is_file():
                 path.unlink()
                 removed += 1

@@ -66,7 +66,8 @@ def _template_fields(template: str, where: str) -> set[str]:
     try:
         return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     except ValueError as e:
-        raise TvpError(f"{where}: bad template {template!r} ({e}); double braces {{{{ }}}} for a literal brace") from None
+        raise TvpError(f"{where}: bad template {template!r} ({e}); double braces {{{{ }}}} for a literal "
+                       "brace") from None
 
 
 @dataclass
@@ -100,7 +101,8 @@ class TaskSpec:
     def __post_init__(self) -> None:
         where = self.source or f"task {self.name}"
         if self.version > SPEC_VERSION:
-            raise TvpError(f"{where}: spec version {self.version} is newer than supported ({SPEC_VERSION}); upgrade tvprompt")
+            raise TvpError(f"{where}: spec version {self.version} is newer than supported ({SPEC_VERSION}); upgrade "
+                           "tvprompt")
         if self.kind not in KINDS:
             raise TvpError(f"{where}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
         if not self.metrics:
@@ -132,7 +134,8 @@ class TaskSpec:
             self.choices = ["yes", "no"]
         binary_only = sorted({"auc", "precision", "recall", "f1", "yes_ratio"} & set(self.metrics))
         if binary_only and self.kind not in ("yes_no", "binary_auc"):
-            raise TvpError(f"{where}: metric(s) {', '.join(binary_only)} need kind yes_no or binary_auc, not {self.kind}")
+            raise TvpError(f"{where}: metric(s) {', '.join(binary_only)} need kind yes_no or binary_auc, not "
+                           f"{self.kind}")
         if self.kind in ("yes_no", "binary_auc") and self.positive not in (self.choices or []):
             raise TvpError(f"{where}: positive {self.positive!r} is not among the choices {self.choices}")
         if any(not isinstance(k, str) or not isinstance(v, str) for k, v in self.tse_answers.items()):
@@ -140,7 +143,8 @@ class TaskSpec:
                            f"(YAML reads a bare yes as true), got {self.tse_answers!r}")
         unknown_splits = set(self.splits) - set(SPLITS)
         if unknown_splits:
-            raise TvpError(f"{where}: splits has unknown key(s) {', '.join(sorted(unknown_splits))}; use train/val/test")
+            raise TvpError(f"{where}: splits has unknown key(s) {', '.join(sorted(unknown_splits))}; use "
+                           "train/val/test")
         if not 0.0 < self.holdout < 1.0:
             raise TvpError(f"{where}: holdout must be in (0, 1), got {self.holdout}")
 
@@ -206,7 +210,8 @@ class TaskSpec:
         choices = self.choices_for(sample)
         if sample.label is not None:
             if not 0 <= sample.label < len(choices):
-                raise TvpError(f"task {self.name}: sample {sample.id} label {sample.label} outside {len(choices)} choices")
+                raise TvpError(f"task {self.name}: sample {sample.id} label {sample.label} outside {len(choices)} "
+                               "choices")
             return int(sample.label)
         key = normalize_answer(sample.answer)
         for i, c in enumerate(choices):
@@ -245,7 +250,8 @@ class TaskSpec:
         if not self.tse_text:
             return None
         answer = self._answer_text(sample)
-        text = self.tse_text.format_map({**self._fields(sample), "answer": self.tse_answers.get(answer, answer)}).strip()
+        text = self.tse_text.format_map({**self._fields(sample),
+                                         "answer": self.tse_answers.get(answer, answer)}).strip()
         return text or None
 
     def tse_texts(self) -> list[str] | None:

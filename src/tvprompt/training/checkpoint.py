@@ -52,7 +52,8 @@ def capture_rng() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         "numpy": {"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "cuda_devices": torch.cuda.device_count() if torch.cuda.is_available() else 0,
     }
-    tensors = {"rng/numpy": torch.from_numpy(np.asarray(keys, dtype=np.uint32).astype(np.int64)), "rng/torch": torch.get_rng_state()}
+    tensors = {"rng/numpy": torch.from_numpy(np.asarray(keys, dtype=np.uint32).astype(np.int64)),
+               "rng/torch": torch.get_rng_state()}
     for i in range(meta["cuda_devices"]):
         tensors[f"rng/cuda{i}"] = torch.cuda.get_rng_state(i)
     return meta, tensors

@@ -60,7 +60,8 @@ LEGACY_DEFAULTS: dict[str, Any] = {
 # Options that change how a run executes but not its result: they may differ on --resume and
 # are not part of the hyper-parameters saved with the prompt.
 RUNTIME_FIELDS = frozenset(
-    {"output", "device", "source_devices", "tensorboard", "progress", "num_workers", "gradient_checkpointing", "compile",
+    {"output", "device", "source_devices", "tensorboard", "progress", "num_workers", "gradient_checkpointing",
+     "compile",
      "report_to", "device_map", "trust_remote_code", "overwrite"}
 )
 
@@ -107,7 +108,8 @@ class TrainConfig:
                              "frame, then mask (frame = released code)")
     image_fit: str = _f("crop", "squash (to the frame, then to the inner size) | crop (one resize of the shorter "
                         "side to the inner size + centre crop, as the released code)")
-    image_resample: str = _f("bicubic", "bicubic (released; CLIP-style processors) | bilinear resize kernel, antialiased")
+    image_resample: str = _f("bicubic",
+                             "bicubic (released; CLIP-style processors) | bilinear resize kernel, antialiased")
     minigpt4_template: str = _f("chat", "MiniGPT-4 / VPGTrans sources: chat (###Human ... ###Assistant) | released "
                                 "(the released code's <Img>…</Img> + instruction; choices ranked without ###)")
     # loss
@@ -138,7 +140,8 @@ class TrainConfig:
     source_devices: list[str] = _f([], "one device per source (ensembles over several GPUs)")
     dtype: str = _f("auto", "model dtype: auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
     device_map: str | None = _f(None, "auto: spread each source over every visible GPU (accelerate big-model loading)")
-    revision: str | None = _f(None, "branch, tag or commit of the Hub source models (org/name@rev: one model, the guide too)")
+    revision: str | None = _f(None,
+                              "branch, tag or commit of the Hub source models (org/name@rev: one model, the guide too)")
     trust_remote_code: bool = _f(False, "allow model families that run the checkpoint's own code (VisualGLM)")
     gradient_checkpointing: bool = _f(False, "trade compute for memory in the source models")
     compile: str = _f("off", "torch.compile the transformer blocks of the sources and the guide: off | default | "

@@ -108,7 +108,8 @@ def train(
     if stale:
         m = config.method
         raise UsageError(
-            f"TrainConfig(method={m!r}) built directly keeps tvp's {', '.join(f'{k}={getattr(config, k)!r}' for k in stale)}"
+            f"TrainConfig(method={m!r}) built directly keeps tvp's "
+            f"{', '.join(f'{k}={getattr(config, k)!r}' for k in stale)}"
             f" instead of the {m} preset's: build it with TrainConfig.from_preset({m!r}, ...) (as `tvp train` does)"
             " or set these fields yourself")
     own_world = world is None
@@ -290,7 +291,8 @@ class _Run:
                 for step in range(state.step, self.total):
                     row = self.update(step, data)
                     bar.update(1)
-                    bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "llm", "fca", "tse") if k == "loss" or row[k]})
+                    bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "llm", "fca", "tse")
+                                     if k == "loss" or row[k]})
                     if lines and (row["step"] % every == 0 or row["step"] == self.total):
                         log.info("%s", step_line(row))
                     if self._stop_after_update(interrupted):
@@ -317,7 +319,8 @@ class _Run:
         if _any_process(interrupted.is_set(), self.world):
             self.checkpoint()
             raise TrainingInterrupted(
-                f"interrupted at step {state.step}/{self.total}; checkpoint saved in {self.out}; rerun with --resume to continue"
+                f"interrupted at step {state.step}/{self.total}; checkpoint saved in {self.out}; rerun with --resume "
+                "to continue"
                 if self.out else f"interrupted at step {state.step}/{self.total}"
             )
         return False
@@ -335,7 +338,8 @@ class _Run:
             batch = next(data)
             gen = torch.Generator().manual_seed(seed_for(cfg.seed, "augment", step, micro))
             images, aug = augment(
-                batch.images.to(self.device, non_blocking=True), gen, flip=cfg.flip, scale=cfg.jitter_scale, translate=cfg.jitter_translate
+                batch.images.to(self.device, non_blocking=True), gen, flip=cfg.flip, scale=cfg.jitter_scale,
+                translate=cfg.jitter_translate
             )
             n_global = images.shape[0]
             part = world.shard(n_global)
@@ -353,7 +357,8 @@ class _Run:
         world.all_reduce_sum(grad)
         world.all_reduce_sum(terms)
         if not (torch.isfinite(terms).all() and torch.isfinite(grad).all()):
-            where = f"{self.out / 'checkpoint'} (step {self.saved_step})" if self.saved_step is not None else "none written"
+            where = ("none written" if self.saved_step is None
+                     else f"{self.out / 'checkpoint'} (step {self.saved_step})")
             raise NonFiniteLoss(
                 f"step {step + 1}: the loss or its gradient is not finite (loss={terms[0].item():.4g}, "
                 f"llm={terms[1].item():.4g}, fca={terms[2].item():.4g}, tse={terms[3].item():.4g}); "
@@ -516,12 +521,14 @@ def _stamp(pc: PromptConfig, cfg: TrainConfig, spec: Any, sources: Sequence[Any]
     pc.method = cfg.method
     pc.hyperparameters = cfg.hyperparameters()
     pc.sources = [{"model_id": getattr(a, "model_id", str(m)), "family": getattr(a, "family", None),
-                   "name": source_name(a, k)} for k, (a, m) in enumerate(zip(sources, cfg.sources or [None] * len(sources), strict=False))]
+                   "name": source_name(a, k)}
+                  for k, (a, m) in enumerate(zip(sources, cfg.sources or [None] * len(sources), strict=False))]
     pc.task = getattr(spec, "name", None) or cfg.task
     choices = getattr(spec, "choices", None)
     pc.choices = list(choices) if choices else None
     spec_dict = spec.to_dict() if hasattr(spec, "to_dict") else {}
-    pc.templates = {k: spec_dict[k] for k in ("instruction", "instruction_by_family", "answer", "tse_text") if k in spec_dict}
+    pc.templates = {k: spec_dict[k] for k in ("instruction", "instruction_by_family", "answer", "tse_text")
+                    if k in spec_dict}
     pc.data = {"path": cfg.data, "train_split": cfg.train_split, "train_samples": len(train_set),
                "val_split": cfg.val_split if val_set is not None else None,
                "val_samples": len(val_set) if val_set is not None else 0}
@@ -549,7 +556,8 @@ def _compile_models(mode: str, sources: Sequence[Any], guide: Any) -> None:
             log.warning("%s: has no compile(); runs eagerly", name)
             continue
         count = model.compile(mode)
-        log.info("%s: compiled %d transformer blocks (mode %s); the first steps include compile time", name, count, mode)
+        log.info("%s: compiled %d transformer blocks (mode %s); the first steps include compile time", name, count,
+                 mode)
 
 
 def _load_sources(cfg: TrainConfig, world: World) -> list[Any]:

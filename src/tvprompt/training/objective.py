@@ -68,7 +68,8 @@ class FcaReferences:
         ``prompts`` are the prompted pass's instructions (used where the features depend on them).
         """
         if self.per_prompt and (prompts is None or len(prompts) != len(ids)):
-            raise ValueError(f"FcaReferences.get: {self.kind} features of {self.adapter.name} need one prompt per image")
+            raise ValueError(f"FcaReferences.get: {self.kind} features of {self.adapter.name} need one prompt per "
+                             "image")
         random_layout = self.blank.config.shape == "random_patch" and self.reference == "shrunk"
         if not aug.deterministic or self.budget <= 0 or random_layout:
             return self._compute(images, generator, prompts)

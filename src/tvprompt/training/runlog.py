@@ -45,7 +45,8 @@ def progress_bar(total: int, initial: int, enabled: bool):
     """A tqdm bar on a terminal; off when disabled or when stderr is not a terminal (``bar.disable``)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not enabled or None, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not enabled or None,
+                dynamic_ncols=True)
 
 
 def log_every(total: int) -> int:

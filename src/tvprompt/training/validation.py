@@ -51,7 +51,8 @@ def validate(
     per_source = [counts[k].item() / n for k in range(len(sources))]
     result = {"accuracy": sum(per_source) / len(per_source), "samples": int(counts[-1].item())}
     if len(sources) > 1:
-        result.update({f"accuracy/{source_name(a, k)}": v for k, (a, v) in enumerate(zip(sources, per_source, strict=True))})
+        result.update({f"accuracy/{source_name(a, k)}": v
+                       for k, (a, v) in enumerate(zip(sources, per_source, strict=True))})
     return result
 
 

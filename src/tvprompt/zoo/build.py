@@ -380,9 +380,11 @@ def build_guide(recipe: GuideRecipe, n_per_task: int, evals: dict[str, dict], ou
     tok._tokenizer.post_processor = TemplateProcessing(single="$A </s>", special_tokens=[("</s>", tok.eos_token_id)])
     h = recipe.hidden
     config = CLIPConfig(
-        text_config={"vocab_size": len(tok), "hidden_size": h, "intermediate_size": 2 * h, "num_hidden_layers": recipe.layers,
+        text_config={"vocab_size": len(tok), "hidden_size": h, "intermediate_size": 2 * h,
+                     "num_hidden_layers": recipe.layers,
                      "num_attention_heads": 4, "max_position_embeddings": 32, "projection_dim": h,
-                     "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id},
+                     "pad_token_id": tok.pad_token_id, "bos_token_id": tok.bos_token_id,
+                     "eos_token_id": tok.eos_token_id},
         vision_config={"image_size": recipe.image_size, "patch_size": recipe.patch_size, "hidden_size": h,
                        "intermediate_size": 2 * h, "num_hidden_layers": recipe.layers, "num_attention_heads": 4,
                        "projection_dim": h},
@@ -411,7 +413,8 @@ def build_guide(recipe: GuideRecipe, n_per_task: int, evals: dict[str, dict], ou
     loss_value = float("nan")
     for step in range(recipe.steps):
         idx = torch.randint(0, x.shape[0], (recipe.batch_size,), generator=gen)
-        img = _emb(model.get_image_features(pixel_values=pre(augment(x[idx].float() / 255, gen, max_border=recipe.max_border))))
+        augmented = augment(x[idx].float() / 255, gen, max_border=recipe.max_border)
+        img = _emb(model.get_image_features(pixel_values=pre(augmented)))
         txt = _emb(model.get_text_features(input_ids=enc.input_ids, attention_mask=enc.attention_mask))
         img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
         logits = model.logit_scale.exp() * img @ txt.T  # (B, T) over the distinct captions
@@ -436,7 +439,8 @@ def build_guide(recipe: GuideRecipe, n_per_task: int, evals: dict[str, dict], ou
         (tmp / "preprocessor_config.json").write_text(json.dumps(processor, indent=2) + "\n", encoding="utf-8")
         manifest = {
             "name": recipe.name, "kind": "guide", "family": "clip", "architecture": "CLIPModel",
-            "description": "tiny CLIP (ViT 48 px patch 8 + text transformer) trained contrastively on ShapeWorld captions",
+            "description": "tiny CLIP (ViT 48 px patch 8 + text transformer) trained contrastively on ShapeWorld "
+            "captions",
             "parameters": sum(p.numel() for p in model.parameters()), "input_size": list(pre.size),
             "build_command": command, "seed": recipe.seed, "data_version": sw.DATA_VERSION,
             "data": {"generator": "tvprompt.data.shapeworld", "distribution": "pretrain", "seed": TRAIN_SEED,
@@ -462,7 +466,8 @@ def zero_shot(model: Any, tok: Any, pre: Any, eval_data: dict[str, tuple]) -> di
         for task, texts in tse_texts().items():
             x, _, answers, choices = eval_data[task]
             enc = tok(texts, padding=True, return_tensors="pt")
-            t = F.normalize(_emb(model.get_text_features(input_ids=enc.input_ids, attention_mask=enc.attention_mask)), dim=-1)
+            t = F.normalize(_emb(model.get_text_features(input_ids=enc.input_ids, attention_mask=enc.attention_mask)),
+                            dim=-1)
             i = F.normalize(_emb(model.get_image_features(pixel_values=pre(x.float() / 255))), dim=-1)
             pred = (i @ t.T).argmax(-1).tolist()
             out[task] = round(sum(choices[p] == a for p, a in zip(pred, answers, strict=True)) / len(answers), 4)

@@ -19,7 +19,8 @@ MIN_BORDER_PATCHES = 1.5  # what every zoo MLLM must see (docs/shapeworld-and-zo
 
 
 def border_patches(input_size: int, patch_size: int, width: int = 30, size: int = 224) -> float:
-    """Patches per side that a width-``width`` border on a ``size`` px prompt covers at ``input_size``/``patch_size``."""
+    """Patches per side that a width-``width`` border on a ``size`` px prompt covers at
+    ``input_size``/``patch_size``."""
     if input_size < 1 or patch_size < 1 or size < 1 or width < 0:
         raise UsageError("border_patches: sizes must be positive and the width >= 0")
     return width * input_size / (size * patch_size)

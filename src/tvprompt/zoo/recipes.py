@@ -86,13 +86,15 @@ RECIPES: list[Recipe] = [
         overrides={"image_size": 84, "patch_size": 7, "hidden": 96, "num_query_tokens": 16, "llm": "llama"},
         edits={**_layers(), **_QFORMER, **_LLAMA_KV}, vision_steps=500, lm_steps=1500, exist_share=0.6,
         stage2_aux="projected",
-        description="InstructBLIP architecture: BLIP ViT (84 px, patch 7, 12x12 tokens) + instruction-aware Q-Former + Llama",
+        description="InstructBLIP architecture: BLIP ViT (84 px, patch 7, 12x12 tokens) + instruction-aware Q-Former + "
+                    "Llama",
     ),
     Recipe(
         name="llava-next-p6", family="llava_next", seed=4,
         overrides={"image_size": 72, "patch_size": 6, "hidden": 96, "pinpoints": [[72, 72]]},
         edits={**_layers(), **_LLAMA_KV, "vision_feature_layer": -1}, lm_steps=800, exist_share=0.6,
-        description="LLaVA-NeXT architecture: CLIP ViT (72 px, patch 6, 12x12 tokens) + one any-res tile + MLP projector + Llama",
+        description="LLaVA-NeXT architecture: CLIP ViT (72 px, patch 6, 12x12 tokens) + one any-res tile + MLP "
+                    "projector + Llama",
     ),
 ]
 

@@ -56,7 +56,8 @@ class HFDiskReader(Reader):
 
     def detect(self, path: Path) -> bool:
         return path.is_dir() and (
-            (path / "dataset_dict.json").exists() or ((path / "state.json").exists() and (path / "dataset_info.json").exists())
+            (path / "dataset_dict.json").exists()
+            or ((path / "state.json").exists() and (path / "dataset_info.json").exists())
         )
 
     def _load(self, path: Path) -> Any:

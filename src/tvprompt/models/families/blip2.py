@@ -62,7 +62,8 @@ class QFormerAdapter(HFAdapter):
         return super().cache_of(outputs.language_model_outputs)
 
     def encode(self, pixel_values: torch.Tensor, batch: TextBatch) -> EncoderState:
-        start = torch.full((batch.input_ids.shape[0], 1), self._decoder_start_id(), dtype=torch.long, device=self.device)
+        start = torch.full((batch.input_ids.shape[0], 1), self._decoder_start_id(), dtype=torch.long,
+                           device=self.device)
         out = self.model(
             input_ids=batch.input_ids, attention_mask=batch.attention_mask, decoder_input_ids=start,
             **self.forward_kwargs(pixel_values, batch),
@@ -129,7 +130,8 @@ def init_tiny_qformer_model(model: Any) -> None:
     torch.nn.init.normal_(model.query_tokens, std=0.5)
 
 
-@register_tiny("blip2", special_tokens={"image_token": "<image>"}, variants={"opt": {"llm": "opt"}, "t5": {"llm": "t5"}})
+@register_tiny("blip2", special_tokens={"image_token": "<image>"},
+               variants={"opt": {"llm": "opt"}, "t5": {"llm": "t5"}})
 def tiny_blip2(tokenizer: Any, llm: str = "opt", image_size: int = 32, patch_size: int = 8, hidden: int = 32,
                num_query_tokens: int = 4) -> TinySpec:
     from transformers import Blip2Config

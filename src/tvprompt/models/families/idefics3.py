@@ -14,7 +14,10 @@ is PIL's uint8 rounding (and clipping) between passes.
 
 Prompt format (the Idefics3 chat template; the image expands as the processor expands it)::
 
-    <bos>User:<fake_token_around_image><global-img><image>×N<fake_token_around_image>{prompt}<end_of_utterance>\\nAssistant: {answer}<end_of_utterance>
+    <bos>User:<fake_token_around_image><global-img><image>×N<fake_token_around_image>{prompt}<end_of_utterance>
+    \\nAssistant: {answer}<end_of_utterance>
+
+(one line, wrapped here at the ``\\n``)
 
 Features: ``encoder`` = the SigLIP-style vision tower output ``(B, (S/patch)², D)``; ``projected`` =
 the pixel-shuffle connector output the LLM sees ``(B, N, D_text)``.

@@ -32,7 +32,8 @@ class LlavaStyleAdapter(HFAdapter):
     @classmethod
     def default_preprocessing(cls, config: Any) -> ImagePreprocessing:
         size = int(config.vision_config.image_size)
-        return ImagePreprocessing(size=(size, size), mean=CLIP_MEAN, std=CLIP_STD, resample="bicubic", shortest_edge=size)
+        return ImagePreprocessing(size=(size, size), mean=CLIP_MEAN, std=CLIP_STD, resample="bicubic",
+                                  shortest_edge=size)
 
     def num_image_tokens(self, image_size: tuple[int, int]) -> int:
         vc = self.model.config.vision_config
@@ -41,7 +42,8 @@ class LlavaStyleAdapter(HFAdapter):
 
     def prompt_ids(self, prompt: str, image_size: tuple[int, int]) -> list[int]:
         before, after = self.prompt_format.format(prompt=prompt).split("<image>", 1)
-        return self.bos() + self.text_ids(before) + [self.image_token_id] * self.num_image_tokens(image_size) + self.text_ids(after)
+        image = [self.image_token_id] * self.num_image_tokens(image_size)
+        return self.bos() + self.text_ids(before) + image + self.text_ids(after)
 
     def capture_vision(self, batch: TextBatch) -> Any:
         return capture_io(self.model.model.multi_modal_projector, batch.input_ids.shape[0])

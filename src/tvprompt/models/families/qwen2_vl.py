@@ -79,7 +79,8 @@ def patchify(x: torch.Tensor, patch: int, merge: int, temporal: int) -> torch.Te
     return x.reshape(b * gh * gw, c * temporal * patch * patch)
 
 
-def mrope_positions(ids: torch.Tensor, mask: torch.Tensor, image_token_id: int, llm_grid: tuple[int, int]) -> torch.Tensor:
+def mrope_positions(ids: torch.Tensor, mask: torch.Tensor, image_token_id: int,
+                    llm_grid: tuple[int, int]) -> torch.Tensor:
     """(3, B, L) M-RoPE position ids of left-padded rows holding one image block of ``h*w`` tokens.
 
     Same values as ``Qwen2VLModel.get_rope_index`` for such rows (tested): text tokens count up by one;
@@ -168,13 +169,15 @@ class Qwen2VLAdapter(HFAdapter):
     def positions(self, batch: TextBatch) -> torch.Tensor:
         if batch.image_size is None:
             raise TvpError("Qwen2-VL: a text batch without the prompted image size; cannot place M-RoPE positions")
-        return mrope_positions(batch.input_ids, batch.attention_mask, self.image_token_id, self.llm_grid(batch.image_size))
+        return mrope_positions(batch.input_ids, batch.attention_mask, self.image_token_id,
+                               self.llm_grid(batch.image_size))
 
     def forward_kwargs(self, pixel_values: torch.Tensor | None, batch: TextBatch) -> dict[str, Any]:
         out: dict[str, Any] = {"position_ids": self.positions(batch)}
         if pixel_values is not None:
             assert batch.image_size is not None  # positions() checked it
-            out.update(pixel_values=pixel_values, image_grid_thw=self.grid_thw(batch.input_ids.shape[0], batch.image_size),
+            out.update(pixel_values=pixel_values,
+                       image_grid_thw=self.grid_thw(batch.input_ids.shape[0], batch.image_size),
                        mm_token_type_ids=(batch.input_ids == self.image_token_id).int())
         return out
 
@@ -210,7 +213,8 @@ def pixel_bounds(processor: dict[str, Any] | None) -> tuple[int, int]:
     return min_pixels, max_pixels
 
 
-def qwen_preprocessing(processor: dict[str, Any] | None, factor: int, default: ImagePreprocessing) -> ImagePreprocessing:
+def qwen_preprocessing(processor: dict[str, Any] | None, factor: int,
+                       default: ImagePreprocessing) -> ImagePreprocessing:
     """Mean/std from a Qwen2-VL processor config; ``size`` = the grid of a 224×224 canvas (``input_size``)."""
     processor = processor or {}
     mean = tuple(processor.get("image_mean") or default.mean)

@@ -3,7 +3,10 @@
 SmolVLM shares Idefics3's architecture, processor behaviour and prompt layout; its tokenizer's BOS
 is ``<|im_start|>``, so the prompt renders as the SmolVLM chat template does::
 
-    <|im_start|>User:<fake_token_around_image><global-img><image>×N<fake_token_around_image>{prompt}<end_of_utterance>\\nAssistant: {answer}<end_of_utterance>
+    <|im_start|>User:<fake_token_around_image><global-img><image>×N<fake_token_around_image>{prompt}<end_of_utterance>
+    \\nAssistant: {answer}<end_of_utterance>
+
+(one line, wrapped here at the ``\\n``)
 
 See :mod:`tvprompt.models.families.idefics3` for the single-view (no splitting) limit and parity notes.
 """

@@ -68,7 +68,8 @@ def tiny_bliva(tokenizer: Any, image_size: int = 28, hidden: int = 32) -> TinySp
     from .arch import BlivaConfig
 
     vision, qformer = tiny_blip_parts(image_size, 14, hidden, text_vocab=len(tokenizer))
-    config = BlivaConfig(vision_config=vision, qformer_config=qformer, text_config=tiny_llama(tokenizer, hidden).to_dict(),
+    config = BlivaConfig(vision_config=vision, qformer_config=qformer,
+                         text_config=tiny_llama(tokenizer, hidden).to_dict(),
                          num_query_tokens=4, image_token_index=tokenizer.convert_tokens_to_ids("<unk>"))
     pre = ImagePreprocessing(size=(image_size, image_size), mean=CLIP_MEAN, std=CLIP_STD, resample="bicubic")
     return TinySpec(config, BlivaAdapter.model_class, pre, "BlipImageProcessor", init=init_composed,

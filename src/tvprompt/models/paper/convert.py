@@ -92,7 +92,8 @@ def infer_vision_config(state: dict[str, torch.Tensor], opts: ConvertOptions) ->
     pos = _need(state, "visual_encoder.pos_embed", "EVA ViT position embedding")
     blocks = _layer_indices(state, r"^visual_encoder\.blocks\.(\d+)\.")
     if len(blocks) < opts.vision_layers:
-        raise TvpError(f"the EVA ViT weights hold {len(blocks)} blocks, fewer than --vision-layers {opts.vision_layers}")
+        raise TvpError(f"the EVA ViT weights hold {len(blocks)} blocks, fewer than --vision-layers "
+                       f"{opts.vision_layers}")
     hidden, patch_size = int(patch.shape[0]), int(patch.shape[-1])
     grid = int(round((pos.shape[1] - 1) ** 0.5))
     if grid * grid != pos.shape[1] - 1:
@@ -144,7 +145,8 @@ def _load_llm(llama_dir: str | os.PathLike, dtype: torch.dtype) -> tuple[Any, An
 
     path = Path(llama_dir)
     if not (path / "config.json").is_file():
-        raise UsageError(f"{llama_dir}: not a transformers model directory (no config.json); pass the Vicuna/LLaMA folder")
+        raise UsageError(f"{llama_dir}: not a transformers model directory (no config.json); pass the Vicuna/LLaMA "
+                         "folder")
     try:
         llm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError) as e:
@@ -155,8 +157,8 @@ def _load_llm(llama_dir: str | os.PathLike, dtype: torch.dtype) -> tuple[Any, An
         missing = missing_slow_tokenizer_deps() if _slow_tokenizer_only(path) else []
         if missing:
             raise UsageError(f"{llama_dir}: the tokenizer is a slow LLaMA one (tokenizer.model, no tokenizer.json) "
-                             f"and {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed: pip install "
-                             f"'tvprompt[{SLOW_TOKENIZER_EXTRA}]'") from None
+                             f"and {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed: "
+                             f"pip install 'tvprompt[{SLOW_TOKENIZER_EXTRA}]'") from None
         raise TvpError(f"{llama_dir}: could not load the tokenizer ({_first_line(e)})") from None
     return llm, tokenizer
 
@@ -353,7 +355,8 @@ def convert_lavis_composition(
     qformer = infer_qformer_config(state, opts, text=bliva)
     mapped, plan = map_state_dict(state, vision_layers=opts.vision_layers, qformer_text=bliva, projections=projections)
     if plan.unknown:
-        raise TvpError(f"{len(plan.unknown)} keys of the checkpoints cannot be mapped: {format_keys(sorted(plan.unknown))}")
+        raise TvpError(f"{len(plan.unknown)} keys of the checkpoints cannot be mapped: "
+                       f"{format_keys(sorted(plan.unknown))}")
     for reason, n in sorted(Counter(plan.dropped.values()).items()):
         log.info("dropping %d keys: %s", n, reason)
     target_origin = {plan.mapped[k]: origin.get(k, "?") for k in plan.mapped}

@@ -4,11 +4,12 @@ MiniGPT-4, VPGTrans and BLIVA were trained with LAVIS (or forks of it). Their ru
 ``{"model": state_dict, "optimizer": ..., "config": ..., "scaler": ..., "epoch": ...}``, the state
 dict without the frozen parameters but with every buffer (BLIVA's runner: with everything), with
 keys like ``visual_encoder.blocks.3.attn.qkv.weight`` (EVA ViT-g), ``ln_vision.weight``,
-``Qformer.bert.encoder.layer.0.crossattention.self.key.weight`` and ``query_tokens``; EVA's own ``eva_vit_g.pth`` holds the ViT without the ``visual_encoder.``
-prefix. :func:`map_lavis_key` says, for every key, where it goes in a transformers
-``Blip2ForConditionalGeneration`` / ``InstructBlipForConditionalGeneration`` or why it is
-dropped; :func:`map_state_dict` applies it to a whole dict and refuses any key it cannot
-account for. The mapping is the one transformers' own BLIP-2 conversion script uses.
+``Qformer.bert.encoder.layer.0.crossattention.self.key.weight`` and ``query_tokens``; EVA's own
+``eva_vit_g.pth`` holds the ViT without the ``visual_encoder.`` prefix. :func:`map_lavis_key`
+says, for every key, where it goes in a transformers ``Blip2ForConditionalGeneration`` /
+``InstructBlipForConditionalGeneration`` or why it is dropped; :func:`map_state_dict` applies it
+to a whole dict and refuses any key it cannot account for. The mapping is the one transformers'
+own BLIP-2 conversion script uses.
 """
 
 from __future__ import annotations

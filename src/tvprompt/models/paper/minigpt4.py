@@ -87,7 +87,8 @@ class MiniGPT4Adapter(MiniGPT4StyleAdapter):
     model_class = "tvprompt.models.paper.arch:MiniGPT4ForConditionalGeneration"
     display_name = "MiniGPT-4"
     llm = "Vicuna v0 (LLaMA)"
-    notes = "converted with 'tvp convert minigpt4'; prompt '###Human: <Img>…</Img> {prompt} ###Assistant: ', ends with ###"
+    notes = ("converted with 'tvp convert minigpt4'; "
+             "prompt '###Human: <Img>…</Img> {prompt} ###Assistant: ', ends with ###")
 
 
 @register_family("vpgtrans")
@@ -127,7 +128,8 @@ def _tiny(tokenizer: Any, config_cls: type, model_class: str, image_size: int, h
     from ..families.llava import tiny_llama
 
     vision, qformer = tiny_blip_parts(image_size, 14, hidden)
-    config = config_cls(vision_config=vision, qformer_config=qformer, text_config=tiny_llama(tokenizer, hidden).to_dict(),
+    config = config_cls(vision_config=vision, qformer_config=qformer,
+                        text_config=tiny_llama(tokenizer, hidden).to_dict(),
                         num_query_tokens=4, image_token_index=tokenizer.convert_tokens_to_ids("<unk>"))
     pre = ImagePreprocessing(size=(image_size, image_size), mean=CLIP_MEAN, std=CLIP_STD, resample="bicubic")
     return TinySpec(config, model_class, pre, "BlipImageProcessor", init=init_composed)

@@ -33,7 +33,8 @@ def ask(
     prompt_id: PromptId,
     image: UploadFile = File(..., description="an image file"),
     question: str = Form(..., min_length=1, max_length=500, description="the question the models answer"),
-    choices: list[str] | None = Form(None, description="answer choices (repeat the field); default: the prompt's task choices"),
+    choices: list[str] | None = Form(
+        None, description="answer choices (repeat the field); default: the prompt's task choices"),
 ) -> dict:
     """Each hosted model's choice for the image without and with the prompt, with its per-choice scores
     (mean log-likelihood per answer token) and their softmax. Rate limited; 503 while the queue is full."""
@@ -41,7 +42,8 @@ def ask(
     host = request.app.state.host
     wait = host.limiter.hit(client_key(request))
     if wait > 0:
-        raise HTTPException(429, f"rate limit: try again in {math.ceil(wait)} s", headers={"Retry-After": str(math.ceil(wait))})
+        raise HTTPException(429, f"rate limit: try again in {math.ceil(wait)} s",
+                            headers={"Retry-After": str(math.ceil(wait))})
     if not host.adapters:
         raise HTTPException(404, "this server hosts no models: start it with --model ID (or --demo)")
     data = read_upload_bytes(image, ctx.settings.max_image_bytes, "image")
@@ -49,15 +51,18 @@ def ask(
         with ctx.apply_gate.slot():  # the same bound on concurrent decodes as apply
             pixels = decode_image(data, ctx.settings)
     except Busy:
-        raise HTTPException(503, "the server is busy decoding images; try again shortly", headers={"Retry-After": "1"}) from None
+        raise HTTPException(503, "the server is busy decoding images; try again shortly",
+                            headers={"Retry-After": "1"}) from None
     prompt = ctx.registry.load(ctx.registry.get(prompt_id))
     q = make_question(prompt, pixels, question, choices)
     try:
         future = host.submit(q)
     except QueueFull:
-        raise HTTPException(503, "the ask queue is full: try again in a few seconds", headers={"Retry-After": "5"}) from None
+        raise HTTPException(503, "the ask queue is full: try again in a few seconds",
+                            headers={"Retry-After": "5"}) from None
     try:
         answers = future.result(timeout=ctx.settings.ask_timeout_s)
     except FutureTimeout:
-        raise HTTPException(503, "the hosted models did not answer in time: try again later", headers={"Retry-After": "10"}) from None
+        raise HTTPException(503, "the hosted models did not answer in time: try again later",
+                            headers={"Retry-After": "10"}) from None
     return {"prompt_id": prompt_id, "question": q.question, "choices": q.choices, "answers": answers}

@@ -24,7 +24,8 @@ def upload_dataset(
     owner: Annotated[str, Depends(require_owner)],
     file: UploadFile = File(..., description="zip of images with manifest.jsonl, or of one folder per class"),
     name: str = Form(..., max_length=64, description="task name (also the default name of the trained prompt)"),
-    instruction: str | None = Form(None, max_length=1000, description="the question the models are asked; {choices} lists them"),
+    instruction: str | None = Form(None, max_length=1000,
+                                   description="the question the models are asked; {choices} lists them"),
     choices: str | None = Form(None, max_length=100_000,
                                description="answers, comma-separated or a JSON array (default: the labels found)"),
 ) -> dict:

@@ -29,7 +29,8 @@ ERRORS = {400: {"model": ErrorOut}, 401: {"model": ErrorOut}, 403: {"model": Err
 def list_prompts(
     request: Request,
     task: str | None = Query(None, max_length=128, pattern=PRINTABLE, description="exact task name"),
-    model: str | None = Query(None, max_length=256, pattern=PRINTABLE, description="a source model id the prompt was trained on"),
+    model: str | None = Query(None, max_length=256, pattern=PRINTABLE,
+                              description="a source model id the prompt was trained on"),
     owner: str | None = Query(None, max_length=64, pattern=PRINTABLE),
     name: str | None = Query(None, max_length=64, pattern=PRINTABLE),
     limit: int = Query(100, ge=1, le=1000),
@@ -90,7 +91,8 @@ def delete_prompt(request: Request, prompt_id: PromptId, owner: Annotated[str, D
 
 
 @router.post("/{prompt_id}/apply", response_class=Response, responses={**ERRORS, 200: {"content": {"image/png": {}}}})
-def apply_prompt(request: Request, prompt_id: PromptId, image: UploadFile = File(..., description="an image file")) -> Response:
+def apply_prompt(request: Request, prompt_id: PromptId,
+                 image: UploadFile = File(..., description="an image file")) -> Response:
     """Prompt one image; returns the H×W PNG that ``tvp apply`` would write for it."""
     import torch
 
@@ -99,7 +101,8 @@ def apply_prompt(request: Request, prompt_id: PromptId, image: UploadFile = File
     ctx = context(request)
     wait = ctx.apply_limiter.hit(client_key(request))
     if wait > 0:
-        raise HTTPException(429, f"rate limit: try again in {math.ceil(wait)} s", headers={"Retry-After": str(math.ceil(wait))})
+        raise HTTPException(429, f"rate limit: try again in {math.ceil(wait)} s",
+                            headers={"Retry-After": str(math.ceil(wait))})
     data = read_upload_bytes(image, ctx.settings.max_image_bytes, "image")
     prompt = ctx.registry.load(ctx.registry.get(prompt_id))
     try:
@@ -112,5 +115,6 @@ def apply_prompt(request: Request, prompt_id: PromptId, image: UploadFile = File
             buf = io.BytesIO()
             tensor_to_pil(out).save(buf, format="PNG")
     except Busy:
-        raise HTTPException(503, "the server is busy applying prompts; try again shortly", headers={"Retry-After": "1"}) from None
+        raise HTTPException(503, "the server is busy applying prompts; try again shortly",
+                            headers={"Retry-After": "1"}) from None
     return Response(buf.getvalue(), media_type="image/png")
