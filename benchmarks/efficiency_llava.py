@@ -59,7 +59,8 @@ def main() -> int:
     model = build(work / "model", args.size)
     print(f"build {time.time() - t0:.0f}s", flush=True)
     doc = efficiency(model, "cifar10", str(work / "data"), args.out, methods=args.methods, steps=args.steps,
-                     batch_size=args.batch_size, image_size=336 if args.size != "tiny" else 64, width=30 if args.size != "tiny" else 8)
+                     batch_size=args.batch_size, image_size=336 if args.size != "tiny" else 64,
+                     width=30 if args.size != "tiny" else 8)
     print((Path(args.out) / "efficiency.md").read_text())
     print(json.dumps(doc["rows"], indent=1))
     return 0

@@ -232,7 +232,9 @@ def make_hf_step(adapter: Any, batch: int):
     return step
 
 
-def measure_step(step, batch: int, device: torch.device, args: argparse.Namespace, peak: float | None) -> dict[str, Any]:
+def measure_step(
+    step, batch: int, device: torch.device, args: argparse.Namespace, peak: float | None
+) -> dict[str, Any]:
     secs = timed(step, device, args.warmup, args.iters)
     flops = count_flops(step)
     row = {"seconds": secs, "images_per_s": batch / secs, "flops": flops, "flop_per_s": flops / secs,
@@ -318,7 +320,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     guide = build_guide("tiny" if args.narrow else args.size, device=args.device, dtype=fast_dtype)
     result: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"),
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
         "command": "python -m benchmarks.prompt_step " + " ".join(sys.argv[1:]),
@@ -392,11 +395,12 @@ def markdown(result: dict[str, Any]) -> str:
             flops = f"{row['flops'] / 1e9:.2f}" if "flops" in row else "-"
             ops = f"{row['ops']}" if "ops" in row else "-"
             syncs = f"{sum(row['syncs'].values())}" if "syncs" in row else "-"
-            lines.append(f"| {b['batch']} | {terms} | {row['images_per_s']:.2f} | {row['seconds'] * 1e3:.1f} | {flops} | "
-                         f"{ops} | {syncs} | {mfu} | {mem} |")
+            lines.append(f"| {b['batch']} | {terms} | {row['images_per_s']:.2f} | {row['seconds'] * 1e3:.1f} | "
+                         f"{flops} | {ops} | {syncs} | {mfu} | {mem} |")
         note = f"batch {b['batch']}: FCA+TSE overhead over L_LLM alone {b['fca_tse_overhead'] * 100:+.1f} %"
         if "hf" in b["steps"]:
-            note += f"; TVP step / plain HF step time {b['steps']['hf']['images_per_s'] / b['steps']['llm+fca+tse']['images_per_s']:.2f}"
+            ratio = b['steps']['hf']['images_per_s'] / b['steps']['llm+fca+tse']['images_per_s']
+            note += f"; TVP step / plain HF step time {ratio:.2f}"
         if "step_speedup_vs_careless" in b:
             note += f"; TVP step vs careless loop {b['step_speedup_vs_careless']:.1f}x"
         if "compile_s" in b:
@@ -405,7 +409,8 @@ def markdown(result: dict[str, Any]) -> str:
             note += f"; eager/compiled step time {ratios}; compiling {b['compile_s']:.1f} s (first calls)"
         notes.append(note)
     lines += [""] + [f"- {n}" for n in notes]
-    lines.append("- `hf` = the plain transformers forward + backward to the model's own (preprocessed) pixel input: the design's anchor recipe")
+    lines.append("- `hf` = the plain transformers forward + backward to the model's own (preprocessed) pixel input: "
+                 "the design's anchor recipe")
     if "compile" in result:
         c = result["compile"]
         lines.append(f"- `compiled` = after regional torch.compile ({c['mode']}, dynamic {c['dynamic']}) of "
@@ -423,21 +428,24 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.prompt_step", description=__doc__.split("\n\n")[0])
     p.add_argument("--family", default="llava")
     p.add_argument("--size", choices=SIZES, default="small")
-    p.add_argument("--batch", type=int, nargs="+", default=[8], help="one or more batch sizes (the model is built once)")
+    p.add_argument("--batch", type=int, nargs="+", default=[8],
+                   help="one or more batch sizes (the model is built once)")
     p.add_argument("--rank-batch", type=int, default=2, help="images for the ranking benchmark")
     p.add_argument("--choices", type=int, nargs="*", default=[10, 100])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="auto", help="auto = bf16 on CUDA, fp32 on CPU")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak dense FLOP/s (TFLOP/s) for MFU")
     p.add_argument("--narrow", action="store_true",
-                   help="the --size depth with tiny widths: measures the host's fixed cost per step (see shapes.narrow)")
+                   help="the --size depth with tiny widths: measures the host's fixed cost per step (see "
+                        "shapes.narrow)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--no-careless", dest="careless", action="store_false", help="skip the careless baseline")
     p.add_argument("--compile", choices=["off", "default", "reduce-overhead", "max-autotune"], default="off",
                    help="also measure every step after regional torch.compile in this mode (rows '<terms> compiled')")
     p.add_argument("--compile-dynamic", choices=["true", "auto"], default="true",
-                   help="dynamic shapes of the compiled blocks: true (symbolic from the start) | auto (torch's default)")
+                   help="dynamic shapes of the compiled blocks: true (symbolic from the start) | auto (torch's "
+                        "default)")
     p.add_argument("--json", type=Path, help="write the result as JSON here")
     p.add_argument("--markdown", type=Path, help="append a Markdown block here (e.g. benchmarks/RESULTS.md)")
     args = p.parse_args(argv)

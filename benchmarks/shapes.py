@@ -196,7 +196,8 @@ def build_model(family: str, size: str, *, device: str, dtype: torch.dtype, attn
         pre = cls.default_preprocessing(config)
     else:
         known = ", ".join(f"{f} {s}" for f, s in CONFIGS)
-        raise SystemExit(f"--family {family} --size {size} is not defined (known: {known}; any family with --size tiny)")
+        raise SystemExit(f"--family {family} --size {size} is not defined (known: {known}; any family with --size "
+                         "tiny)")
     for sub in (config, getattr(config, "text_config", None), getattr(config, "vision_config", None)):
         if sub is not None:
             sub._attn_implementation = attn

@@ -29,7 +29,8 @@ def fuzz_app(app: Any, token: str, mode: str, examples: int) -> int:
     for operation in operations:
 
         @given(case=operation.as_strategy(generation_mode=generation))
-        @settings(max_examples=examples, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+        @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=list(HealthCheck))
         def check(case):
             case.call_and_validate(checks=checks)
             case.call_and_validate(headers={"Authorization": f"Bearer {token}"}, checks=checks)

@@ -203,14 +203,16 @@ def ref_eva_blocks(sd: dict[str, torch.Tensor], image: torch.Tensor, t: Tiny) ->
 
 
 def ref_ln_vision(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    return F.layer_norm(x, (x.shape[-1],), sd["ln_vision.weight"], sd["ln_vision.bias"], eps=1e-5)  # nn.LayerNorm default
+    return F.layer_norm(x, (x.shape[-1],), sd["ln_vision.weight"], sd["ln_vision.bias"],
+                        eps=1e-5)  # nn.LayerNorm default
 
 
 def _bert_attention(sd, b, x, kv, mask, heads):
     n, L, h = x.shape
     q = F.linear(x, sd[b + "self.query.weight"], sd[b + "self.query.bias"]).view(n, L, heads, -1).transpose(1, 2)
     k = F.linear(kv, sd[b + "self.key.weight"], sd[b + "self.key.bias"]).view(n, kv.shape[1], heads, -1).transpose(1, 2)
-    v = F.linear(kv, sd[b + "self.value.weight"], sd[b + "self.value.bias"]).view(n, kv.shape[1], heads, -1).transpose(1, 2)
+    v = F.linear(kv, sd[b + "self.value.weight"], sd[b + "self.value.bias"])
+    v = v.view(n, kv.shape[1], heads, -1).transpose(1, 2)
     scores = q @ k.transpose(-1, -2) / math.sqrt(h // heads)
     if mask is not None:
         scores = scores + (1.0 - mask[:, None, None, :].float()) * -10000.0
@@ -235,7 +237,8 @@ def ref_qformer(sd: dict[str, torch.Tensor], image_embeds: torch.Tensor, t: Tiny
     mask = None
     if text_ids is not None:
         pos = torch.arange(text_ids.shape[1])
-        txt = sd[q + "embeddings.word_embeddings.weight"][text_ids] + sd[q + "embeddings.position_embeddings.weight"][pos]
+        txt = (sd[q + "embeddings.word_embeddings.weight"][text_ids]
+               + sd[q + "embeddings.position_embeddings.weight"][pos])
         x = torch.cat([x, txt], 1)
         mask = torch.cat([torch.ones(n, t.queries, dtype=torch.long), text_mask], 1)
     x = F.layer_norm(x, (t.qformer,), sd[q + "embeddings.LayerNorm.weight"], sd[q + "embeddings.LayerNorm.bias"],

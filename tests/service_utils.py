@@ -60,7 +60,8 @@ class Server:
             cfg.write_text(json.dumps(settings))
             self.cmd = [sys.executable, str(HERE / "serve_app.py"), str(cfg), str(self.port)]
         else:
-            self.cmd = [sys.executable, "-m", "tvprompt", "serve", "--host", "127.0.0.1", "--port", str(self.port), *(cli_args or [])]
+            self.cmd = [sys.executable, "-m", "tvprompt", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                        *(cli_args or [])]
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90.0) -> Server:

@@ -188,7 +188,8 @@ def test_preprocessing_matches_hf_image_processor(adapter, shape):
     smooth = np.stack([np.sin(6 * xx + c) * np.cos(4 * yy - c) for c in range(3)], -1) * 0.4 + 0.5
     array = np.clip(smooth + rng.normal(0, 0.05, smooth.shape), 0, 1)
     uint8 = (array * 255).round().astype(np.uint8)
-    expected = torch.as_tensor(np.asarray(processor(images=Image.fromarray(uint8), return_tensors="np")["pixel_values"]))
+    expected = torch.as_tensor(np.asarray(processor(images=Image.fromarray(uint8),
+                                                    return_tensors="np")["pixel_values"]))
     ours = adapter.preprocess(torch.from_numpy(uint8).permute(2, 0, 1)[None].float() / 255)
     expected = expected.reshape(ours.shape)
     atol = PARITY_ATOL.get(adapter.family, PARITY_ATOL["default"])

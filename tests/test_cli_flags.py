@@ -18,7 +18,8 @@ def test_demo_uses_n_and_limit_and_keeps_the_old_names(caplog):
     with caplog.at_level(logging.WARNING, logger="tvprompt.cli"):
         old = parse("demo", "--n-images", "30", "--eval-limit", "8")
     assert (old.n_images, old.eval_limit) == (30, 8)
-    assert "--n-images is deprecated; use --n" in caplog.text and "--eval-limit is deprecated; use --limit" in caplog.text
+    assert "--n-images is deprecated; use --n" in caplog.text
+    assert "--eval-limit is deprecated; use --limit" in caplog.text
     help_text = build_parser()._subparsers._group_actions[0].choices["demo"].format_help()
     assert "--n-images" not in help_text and "--limit" in help_text
 

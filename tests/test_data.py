@@ -115,7 +115,8 @@ def test_iter_batches_shapes_order_and_resume(manifest):
     again = list(iter_batches(ds, 32, shuffle=True, seed=7, image_size=24))
     assert [s.id for b in again for s in b.samples] == [s.id for b in full for s in b.samples]
     other_epoch = [s.id for b in iter_batches(ds, 32, shuffle=True, seed=7, epoch=1, image_size=24) for s in b.samples]
-    assert other_epoch != [s.id for b in full for s in b.samples] and sorted(other_epoch) == sorted(s.id for s in ds.samples)
+    assert other_epoch != [s.id for b in full for s in b.samples]
+    assert sorted(other_epoch) == sorted(s.id for s in ds.samples)
     resumed = list(iter_batches(ds, 32, shuffle=True, seed=7, image_size=24, start=4))
     assert [b.index for b in resumed] == [4, 5]
     assert [s.id for s in resumed[0].samples] == [s.id for s in full[4].samples]

@@ -23,7 +23,8 @@ def test_task_choices_are_not_overridden_by_per_sample_choices(tmp_path):
 def test_pope_subset_mismatch_is_refused(tmp_path):
     root = write_pope(tmp_path / "pope", subset="adversarial")
     file = root / "coco_pope_adversarial.json"
-    with pytest.raises(TvpError, match="POPE adversarial subset but the task asks for random; use --task pope_adversarial"):
+    with pytest.raises(TvpError,
+                       match="POPE adversarial subset but the task asks for random; use --task pope_adversarial"):
         open_dataset(load_task("pope_random"), file, "test")
     assert len(open_dataset(load_task("pope_adversarial"), file, "test")) > 0
     with pytest.raises(TvpError, match="no coco_pope_random.json"):

@@ -161,7 +161,8 @@ def test_open_task_uses_generation_and_normalised_match(tmp_path, prompts):
         assert r["correct"] == (normalize_answer(r["pred_text"]) == normalize_answer(r["answer"]))
     assert any(r["correct"] for r in lines)
     assert res["primary_metric"] == "exact_match"
-    assert res["clean"]["toy:a"]["exact_match"] == pytest.approx(np.mean([r["correct"] for r in lines if r["prompt"] is None]))
+    clean = [r["correct"] for r in lines if r["prompt"] is None]
+    assert res["clean"]["toy:a"]["exact_match"] == pytest.approx(np.mean(clean))
 
 
 def test_cell_keys_do_not_collide():

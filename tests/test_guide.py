@@ -59,7 +59,8 @@ def test_image_encoding_is_normalised_and_differentiable(guide):
 def test_preprocessing_and_features_match_the_hf_processor(guide):
     processor = load_image_processor(guide.model_id.split(":", 1)[1])
     array = _image()
-    expected = torch.as_tensor(np.asarray(processor(images=Image.fromarray(array), return_tensors="np")["pixel_values"]))
+    expected = torch.as_tensor(np.asarray(processor(images=Image.fromarray(array),
+                                                    return_tensors="np")["pixel_values"]))
     pixels = torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255
     ours = guide.preprocess(pixels)
     assert (ours - expected).abs().max().item() < 0.03  # PIL uint8 rounding; see models/preprocessing.py
@@ -72,7 +73,8 @@ def test_preprocessing_and_features_match_the_hf_processor(guide):
 def test_large_detailed_images_are_antialiased_like_pil(guide):
     processor = load_image_processor(guide.model_id.split(":", 1)[1])
     array = np.random.default_rng(0).integers(0, 256, size=(160, 208, 3), dtype=np.uint8)  # 5x downscale of noise
-    expected = torch.as_tensor(np.asarray(processor(images=Image.fromarray(array), return_tensors="np")["pixel_values"]))
+    expected = torch.as_tensor(np.asarray(processor(images=Image.fromarray(array),
+                                                    return_tensors="np")["pixel_values"]))
     ours = guide.preprocess(torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255)
     assert (ours - expected).abs().max().item() < 0.05  # without antialiasing: errors of about 1
 

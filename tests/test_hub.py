@@ -94,7 +94,8 @@ def test_unreachable_hub_fails_in_one_line_fast(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        "http://127.0.0.1:9/{repo_id}/resolve/{revision}/{filename}")
     start = time.perf_counter()
     with pytest.raises(PromptFileError) as err:
         VisualPrompt.from_pretrained("alice/far-away")
@@ -117,7 +118,8 @@ def test_cli_commands_accept_hub_ids(hub_cache, tmp_path, capsys):
     assert main(["show", "alice/shape-prompt", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["prompt_width"] == 4
     Image.new("RGB", (20, 20), (200, 10, 10)).save(tmp_path / "a.png")
-    assert main(["apply", "--prompt", "alice/shape-prompt", str(tmp_path / "a.png"), "--output", str(tmp_path / "out")]) == 0
+    assert main(["apply", "--prompt", "alice/shape-prompt", str(tmp_path / "a.png"), "--output",
+                 str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / "a.png").is_file()
     capsys.readouterr()
     assert main(["show", "alice/missing"]) == 1

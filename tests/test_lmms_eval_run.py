@@ -65,7 +65,8 @@ def _digest(im) -> str:
     from tvprompt.imageio import pil_to_tensor
 
     x = pil_to_tensor(im)
-    return hashlib.sha256(bytes(str(tuple(x.shape)), "ascii") + x.mul(255).round().to(torch.uint8).numpy().tobytes()).hexdigest()
+    data = bytes(str(tuple(x.shape)), "ascii") + x.mul(255).round().to(torch.uint8).numpy().tobytes()
+    return hashlib.sha256(data).hexdigest()
 
 
 def _env() -> dict[str, str]:
@@ -115,7 +116,8 @@ def workspace(tmp_path_factory):
     for name, images in (("raw", raw), ("prompted", prompted)):
         rows = {"image": images, "question": ["What color is the shape?"] * len(images), "answer": list(COLORS)}
         data[name] = root / f"data_{name}"
-        datasets.DatasetDict({"test": datasets.Dataset.from_dict(rows, features=features)}).save_to_disk(str(data[name]))
+        split = datasets.Dataset.from_dict(rows, features=features)
+        datasets.DatasetDict({"test": split}).save_to_disk(str(data[name]))
 
     tasks = root / "tasks"
     tasks.mkdir()
@@ -346,8 +348,9 @@ def main(plan_path: str) -> None:
         result = {"wrapper": type(lm).__name__, "inner": f"{type(inner).__module__}.{type(inner).__name__}",
                   "is_simple": bool(lm.is_simple), "error": None}
         try:
+            manager = TaskManager("WARNING", include_path=plan["tasks"], model_name=run["model"])
             res = simple_evaluate(model=lm, tasks=[run["task"]], batch_size=1, limit=4, log_samples=True,
-                                  task_manager=TaskManager("WARNING", include_path=plan["tasks"], model_name=run["model"]),
+                                  task_manager=manager,
                                   force_simple=run["simple"], verbosity="WARNING")
         except Exception as e:  # reported to the test, which decides whether it is a known lmms-eval bug
             cause = e.__cause__ or e

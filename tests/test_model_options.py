@@ -105,7 +105,8 @@ def test_offline_hub_model_fails_in_one_line_fast_through_the_cli(cifar, tmp_pat
     assert len(err) == 1 and err[0].startswith("tvp eval: error: llava-hf/llava-1.5-7b-hf: HF_HUB_OFFLINE"), r.stderr
 
 
-@pytest.mark.parametrize("files, calls", [(["model.safetensors", "config.json"], 1), (["pytorch_model.bin", "config.json"], 2)])
+@pytest.mark.parametrize("files, calls",
+                         [(["model.safetensors", "config.json"], 1), (["pytorch_model.bin", "config.json"], 2)])
 def test_hub_models_fetch_pickled_weights_only_without_safetensors(tmp_path, monkeypatch, files, calls):
     import huggingface_hub
 

@@ -53,7 +53,8 @@ HEAD_DIM = T.llm // 4  # tiny_llama_dir: 4 heads
 
 def _proj(name: str, out: int, inp: int, seed: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return {f"{name}.weight": torch.randn(out, inp, generator=g) * 0.3, f"{name}.bias": torch.randn(out, generator=g) * 0.1}
+    return {f"{name}.weight": torch.randn(out, inp, generator=g) * 0.3,
+            f"{name}.bias": torch.randn(out, generator=g) * 0.1}
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +185,8 @@ def test_vpgtrans_cli_round_trip(files, tmp_path, capsys):
     adapter = load_adapter(f"hf:{out}", device="cpu")
     assert adapter.family == "vpgtrans"
     pixels = torch.rand(1, 3, 28, 28, generator=torch.Generator().manual_seed(2))
-    ref = ref_minigpt4_image_tokens({**prefixed(files.eva, "visual_encoder."), **files.vpg}, adapter.preprocess(pixels), T)
+    ref = ref_minigpt4_image_tokens({**prefixed(files.eva, "visual_encoder."), **files.vpg},
+                                    adapter.preprocess(pixels), T)
     torch.testing.assert_close(adapter.vision_features(pixels, "projected"), ref, atol=1e-5, rtol=1e-4)
     from tvprompt.cli import main
 
@@ -204,7 +206,8 @@ def test_unknown_key_is_an_error_listing_it(files, tmp_path):
 def test_missing_weight_is_an_error_listing_its_target(files, tmp_path):
     lavis = {k: v for k, v in files.lavis.items() if k != "Qformer.bert.encoder.layer.1.output_query.dense.weight"}
     path = save_pth({"model": lavis}, tmp_path / "lavis.pth")
-    with pytest.raises(TvpError, match=r"no source for 1 weights.*qformer\.encoder\.layer\.1\.output_query\.dense\.weight"):
+    with pytest.raises(TvpError,
+                       match=r"no source for 1 weights.*qformer\.encoder\.layer\.1\.output_query\.dense\.weight"):
         convert_minigpt4(path, files.stage2_pth, files.llama, tmp_path / "out", options=OPTS)
 
 
@@ -215,7 +218,8 @@ def test_stage2_without_llama_proj_is_refused(files, tmp_path):
 
 
 def test_shape_mismatch_names_the_weight_and_file(files, tmp_path):
-    path = save_pth({"model": {**files.stage2, "llama_proj.weight": torch.zeros(T.llm, T.qformer + 1)}}, tmp_path / "s.pth")
+    path = save_pth({"model": {**files.stage2, "llama_proj.weight": torch.zeros(T.llm, T.qformer + 1)}},
+                    tmp_path / "s.pth")
     with pytest.raises(TvpError, match=r"shape mismatch.*language_projection\.weight.*s\.pth"):
         convert_minigpt4(files.lavis_pth, path, files.llama, tmp_path / "out", options=OPTS)
 
@@ -257,7 +261,8 @@ def test_bliva_needs_a_matching_qformer_tokenizer(files, tmp_path):
     ("visual_encoder.blocks.0.attn.rel_pos_bias", ("unknown", "")),
 ])
 def test_key_rules_for_blip2_style_models(key, expected):
-    assert map_lavis_key(key, vision_layers=39, qformer_text=False, projections={"llama_proj": "language_projection"}) == expected
+    assert map_lavis_key(key, vision_layers=39, qformer_text=False,
+                         projections={"llama_proj": "language_projection"}) == expected
 
 
 def test_key_rules_for_the_instruction_aware_qformer():
@@ -520,7 +525,8 @@ def test_a_slow_llama_tokenizer_without_sentencepiece_names_the_extra(files, tmp
     llama = _slow_only_vicuna(files, tmp_path / "vicuna-7b-v0")
     monkeypatch.setattr(paper_convert, "missing_slow_tokenizer_deps", lambda: ["sentencepiece", "protobuf"])
     with pytest.raises(UsageError, match=r"vicuna-7b-v0: the tokenizer is a slow LLaMA one .*sentencepiece and "
-                                         r"protobuf are not installed: pip install 'tvprompt\[slow-tokenizer\]'") as err:
+                                         r"protobuf are not installed: pip install "
+                                         r"'tvprompt\[slow-tokenizer\]'") as err:
         convert_minigpt4(files.lavis_pth, files.stage2_pth, llama, tmp_path / "out", options=OPTS)
     assert len(str(err.value).splitlines()) == 1 and not (tmp_path / "out").exists()
     monkeypatch.setattr(paper_convert, "missing_slow_tokenizer_deps", lambda: [])  # installed, file still broken

@@ -26,7 +26,8 @@ def test_tvp_models_lists_the_paper_families_and_says_which_are_untested(capsys)
     assert OPT_IN in rows["visualglm"]["notes"]
     for family in ("minigpt4", "vpgtrans", "bliva"):
         assert rows[family]["untested"] is None
-        assert rows[family]["source"] and rows[family]["target"] and rows[family]["features"] == ["encoder", "projected"]
+        assert rows[family]["source"] and rows[family]["target"]
+        assert rows[family]["features"] == ["encoder", "projected"]
         assert rows[family]["model_types"] == [family]
     assert main(["models"]) == 0
     visualglm = [line for line in capsys.readouterr().out.splitlines() if line.startswith("visualglm")]

@@ -383,7 +383,8 @@ def test_hf_disk_label_and_answer_columns(tmp_path, monkeypatch):
 
     img = Image.new("RGB", (4, 4))
     rows = [{"img": img, "fine_label": i % 3, "coarse_label": 0} for i in range(6)]
-    features = {"fine_label": _FakeClassLabel(["apple", "aquarium_fish", "baby"]), "coarse_label": _FakeClassLabel(["x"])}
+    features = {"fine_label": _FakeClassLabel(["apple", "aquarium_fish", "baby"]),
+                "coarse_label": _FakeClassLabel(["x"])}
     _fake_hf(monkeypatch, tmp_path, {"train": _FakeHFDataset(rows, features), "test": _FakeHFDataset(rows, features)})
     spec = TaskSpec.from_dict({"version": 1, "name": "c100", "format_options": {"label_column": "fine_label"}})
     ds = open_dataset(spec, tmp_path, "test")

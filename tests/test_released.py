@@ -174,7 +174,8 @@ def test_train_released_first_update_by_hand():
     guide, hand_guide = ToyGuide(), ToyGuide()
     result = train(_released_cfg(steps=1), sources=[ToyAdapter(0)], guide=guide, spec=TemplateSpec(),
                    train_set=data, batch_fn=iter_batches)
-    torch.testing.assert_close(result.delta, _released_by_hand(data, ToyAdapter(0), hand_guide, 1)[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(result.delta, _released_by_hand(data, ToyAdapter(0), hand_guide, 1)[0], rtol=0,
+                               atol=1e-6)
 
 
 def test_training_start_says_which_tse_texts_or_that_tse_is_off(caplog):

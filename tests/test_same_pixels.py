@@ -58,7 +58,8 @@ def _world(tmp_path: Path) -> tuple[Path, Path]:
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
     task = tmp_path / "colors.yaml"
     task.write_text("version: 1\nname: colors\nkind: classification\nformat: manifest\ninstruction: 'Colour?'\n"
-                    f"choices: {json.dumps(CHOICES)}\nmetrics: [top1]\nsplits: {{train: train, val: val, test: test}}\n")
+                    f"choices: {json.dumps(CHOICES)}\nmetrics: [top1]\n"
+                    "splits: {train: train, val: val, test: test}\n")
     return manifest, task
 
 
@@ -87,7 +88,8 @@ def test_train_eval_and_apply_see_the_same_pixels(tmp_path, fit, resample):
             applied[CHOICES[i]] = prompt.apply(load_image(tmp_path / f"{i}.png")[None])[0]
 
     evaluated = Recording()
-    backends = dataclasses.replace(Backends.default(), load_adapter=lambda _id: evaluated, fingerprint_model=lambda i: i)
+    backends = dataclasses.replace(Backends.default(), load_adapter=lambda _id: evaluated,
+                                   fingerprint_model=lambda i: i)
     evaluate([prompt_dir], ["toy"], EvalSetup(task=str(task), data=str(manifest), split="test", batch_size=3),
              tmp_path / "eval", backends=backends)
     assert len(evaluated.seen) == 2  # the no-prompt cell, then the prompt's (its own batches)

@@ -45,7 +45,8 @@ def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     store = root / "store"
     write_dataset("shape", 24, root / "data" / "shapes", distribution="downstream", seed=3, split_mix=True)
-    out = subprocess.run([sys.executable, "-m", "tvprompt", "serve", "token", "create", "--owner", "alice", "--store", str(store)],
+    out = subprocess.run([sys.executable, "-m", "tvprompt", "serve", "token", "create", "--owner", "alice", "--store",
+                          str(store)],
                          capture_output=True, text=True, env=env(), check=True)
     srv = Server(root, cli_args=["--demo", "--store", str(store), "--data-root", str(root / "data")])
     srv.start(timeout=300)
@@ -131,8 +132,10 @@ def test_prompt_page_try_it_and_ask(page, server, tmp_path):
     image = _image(tmp_path)
     page.set_input_files("#try-file", str(image))
     page.wait_for_selector("#try-download:not([hidden])")  # (wait_for_function would need 'unsafe-eval')
-    assert page.locator("#try-original").evaluate("i => i.decode().then(() => i.naturalWidth)") == Image.open(image).width
-    assert page.locator("#try-prompted").evaluate("i => i.decode().then(() => [i.naturalWidth, i.naturalHeight])") == [64, 64]
+    original = page.locator("#try-original").evaluate("i => i.decode().then(() => i.naturalWidth)")
+    assert original == Image.open(image).width
+    prompted = page.locator("#try-prompted").evaluate("i => i.decode().then(() => [i.naturalWidth, i.naturalHeight])")
+    assert prompted == [64, 64]
     with page.expect_download() as download:
         page.click("#try-download")
     got = Path(download.value.path()).read_bytes()
@@ -174,7 +177,8 @@ def test_push_and_train_with_a_token_and_user_strings_stay_text(page, server, tm
     assert page.locator("#pushed-link").inner_text() == "evil v1"
     page.click("#pushed-link")
     page.wait_for_selector("#prompt-card")
-    assert evil in page.locator("#prompt-card").inner_text() and "<b>bold</b>" in page.locator("#prompt-card").inner_text()
+    card = page.locator("#prompt-card").inner_text()
+    assert evil in card and "<b>bold</b>" in card
     assert page.locator("#prompt-card img").count() == 1 and page.locator("#prompt-card b").count() == 0
     page.goto(server.url + "/#/")
     page.wait_for_selector(".card")
@@ -191,7 +195,8 @@ def test_push_and_train_with_a_token_and_user_strings_stay_text(page, server, tm
     page.fill("#job-name", "from-the-page")
     page.click("#job-run")
     page.wait_for_selector("#job-watch .job")
-    page.wait_for_selector("#job-watch .job[data-state='succeeded'], #job-watch .job[data-state='failed']", timeout=240_000)
+    page.wait_for_selector("#job-watch .job[data-state='succeeded'], #job-watch .job[data-state='failed']",
+                           timeout=240_000)
     job = page.locator("#job-watch .job")
     assert job.get_attribute("data-state") == "succeeded", job.inner_text()
     assert "step 2 / 2" in job.inner_text()
@@ -238,8 +243,10 @@ def test_request_a_prompt_for_my_task(page, server, tmp_path):
     page.fill("#request-steps", "2")
     page.click("#request-run")
     page.wait_for_selector("#dataset-list tr")
-    assert "red-or-blue" in page.locator("#dataset-list").inner_text() and "blue, red" in page.locator("#dataset-list").inner_text()
-    page.wait_for_selector("#request-watch .job[data-state='succeeded'], #request-watch .job[data-state='failed']", timeout=240_000)
+    listed = page.locator("#dataset-list").inner_text()
+    assert "red-or-blue" in listed and "blue, red" in listed
+    page.wait_for_selector("#request-watch .job[data-state='succeeded'], #request-watch .job[data-state='failed']",
+                           timeout=240_000)
     job = page.locator("#request-watch .job")
     assert job.get_attribute("data-state") == "succeeded", job.inner_text()
     page.wait_for_selector("#request-result")

@@ -35,13 +35,15 @@ def _png(color=(200, 30, 30), size=(64, 40)) -> bytes:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, one_torch_thread):
     root = tmp_path_factory.mktemp("front")
-    settings = Settings(store_dir=root / "store", hosted_models=["zoo:llava-p8"], ask_rate_per_minute=1e6, ask_burst=10_000)
+    settings = Settings(store_dir=root / "store", hosted_models=["zoo:llava-p8"], ask_rate_per_minute=1e6,
+                        ask_burst=10_000)
     app = create_app(settings)
     with TestClient(app) as client:
         _, token = create_token(app.state.ctx.sessions, "alice")
         prompt_dir = make_prompt(root / "p", image_height=48, image_width=48, prompt_width=6, choices=CHOICES,
                                  templates={"instruction": "Q: {question} A:", "answer": "{answer}"})
-        r = client.post("/prompts", files={"file": ("p.zip", pack_dir(prompt_dir))}, headers={"Authorization": f"Bearer {token}"})
+        r = client.post("/prompts", files={"file": ("p.zip", pack_dir(prompt_dir))},
+                        headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == 201, r.text
         client.app_state = app.state
         client.prompt_id = r.json()["id"]
@@ -71,7 +73,8 @@ def test_docs_load_their_assets_from_this_server(served):
 def test_openapi_declares_the_bearer_scheme_where_a_token_is_read(served):
     schema = served.get("/openapi.json").json()
     assert schema["components"]["securitySchemes"]["bearer"] == {
-        "type": "http", "scheme": "bearer", "description": schema["components"]["securitySchemes"]["bearer"]["description"]}
+        "type": "http", "scheme": "bearer",
+        "description": schema["components"]["securitySchemes"]["bearer"]["description"]}
     paths = schema["paths"]
     required = [{"bearer": []}]
     optional = [{}, {"bearer": []}]
@@ -150,7 +153,8 @@ def test_ask_refuses_bad_input_in_one_line(served, data, files, status, message)
     assert r.status_code == status, r.text
     assert message in r.json()["detail"] and "\n" not in r.json()["detail"]
     assert "tvp-image-" not in r.json()["detail"]  # never a server path
-    assert served.post("/prompts/nope/ask", files={"image": ("a.png", _png())}, data={"question": "Q?"}).status_code == 404
+    assert served.post("/prompts/nope/ask", files={"image": ("a.png", _png())},
+                       data={"question": "Q?"}).status_code == 404
 
 
 def test_ask_is_rate_limited_and_off_without_models(tmp_path):

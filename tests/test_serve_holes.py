@@ -32,7 +32,8 @@ def service(tmp_path_factory):
     root = tmp_path_factory.mktemp("holes")
     (root / "data").mkdir()
     app = create_app(Settings(store_dir=root / "store", data_root=root / "data", max_image_pixels=100_000,
-                              max_concurrent_applies=1, max_queued_applies=0, apply_rate_per_minute=1e6, apply_burst=10**6,
+                              max_concurrent_applies=1, max_queued_applies=0, apply_rate_per_minute=1e6,
+                              apply_burst=10**6,
                               body_timeout_s=0.5, max_json_bytes=64 * 1024))
     with TestClient(app, raise_server_exceptions=False) as client:
         token = create_token(app.state.ctx.sessions, "mallory")[1]
@@ -87,7 +88,8 @@ def test_a_bad_row_from_an_older_server_does_not_break_the_listing(service, tmp_
     pid = _push(service, make_prompt(tmp_path / "p", delta_seed=9, task="legacy-row")).json()["id"]
     with service.app_.state.ctx.sessions.begin() as s:  # what an unvalidated upload left behind before the fix
         row = s.get(PromptRow, pid)
-        row.config_json = json.dumps({**json.loads(row.config_json), "sources": ["hf:x", {"model_id": "zoo:y"}], "metrics": [1]})
+        row.config_json = json.dumps({**json.loads(row.config_json), "sources": ["hf:x", {"model_id": "zoo:y"}],
+                                      "metrics": [1]})
     r = service.get("/prompts", params={"task": "legacy-row"})
     assert r.status_code == 200 and r.json()[0]["sources"] == [{"model_id": "zoo:y"}] and r.json()[0]["metrics"] == {}
     assert service.get(f"/prompts/{pid}").status_code == 200
@@ -169,8 +171,10 @@ def test_out_of_range_and_control_characters_are_4xx(service):
 def test_422_bodies_match_the_openapi_schema(service):
     schema = service.get("/openapi.json").json()
     components = schema["components"]["schemas"]
-    assert "HTTPValidationError" not in components and components["ErrorOut"]["properties"]["detail"]["type"] == "string"
-    declared = [op["responses"]["422"] for path in schema["paths"].values() for op in path.values() if "422" in op["responses"]]
+    assert "HTTPValidationError" not in components
+    assert components["ErrorOut"]["properties"]["detail"]["type"] == "string"
+    declared = [op["responses"]["422"] for path in schema["paths"].values() for op in path.values()
+                if "422" in op["responses"]]
     assert declared and all(r["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorOut"}
                             for r in declared)
     r = service.post("/jobs", json={"method": "sgd"}, headers=service.hdr)
@@ -216,7 +220,8 @@ def _asgi(app, method: str, path: str, headers: list[tuple[bytes, bytes]], chunk
 def test_token_is_checked_before_the_body_is_read(service):
     chunks = [b"x" * MiB] * 70  # an anonymous 70 MB upload
     headers = [(b"content-type", b"multipart/form-data; boundary=b")]
-    for extra, detail in [([], "this call needs a token"), ([(b"authorization", b"Bearer tvp_forged")], "invalid or revoked token"),
+    for extra, detail in [([], "this call needs a token"),
+                          ([(b"authorization", b"Bearer tvp_forged")], "invalid or revoked token"),
                           ([(b"authorization", b"Basic x")], "malformed Authorization header")]:
         status, body, pulled = _asgi(service.app_, "POST", "/prompts", headers + extra, chunks)
         assert (status, pulled) == (401, 0) and body["detail"].startswith(detail)
@@ -251,7 +256,8 @@ def test_apply_body_is_limited_to_the_image_size(tmp_path):
                 yield b"x" * (64 * 1024)
             yield b"\r\n--b--\r\n"
 
-        r = client.post("/prompts/abc/apply", content=chunked(), headers={"Content-Type": "multipart/form-data; boundary=b"})
+        r = client.post("/prompts/abc/apply", content=chunked(),
+                        headers={"Content-Type": "multipart/form-data; boundary=b"})
         assert r.status_code == 413 and r.json()["detail"] == f"image is over the limit of {MiB} bytes"
 
 
@@ -290,7 +296,8 @@ def test_zero_full_frame_prompt_is_not_a_zip_bomb(service, tmp_path):
     from tvprompt.prompt import VisualPrompt
     from tvprompt.serve.archive import ArchiveError, ArchiveLimits, read_archive
 
-    src = VisualPrompt(shape="full", image_height=512, image_width=512, task="zero-full").save_pretrained(tmp_path / "z")
+    src = VisualPrompt(shape="full", image_height=512, image_width=512,
+                       task="zero-full").save_pretrained(tmp_path / "z")
     data = pack_dir(src)
     assert (src / "prompt.safetensors").stat().st_size > 3 * MiB and len(data) * 200 < 3 * MiB  # ratio over 200
     r = _push(service, src)

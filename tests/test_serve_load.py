@@ -35,12 +35,14 @@ def world(tmp_path_factory):
     engine.dispose()
     archives = [pack_dir(make_prompt(root / "prompts" / f"p{i}", delta_seed=i, task=f"t{i % 3}")) for i in range(12)]
     image_path = root / "image.png"
-    Image.frombytes("RGB", (40, 30), bytes(random.Random(0).randrange(256) for _ in range(40 * 30 * 3))).save(image_path)
+    Image.frombytes("RGB", (40, 30),
+                    bytes(random.Random(0).randrange(256) for _ in range(40 * 30 * 3))).save(image_path)
     expected_png = {}
     for i in (0, 1):
         prompt = VisualPrompt.from_pretrained(root / "prompts" / f"p{i}")
         buf = io.BytesIO()
-        tensor_to_pil(prompt.apply(load_image(image_path)[None], generator=torch.Generator().manual_seed(0))[0]).save(buf, "PNG")
+        tensor_to_pil(prompt.apply(load_image(image_path)[None],
+                                   generator=torch.Generator().manual_seed(0))[0]).save(buf, "PNG")
         expected_png[i] = buf.getvalue()
     server = Server(root, cli_args=["--store", str(store), "--apply-rate", "1000000", "--log-level", "warning"]).start()
     yield {"root": root, "store": store, "server": server, "tokens": tokens, "archives": archives,

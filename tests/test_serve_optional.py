@@ -5,7 +5,8 @@ import sys
 
 from .service_utils import env
 
-BLOCK = "import sys\nfor m in ('fastapi', 'uvicorn', 'sqlalchemy', 'httpx', 'multipart', 'starlette'):\n    sys.modules[m] = None\n"
+BLOCK = ("import sys\nfor m in ('fastapi', 'uvicorn', 'sqlalchemy', 'httpx', 'multipart', 'starlette'):\n"
+         "    sys.modules[m] = None\n")
 
 
 def test_core_works_without_serve_dependencies():

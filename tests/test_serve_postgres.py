@@ -64,9 +64,11 @@ def pg_url():
         prefix = [runuser, "-u", "postgres", "--"]
     port = free_port()
     data = root / "data"
-    subprocess.run([*prefix, initdb, "-D", str(data), "-A", "trust", "-U", "tvp", "--no-sync"], check=True, capture_output=True)
+    subprocess.run([*prefix, initdb, "-D", str(data), "-A", "trust", "-U", "tvp", "--no-sync"], check=True,
+                   capture_output=True)
     opts = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run([*prefix, pg_ctl, "-D", str(data), "-l", str(root / "pg.log"), "-w", "-o", opts, "start"], check=True,
+    subprocess.run([*prefix, pg_ctl, "-D", str(data), "-l", str(root / "pg.log"), "-w", "-o", opts, "start"],
+                   check=True,
                    capture_output=True)
     try:
         yield f"postgresql://tvp@127.0.0.1:{port}/postgres"
@@ -76,11 +78,13 @@ def pg_url():
 
 
 def test_service_on_postgresql(pg_url, tmp_path):
-    out = subprocess.run([sys.executable, "-m", "tvprompt", "serve", "token", "create", "--owner", "erin", "--db", pg_url,
+    out = subprocess.run([sys.executable, "-m", "tvprompt", "serve", "token", "create", "--owner", "erin", "--db",
+                          pg_url,
                           "--store", str(tmp_path / "store")], capture_output=True, text=True, env=env())
     assert out.returncode == 0, out.stderr
     token = out.stdout.strip()
-    server = Server(tmp_path, cli_args=["--db", pg_url, "--store", str(tmp_path / "store"), "--log-level", "warning"]).start()
+    server = Server(tmp_path,
+                    cli_args=["--db", pg_url, "--store", str(tmp_path / "store"), "--log-level", "warning"]).start()
     try:
         src = make_prompt(tmp_path / "p", delta_seed=11, task="pg-task", sources=[{"model_id": "zoo:pg_model"}])
         with PromptClient(server.url, token=token) as client:
@@ -124,7 +128,8 @@ def pg_service(pg_url, tmp_path_factory):
 
 def test_hostile_requests_are_4xx_on_postgresql(pg_service, tmp_path):
     """What PostgreSQL refuses (NUL in text, values over a column's length, integers over bigint) never reaches it."""
-    for params in ({"task": "a\x00b"}, {"model": "zoo:\x00"}, {"offset": 2**63}, {"offset": 2**64 + 1}, {"owner": "o" * 65}):
+    for params in ({"task": "a\x00b"}, {"model": "zoo:\x00"}, {"offset": 2**63}, {"offset": 2**64 + 1},
+                   {"owner": "o" * 65}):
         r = pg_service.get("/prompts", params=params)
         assert r.status_code == 422 and isinstance(r.json()["detail"], str), (params, r.text)
     assert pg_service.get("/prompts", params={"offset": 10**9}).json() == []
@@ -184,18 +189,23 @@ def test_uploaded_datasets_and_their_jobs_on_postgresql(pg_url, tmp_path):
                               train_command=[sys.executable, str(HERE / "fake_trainer.py")]))
     with TestClient(app) as client:
         sessions = app.state.ctx.sessions
-        client.tokens = {who: {"Authorization": f"Bearer {create_token(sessions, who)[1]}"} for who in ("pg-ann", "pg-ben")}
+        client.tokens = {who: {"Authorization": f"Bearer {create_token(sessions, who)[1]}"}
+                         for who in ("pg-ann", "pg-ben")}
         ann, ben = client.tokens["pg-ann"], client.tokens["pg-ben"]
-        r = client.post("/datasets", files={"file": ("s.zip", _manifest_zip(4))}, data={"name": "pg-colours", "choices": "red,blue"},
+        r = client.post("/datasets", files={"file": ("s.zip", _manifest_zip(4))},
+                        data={"name": "pg-colours", "choices": "red,blue"},
                         headers=ann)
         assert r.status_code == 201, r.text
         ds = r.json()["id"]
         assert [d["id"] for d in client.get("/datasets", headers=ann).json()] == [ds]
         assert client.get(f"/datasets/{ds}", headers=ben).status_code == 404
-        too_long = client.post("/datasets", files={"file": ("s.zip", _manifest_zip(2))}, data={"name": "x" * 65}, headers=ann)
+        too_long = client.post("/datasets", files={"file": ("s.zip", _manifest_zip(2))}, data={"name": "x" * 65},
+                               headers=ann)
         assert too_long.status_code in (400, 422)
-        job = client.post("/jobs", json={"method": "vp", "sources": ["zoo:a"], "dataset_id": ds, "steps": 2}, headers=ann).json()
+        job = client.post("/jobs", json={"method": "vp", "sources": ["zoo:a"], "dataset_id": ds, "steps": 2},
+                          headers=ann).json()
         done = _wait(client, job["id"], who="pg-ann")
-        assert done["state"] == "succeeded" and client.get(f"/prompts/{done['prompt_id']}").json()["name"] == "pg-colours"
+        assert done["state"] == "succeeded"
+        assert client.get(f"/prompts/{done['prompt_id']}").json()["name"] == "pg-colours"
         assert client.delete(f"/datasets/{ds}", headers=ann).status_code == 204
         assert client.get("/datasets", headers=ann).json() == []

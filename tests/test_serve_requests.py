@@ -119,7 +119,8 @@ def _jpeg() -> bytes:
          "manifest.jsonl:2: label 'green' is not one of the choices (red, blue)"),
         (_zip({"manifest.jsonl": b'{"image": "a.png"}\n', "a.png": _png()}), {}, 400,
          "manifest.jsonl:1: field 'answer' is missing"),
-        (_zip({"manifest.jsonl": b'{"image": "gone.png", "answer": "x"}\n'}), {}, 400, "image 'gone.png' is not in the archive"),
+        (_zip({"manifest.jsonl": b'{"image": "gone.png", "answer": "x"}\n'}), {}, 400,
+         "image 'gone.png' is not in the archive"),
         (_zip({"a.png": _png(), "b.png": _png()}), {}, 400, "one folder per class"),
         (b"PK not a zip", {}, 400, "upload is not a zip archive"),
         (_manifest_zip(4), {"name": "../x"}, 400, "name '../x'"),
@@ -188,7 +189,8 @@ def _wait(client, job_id: str, who="alice", timeout=60.0) -> dict:
 def test_a_job_trains_on_an_upload_and_registers_the_prompt(served):
     ds = _upload(served, _manifest_zip(6), name="my-colours", choices="red, blue").json()
     alice = served.tokens["alice"]
-    r = served.post("/jobs", json={"method": "evp", "sources": ["zoo:a"], "dataset_id": ds["id"], "steps": 4}, headers=alice)
+    r = served.post("/jobs", json={"method": "evp", "sources": ["zoo:a"], "dataset_id": ds["id"], "steps": 4},
+                    headers=alice)
     assert r.status_code == 201, r.text
     job = r.json()
     assert job["request"]["dataset_id"] == ds["id"] and job["state"] in ("queued", "running")
@@ -214,7 +216,8 @@ def test_a_job_on_an_upload_runs_the_real_trainer_on_a_zoo_model(tmp_path, one_t
                    for i in range(6)}
         ds = _upload(client, _zip(members), name="red-or-blue", instruction="Is the image red or blue?").json()
         r = client.post("/jobs", headers=client.tokens["alice"], json={
-            "method": "evp", "sources": ["zoo:llava-p8"], "dataset_id": ds["id"], "steps": 2, "batch_size": 4, "seed": 0})
+            "method": "evp", "sources": ["zoo:llava-p8"], "dataset_id": ds["id"], "steps": 2, "batch_size": 4,
+            "seed": 0})
         assert r.status_code == 201, r.text
         done = _wait(client, r.json()["id"], timeout=600)
         assert done["state"] == "succeeded", done
@@ -234,7 +237,8 @@ def test_the_upload_route_has_its_body_limit_before_the_body_is_read(served):
     assert route_limit("upload_dataset", settings) == (settings.max_upload_bytes + 64 * 1024,
                                                         "upload is over the limit of 1048576 bytes")
     # an anonymous upload is refused before its body counts; a declared length over the limit, before it is read
-    assert served.post("/datasets", content=b"x" * 10, headers={"Content-Type": "multipart/form-data; boundary=b"}).status_code == 401
+    assert served.post("/datasets", content=b"x" * 10,
+                       headers={"Content-Type": "multipart/form-data; boundary=b"}).status_code == 401
     r = served.post("/datasets", content=b"x" * 10, headers={**served.tokens["alice"], "Content-Length": str(2 * MiB),
                                                              "Content-Type": "multipart/form-data; boundary=b"})
     assert r.status_code == 413 and r.json()["detail"] == "upload is over the limit of 1048576 bytes"
@@ -245,7 +249,8 @@ def test_the_python_client_uploads_trains_and_deletes(served):
 
     with PromptClient("http://testserver") as client:
         client._http = TestClient(served.app, headers=served.tokens["alice"])  # the app in-process, alice's token
-        ds = client.upload_dataset(_manifest_zip(4), "client-set", instruction="Colour? {choices}", choices=["red", "blue"])
+        ds = client.upload_dataset(_manifest_zip(4), "client-set", instruction="Colour? {choices}",
+                                   choices=["red", "blue"])
         assert ds["choices"] == ["red", "blue"] and ds["instruction"] == "Colour? {choices}"
         assert ds["id"] in {d["id"] for d in client.datasets()}
         job = client.submit_job(method="vp", sources=["zoo:a"], dataset_id=ds["id"], steps=2)

@@ -91,7 +91,8 @@ def test_restart_fails_interrupted_jobs_and_kills_their_trainers(tmp_path):
     with sessions.begin() as s:
         s.add(JobRow(id="j1", owner="a", state="running", request_json="{}", pid=trainer.pid))
         s.add(JobRow(id="j2", owner="a", state="succeeded", request_json="{}"))
-    runner = JobRunner(settings, sessions, Registry(sessions, PromptStore(settings.store_dir), ArchiveLimits(), 1 << 24))
+    runner = JobRunner(settings, sessions,
+                       Registry(sessions, PromptStore(settings.store_dir), ArchiveLimits(), 1 << 24))
     try:
         runner.start()
         assert trainer.wait(timeout=10) == -9

@@ -169,7 +169,8 @@ def test_to_dict_round_trip():
 
 def _tvp(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": SRC}
-    return subprocess.run([sys.executable, "-m", "tvprompt", *args], capture_output=True, text=True, env=env, timeout=60)
+    return subprocess.run([sys.executable, "-m", "tvprompt", *args], capture_output=True, text=True, env=env,
+                          timeout=60)
 
 
 def test_cli_tasks_lists_builtins():

@@ -85,7 +85,8 @@ def test_check_runnable_names_what_is_missing():
     cfg = resolve_config("tvp", flags={"sources": ["a"], "task": "t", "data": "d", "output": "o"})
     with pytest.raises(UsageError, match="needs --guide"):
         cfg.check_runnable()
-    resolve_config("tvp", flags={"sources": ["a"], "task": "t", "data": "d", "output": "o", "tse": 0.0}).check_runnable()
+    resolve_config("tvp",
+                   flags={"sources": ["a"], "task": "t", "data": "d", "output": "o", "tse": 0.0}).check_runnable()
 
 
 def test_cli_flags_map_to_config_fields():
@@ -141,7 +142,8 @@ def test_every_train_config_field_has_a_flag_and_every_flag_a_field():
     cli_only = {"help", "config", "resume", "json"}
     dests = {_RENAMES.get(a.dest, a.dest) for a in train._actions if a.dest not in cli_only}
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    assert dests == fields, f"flags without a field: {sorted(dests - fields)}; fields without a flag: {sorted(fields - dests)}"
+    assert dests == fields, (f"flags without a field: {sorted(dests - fields)}; "
+                             f"fields without a flag: {sorted(fields - dests)}")
 
 
 def test_from_preset_is_what_the_cli_runs():

@@ -109,7 +109,8 @@ def _tvp(*args):
 
 def test_cli_writes_a_prompt_directory(world, clip, tvp, tmp_path):
     model, task, data = world
-    r = tvp("train", "--method", "tvp", "--guide", f"hf:{clip}", "--source", f"hf:{model}", "--task", task, "--data", data,
+    r = tvp("train", "--method", "tvp", "--guide", f"hf:{clip}", "--source", f"hf:{model}", "--task", task, "--data",
+            data,
             "--output", tmp_path / "out", "--steps", 3, "--batch-size", 4, "--image-size", 64, "--width", 8,
             "--device", "cpu", "--no-progress")
     assert r.returncode == 0, r.stderr

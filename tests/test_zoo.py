@@ -103,7 +103,8 @@ def test_smoke_build_is_deterministic_and_loads_as_zoo_id(tmp_path, monkeypatch)
     build_zoo(tmp_path / "a", **kwargs)
     build_zoo(tmp_path / "b", **kwargs)
     for name in ("llava-p8", "clip-guide"):
-        wa, wb = load_file(tmp_path / "a" / name / "model.safetensors"), load_file(tmp_path / "b" / name / "model.safetensors")
+        wa = load_file(tmp_path / "a" / name / "model.safetensors")
+        wb = load_file(tmp_path / "b" / name / "model.safetensors")
         assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa), name
     m = json.loads((tmp_path / "a" / "llava-p8" / "manifest.json").read_text())
     assert m["recipe"]["vision_steps"] >= 1 and set(m["accuracy"]) == {"pretrain", "downstream"}

@@ -81,7 +81,8 @@ class ToyDataset:
 
 
 def toy_batches(dataset, batch_size: int, *, shuffle: bool, seed: int, image_size, start: int = 0,
-                epoch: int = 0, num_workers: int = 0, fit: str = "squash", resample: str = "bilinear") -> Iterator[Batch]:
+                epoch: int = 0, num_workers: int = 0, fit: str = "squash",
+                resample: str = "bilinear") -> Iterator[Batch]:
     """Mimics ``tvprompt.data.iter_batches``: a seeded per-epoch order, starting at batch ``start``."""
     n = len(dataset)
     if shuffle:
@@ -105,7 +106,8 @@ class ToyAdapter:
 
     family = "toy"
 
-    def __init__(self, seed: int = 0, device: str = "cpu", name: str | None = None, nan_after: int | None = None) -> None:
+    def __init__(self, seed: int = 0, device: str = "cpu", name: str | None = None,
+                 nan_after: int | None = None) -> None:
         g = torch.Generator().manual_seed(seed)
         self.model_id = f"toy-{seed}"
         self.name = name or self.model_id
@@ -122,7 +124,8 @@ class ToyAdapter:
         self.feature_calls = 0
 
     def preprocess(self, pixels01: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(pixels01.to(self.device), size=self.input_size, mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(pixels01.to(self.device), size=self.input_size, mode="bilinear", antialias=True,
+                          align_corners=False)
         return (x - 0.5) / 0.5
 
     def _encode(self, pixels01: torch.Tensor) -> torch.Tensor:
