@@ -2,7 +2,10 @@
 
 Prompt format (the Gemma 3 chat template, with the image expanded as ``Gemma3Processor`` does)::
 
-    <bos><start_of_turn>user\\n\\n\\n<start_of_image><image_soft_token>×N<end_of_image>\\n\\n{prompt}<end_of_turn>\\n<start_of_turn>model\\n{answer}<end_of_turn>
+    <bos><start_of_turn>user\\n\\n\\n<start_of_image><image_soft_token>×N<end_of_image>\\n\\n{prompt}<end_of_turn>
+    \\n<start_of_turn>model\\n{answer}<end_of_turn>
+
+(one line, wrapped here at a ``\\n``)
 
 ``token_type_ids`` mark the **image tokens** (1: bidirectional inside the image block, 0: text) —
 the opposite role of PaliGemma's field, where 1 marks the causal answer suffix. Tokens after a cached
