@@ -188,13 +188,8 @@ def test_every_shipped_member_sees_the_border_as_whole_patches(entry):
     assert checkpoint_border_patches(entry.path) >= MIN_BORDER_PATCHES
 
 
-_BELOW_2X_CHANCE = pytest.mark.xfail(strict=True, reason="issue 20: instructblip-p7 reaches 18 % on downstream "
-                                     "shape (2x chance is 25 %); its Q-Former passes little shape on")
-
-
 @needs_zoo
-@pytest.mark.parametrize("entry", [pytest.param(e, marks=_BELOW_2X_CHANCE) if e.name == "instructblip-p7" else e
-                                   for e in MLLMS], ids=lambda e: e.name)
+@pytest.mark.parametrize("entry", MLLMS, ids=lambda e: e.name)
 def test_shipped_member_is_competent_on_the_demo_task_with_room_to_adapt(entry):
     """On `tvp demo`'s task without a prompt: >= 2x chance downstream and >= 10 points below pretraining."""
     task = DemoConfig().task
