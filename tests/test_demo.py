@@ -62,7 +62,8 @@ def _run(env: dict[str, str], out: Path, *extra: str) -> subprocess.CompletedPro
 
 
 def test_demo_quick_end_to_end_small(zoo_env, tmp_path):
-    r = _run(zoo_env, tmp_path / "demo", "--methods", "vp", "tvp", "--targets", "zoo:llava-p8", "zoo:blip2-opt",
+    r = _run({**zoo_env, "OMP_NUM_THREADS": "1"}, tmp_path / "demo", "--methods", "vp", "tvp",
+             "--targets", "zoo:llava-p8", "zoo:blip2-opt",
              "--ensemble", "zoo:llava-p8", "zoo:blip2-opt",
              "--steps", "2", "--limit", "10", "--n", "60")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -72,6 +73,9 @@ def test_demo_quick_end_to_end_small(zoo_env, tmp_path):
     assert list(summary["prompts"]) == ["pad-only", "vp@llava-p8", "tvp@llava-p8", "vp@llava-p8+blip2-opt",
                                         "tvp@llava-p8+blip2-opt"]
     assert summary["prompts"]["pad-only"]["sources"] == []
+    # the thread count changes the trained prompts, so the result names it
+    assert summary["platform"]["threads"] == 1 and summary["platform"]["cpu_capability"]
+    assert "Trained with 1 CPU thread(s)" in (tmp_path / "demo" / "table.md").read_text()
     pad = json.loads((tmp_path / "demo" / "runs" / "pad-only" / "prompt" / "prompt_config.json").read_text())
     assert pad["prompt_width"] == 30 and pad["method"] == "none"
     trained = json.loads((tmp_path / "demo" / "runs" / "seed0" / "tvp_at_llava-p8" / "prompt" / "prompt_config.json")

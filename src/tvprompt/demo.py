@@ -140,6 +140,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from .evaluation.report import write_report
     from .prompt import PromptConfig, VisualPrompt
     from .training.loop import resolve_config
+    from .zoo.build import build_platform
     from .zoo.catalog import mllm_names
 
     t0 = time.time()
@@ -175,6 +176,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         timings[f"eval_seed{seed}"] = round(time.time() - t_eval, 1)
         per_seed.append(results)
     summary = summarize(cfg, per_seed, [PAD_ONLY, *runs], targets)
+    # the thread count sets the order of floating-point sums, so it changes the trained prompts
+    # about as much as the seed does (docs/shapeworld-and-zoo.md#results): a result names it
+    summary["platform"] = build_platform()
     summary["seconds"] = {**timings, "total": round(time.time() - t0, 1)}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_text_atomic(out / "table.md", render(summary))
@@ -284,6 +288,9 @@ def render(summary: dict[str, Any]) -> str:
         rows.append([name, row["method"], *cells, fmt_mean_sd(row["avg_delta"], True),
                      fmt_mean_sd(tgt, True) if tgt else ""])
     seeds = summary["seeds"]
+    platform = summary.get("platform")
+    trained_on = (f" Trained with {platform['threads']} CPU thread(s) ({platform['cpu_capability']}); another thread "
+                  "count trains other prompts." if platform else "")
     lines = [
         f"# tvp demo: {summary['task']} (ShapeWorld downstream)",
         "",
@@ -291,7 +298,7 @@ def render(summary: dict[str, Any]) -> str:
         + (f", mean ± sd over {seeds} seeds" if seeds > 1 else ", one seed")
         + ". Prompts were trained on the model(s) after `@`; *italic* cells are those source models "
           "(white-box), the others are transfers. avg Δ = mean change over all models; "
-          "avg Δ (targets) = over non-source models only.",
+          "avg Δ (targets) = over non-source models only." + trained_on,
         "",
         markdown_table(header, rows),
     ]
