@@ -76,7 +76,7 @@ class DemoConfig:
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
-        """CI-sized: 25 s on two idle CPU cores (the default run: about 3 minutes)."""
+        """CI-sized: 9 s on two idle CPU cores (the default run: under 2 minutes)."""
         values = {"n_images": 160, "steps": 6, "batch_size": 8, "val_max_samples": 16, "eval_limit": 32}
         values.update(overrides)
         return cls(**values)

@@ -12,9 +12,9 @@ ORDER = 5  # the first command a new user runs
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train VP/EVP/TVP on the mini zoo and print the transfer table (offline; "
-                                    "about 3 minutes on 2 idle CPU cores)")
+                                    "under 2 minutes on 2 idle CPU cores)")
     p.add_argument("--output", default="tvp-demo", help="report folder (default ./tvp-demo)")
-    p.add_argument("--quick", action="store_true", help="CI-sized run (25 s on 2 idle CPU cores)")
+    p.add_argument("--quick", action="store_true", help="CI-sized run (9 s on 2 idle CPU cores)")
     p.add_argument("--seeds", type=int, default=1, help="repeat training with N seeds; report mean ± sd")
     p.add_argument("--task", default="shape", choices=["shape", "color", "count", "exist"],
                    help="ShapeWorld downstream task (default shape)")
