@@ -14,12 +14,11 @@ from safetensors.torch import load_file
 
 from tvprompt.data import shapeworld as sw
 from tvprompt.demo import DemoConfig
+from tvprompt.environment import cpu_platform, versions
 from tvprompt.errors import UsageError
 from tvprompt.zoo import catalog as zoo
 from tvprompt.zoo.build import (
     QUICK_N,
-    _versions,
-    build_platform,
     build_zoo,
     evaluate_adapter,
     init_checkpoint,
@@ -108,7 +107,7 @@ def test_smoke_build_is_deterministic_and_loads_as_zoo_id(tmp_path, monkeypatch)
         assert wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa), name
     m = json.loads((tmp_path / "a" / "llava-p8" / "manifest.json").read_text())
     assert m["recipe"]["vision_steps"] >= 1 and set(m["accuracy"]) == {"pretrain", "downstream"}
-    assert m["platform"] == build_platform(1) and same_platform(m["platform"], 1)
+    assert m["platform"] == cpu_platform(1) and same_platform(m["platform"], 1)
 
     from tvprompt.models.registry import load_adapter
 
@@ -136,7 +135,7 @@ def test_build_reproduces_the_shipped_weights_bit_for_bit(tmp_path, entry):
     threads = int(command[command.index("--threads") + 1])
     rebuilt_manifest = build_zoo(tmp_path, names=[entry.name], n_per_task=1500, eval_per_task=100,
                                  threads=threads, progress=False)[0]
-    if same_platform(entry.manifest.get("platform"), threads) and entry.manifest["versions"] == _versions():
+    if same_platform(entry.manifest.get("platform"), threads) and entry.manifest["versions"] == versions():
         shipped = load_file(entry.path / "model.safetensors")
         rebuilt = load_file(tmp_path / entry.name / "model.safetensors")
         assert shipped.keys() == rebuilt.keys() and all(torch.equal(shipped[k], rebuilt[k]) for k in shipped)
@@ -147,7 +146,7 @@ def test_build_reproduces_the_shipped_weights_bit_for_bit(tmp_path, entry):
 
 
 def test_same_platform_needs_the_same_isa_machine_and_threads():
-    here = build_platform(2)
+    here = cpu_platform(2)
     assert set(here) == {"machine", "cpu_capability", "threads"} and here["threads"] == 2
     assert same_platform(dict(here), 2)
     assert not same_platform({**here, "cpu_capability": "NO_AVX"}, 2)

@@ -136,11 +136,11 @@ def _train_prompt(cfg: DemoConfig, method: str, sources: list[str], data: Path, 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the whole demo into ``cfg.output``; returns the summary (also written as summary.json)."""
+    from .environment import cpu_platform
     from .evaluation.evaluate import EvalSetup, evaluate
     from .evaluation.report import write_report
     from .prompt import PromptConfig, VisualPrompt
     from .training.loop import resolve_config
-    from .zoo.build import build_platform
     from .zoo.catalog import mllm_names
 
     t0 = time.time()
@@ -178,7 +178,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     summary = summarize(cfg, per_seed, [PAD_ONLY, *runs], targets)
     # the thread count sets the order of floating-point sums, so it changes the trained prompts
     # about as much as the seed does (docs/shapeworld-and-zoo.md#results): a result names it
-    summary["platform"] = build_platform()
+    summary["platform"] = cpu_platform()
     summary["seconds"] = {**timings, "total": round(time.time() - t0, 1)}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     write_text_atomic(out / "table.md", render(summary))
@@ -288,9 +288,9 @@ def render(summary: dict[str, Any]) -> str:
         rows.append([name, row["method"], *cells, fmt_mean_sd(row["avg_delta"], True),
                      fmt_mean_sd(tgt, True) if tgt else ""])
     seeds = summary["seeds"]
-    platform = summary.get("platform")
-    trained_on = (f" Trained with {platform['threads']} CPU thread(s) ({platform['cpu_capability']}); another thread "
-                  "count trains other prompts." if platform else "")
+    cpu = summary.get("platform")
+    trained_on = (f" Trained with {cpu['threads']} CPU thread(s) ({cpu['cpu_capability']}); another thread "
+                  "count trains other prompts." if cpu else "")
     lines = [
         f"# tvp demo: {summary['task']} (ShapeWorld downstream)",
         "",

@@ -30,6 +30,7 @@ import torch
 from .. import __version__
 from ..data.splits import SALT_TSNE
 from ..data.subset import stratified_subset
+from ..environment import versions
 from ..errors import TvpError, UsageError
 from ..files import write_text_atomic
 from ..hub import resolve_prompt_dir
@@ -511,19 +512,6 @@ def primary_metric(spec: Any, metrics: dict) -> str:
     if not numeric:
         raise TvpError("the task's metrics hold no numeric value to report")
     return numeric[0]
-
-
-def versions() -> dict[str, str]:
-    import platform
-
-    out = {"tvprompt": __version__, "python": platform.python_version(), "torch": torch.__version__}
-    try:
-        import transformers
-
-        out["transformers"] = transformers.__version__
-    except ImportError:  # pragma: no cover - a dependency
-        pass
-    return out
 
 
 def _is_number(v: Any) -> bool:

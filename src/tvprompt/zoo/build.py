@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import platform
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data import shapeworld as sw
+from ..environment import cpu_platform, versions
 from ..files import atomic_dir
 from .recipes import GUIDE, RECIPES, GuideRecipe, Recipe
 
@@ -291,25 +291,9 @@ def majority(eval_data: dict[str, tuple]) -> dict[str, float]:
             for t, (_, _, answers, _) in eval_data.items()}
 
 
-def build_platform(threads: int | None = None) -> dict[str, Any]:
-    """What decides the last bits of a CPU build besides the software versions: the instruction
-    set torch dispatches to and the thread count (reduction order)."""
-    return {"machine": platform.machine(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": torch.get_num_threads() if threads is None else threads}
-
-
 def same_platform(recorded: dict[str, Any] | None, threads: int) -> bool:
     """True when a rebuild here with ``threads`` can be expected to reproduce ``recorded`` bit for bit."""
-    return bool(recorded) and recorded == build_platform(threads)
-
-
-def _versions() -> dict[str, str]:
-    import transformers
-
-    from .. import __version__
-
-    return {"tvprompt": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version()}
+    return bool(recorded) and recorded == cpu_platform(threads)
 
 
 def build_member(recipe: Recipe, data: ZooData, evals: dict[str, dict], output: Path, *,
@@ -339,7 +323,7 @@ def build_member(recipe: Recipe, data: ZooData, evals: dict[str, dict], output: 
             "eval": {"n_per_task": next(iter(next(iter(evals.values())).values()))[0].shape[0],
                      "start_index": EVAL_START, "seed": TRAIN_SEED, "image_size": sw.IMAGE_SIZE,
                      "method": "score_choices top-1"},
-            "train_seconds": round(train_s, 1), "versions": _versions(), "platform": build_platform(),
+            "train_seconds": round(train_s, 1), "versions": versions(), "platform": cpu_platform(),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     log.info("%s: %s (%.0f s)", recipe.name, acc, train_s)
@@ -448,7 +432,7 @@ def build_guide(recipe: GuideRecipe, n_per_task: int, evals: dict[str, dict], ou
             "recipe": asdict(recipe), "final_losses": {"contrastive": loss_value},
             "accuracy": acc, "chance": {t: v for t, v in chance().items() if t in tse_texts()},
             "eval": {"method": "zero-shot over tse texts", "start_index": EVAL_START},
-            "train_seconds": round(time.time() - t0, 1), "versions": _versions(), "platform": build_platform(),
+            "train_seconds": round(time.time() - t0, 1), "versions": versions(), "platform": cpu_platform(),
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     log.info("%s: %s", recipe.name, acc)
